@@ -1,0 +1,130 @@
+"""Command line: parses, validates, calls the library. `qlora-bench --profile X` runs the sweep."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from bench.errors import BenchUsageError
+
+EXIT_USAGE = 2
+
+
+class DefaultGroup(click.Group):
+    """A group whose first argument, when it is not a subcommand, goes to `sweep`."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            args = ["sweep", *args]
+        elif not args:
+            args = ["sweep"]
+        return super().parse_args(ctx, args)
+
+
+def _csv(kind):
+    def convert(ctx, param, value):
+        if value is None:
+            return None
+        items = [v.strip() for v in value.split(",") if v.strip()]
+        if not items:
+            raise click.BadParameter("empty list")
+        if kind is int:
+            try:
+                numbers = [int(v) for v in items]
+            except ValueError:
+                raise click.BadParameter(f"{value!r}: must be whole numbers, comma-separated") from None
+            if any(n <= 0 for n in numbers):
+                raise click.BadParameter(f"{value!r}: every value must be > 0")
+            return tuple(numbers)
+        if kind is bool:
+            table = {"on": True, "true": True, "1": True, "off": False, "false": False, "0": False}
+            try:
+                return tuple(dict.fromkeys(table[v.lower()] for v in items))
+            except KeyError:
+                raise click.BadParameter(f"{value!r}: use on,off") from None
+        return tuple(items)
+
+    return convert
+
+
+@click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="qlora-bench")
+def main():
+    """What QLoRA run fits on this GPU, and how fast?
+
+    `qlora-bench --profile rtx3050` sweeps that profile's grid (same as `qlora-bench sweep ...`).
+    """
+
+
+@main.command()
+@click.option("--profile", "profile_name", required=True,
+              help="Profile name (see `qlora-bench profiles`) or path to a profile YAML.")
+@click.option("--device", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True,
+              help="cpu runs the whole path on CPU with the tiny architecture.")
+@click.option("--models", callback=_csv(str), help="Override the grid's models (comma-separated).")
+@click.option("--seq-lens", callback=_csv(int), help="Override sequence lengths, e.g. 512,1024.")
+@click.option("--batch-sizes", callback=_csv(int), help="Override batch sizes.")
+@click.option("--ranks", callback=_csv(int), help="Override LoRA ranks.")
+@click.option("--dtypes", callback=_csv(str), help="Override precisions: fp16,bf16.")
+@click.option("--grad-ckpt", callback=_csv(bool), help="Override gradient checkpointing: on,off.")
+@click.option("--lora-alpha-ratio", type=float, default=2.0, show_default=True,
+              help="LoRA alpha = ratio x rank.")
+@click.option("--lora-dropout", type=click.FloatRange(0, 1, max_open=True), default=0.05,
+              show_default=True)
+@click.option("--target-modules", default="all-linear", show_default=True,
+              help="LoRA targets: all-linear or comma-separated module names.")
+@click.option("--optimizer", type=click.Choice(["adamw_torch", "paged_adamw_8bit"]),
+              default="adamw_torch", show_default=True)
+@click.option("--warmup-steps", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--steps", "measured_steps", type=click.IntRange(1), default=5, show_default=True,
+              help="Measured (timed) steps per trial.")
+@click.option("--weights", help="Real weights: a local model directory or a hub id already in "
+              "the HF cache. Default: random weights built from the catalogue's config values.")
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("results"), show_default=True)
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=900.0,
+              show_default=True, help="Seconds one trial may take before its worker is killed.")
+@click.option("--overwrite", is_flag=True, help="Re-run points already recorded.")
+@click.option("--no-skip-implied", is_flag=True,
+              help="Run points that must OOM because a smaller one already did.")
+@click.option("--spare-worker/--no-spare-worker", default=None,
+              help="Keep a spare worker importing in the background (default: on for cuda).")
+@click.option("--dry-run", is_flag=True, help="Print the grid and what would run; write nothing.")
+def sweep(profile_name, device, models, seq_lens, batch_sizes, ranks, dtypes, grad_ckpt,
+          lora_alpha_ratio, lora_dropout, target_modules, optimizer, warmup_steps,
+          measured_steps, weights, results_dir, timeout_s, overwrite, no_skip_implied,
+          spare_worker, dry_run):
+    """Sweep a hardware profile's grid; one CSV row per configuration."""
+    from bench.commands import run_sweep_command
+
+    _guard(run_sweep_command, **locals())
+
+
+@main.command("profiles")
+def list_profiles():
+    """List the shipped hardware profiles."""
+    from bench.commands import list_profiles_command
+
+    _guard(list_profiles_command)
+
+
+@main.command("schema")
+def schema():
+    """Print the result row's columns and their meaning (markdown)."""
+    from bench.schema import markdown
+
+    click.echo(markdown())
+
+
+def _guard(fn, **kwargs):
+    try:
+        code = fn(**kwargs)
+    except BenchUsageError as exc:
+        click.echo(f"qlora-bench: error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    except KeyboardInterrupt:
+        click.echo("qlora-bench: interrupted; every finished trial is recorded", err=True)
+        sys.exit(130)
+    sys.exit(code or 0)

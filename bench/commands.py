@@ -1,0 +1,119 @@
+"""What the CLI's commands do: build a validated configuration, run it, report."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.table import Table
+
+from bench.catalog import load_catalog
+from bench.errors import BenchUsageError
+from bench.profiles import DTYPES, available_profiles, load_profile
+from bench.spec import Axes
+from bench.sweep import SweepConfig, plan_sweep, results_path, run_sweep
+
+CPU_MODEL = "tiny"
+
+
+def resolve_weights(weights: str) -> str:
+    """A local directory with config.json, or a hub id already in the HF cache; else explain."""
+    path = Path(weights).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise BenchUsageError(f"--weights {weights}: directory has no config.json")
+        return str(path.resolve())
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(weights, local_files_only=True)
+    except Exception as exc:
+        raise BenchUsageError(
+            f"--weights {weights}: not a local directory and not in the Hugging Face cache "
+            f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}). qlora-bench does not "
+            f"download: fetch it where there is network (`huggingface-cli download {weights}`) "
+            f"and mount or copy the cache, or pass a local directory. ({type(exc).__name__})"
+        ) from None
+
+
+def build_config(profile_name, device, models, seq_lens, batch_sizes, ranks, dtypes, grad_ckpt,
+                 lora_alpha_ratio, lora_dropout, target_modules, optimizer, warmup_steps,
+                 measured_steps, weights, results_dir, timeout_s, overwrite, no_skip_implied,
+                 spare_worker, **_) -> SweepConfig:
+    catalog = load_catalog()
+    profile = load_profile(profile_name, set(catalog))
+    grid = profile.grid
+    if weights:
+        weights_path = resolve_weights(weights)
+        models = (weights,)
+    else:
+        weights_path = None
+        models = models or ((CPU_MODEL,) if device == "cpu" else grid.models)
+        unknown = [m for m in models if m not in catalog]
+        if unknown:
+            raise BenchUsageError(f"--models: unknown model(s) {unknown}; known: {sorted(catalog)}")
+    dtypes = dtypes or grid.dtypes
+    bad = [d for d in dtypes if d not in DTYPES]
+    if bad:
+        raise BenchUsageError(f"--dtypes: unknown {bad}; choose from {', '.join(DTYPES)}")
+    if lora_alpha_ratio <= 0:
+        raise BenchUsageError("--lora-alpha-ratio must be > 0")
+    axes = Axes(models=tuple(models), seq_lens=seq_lens or grid.seq_lens,
+                batch_sizes=batch_sizes or grid.batch_sizes, lora_ranks=ranks or grid.lora_ranks,
+                dtypes=tuple(dtypes), grad_ckpt=grad_ckpt or grid.grad_ckpt)
+    settings = dict(lora_alpha_ratio=lora_alpha_ratio, lora_dropout=lora_dropout,
+                    target_modules=target_modules, optimizer=optimizer,
+                    warmup_steps=warmup_steps, measured_steps=measured_steps,
+                    weights=weights or "random")
+    return SweepConfig(
+        profile=profile, catalog=catalog, axes=axes, device=device, trial_settings=settings,
+        weights_path=weights_path, results_dir=results_dir, overwrite=overwrite,
+        skip_implied=not no_skip_implied, timeout_s=timeout_s,
+        spare_worker=(device == "cuda") if spare_worker is None else spare_worker)
+
+
+def run_sweep_command(dry_run: bool, **options) -> int:
+    console = Console(stderr=True)
+    cfg = build_config(**options)
+    target = results_path(cfg.results_dir, cfg.profile, cfg.device)
+    if dry_run:
+        from bench.results import ResultsFile
+
+        planned = plan_sweep(cfg, ResultsFile(target), None)
+        table = Table(title=f"{cfg.profile.name}: {len(planned)} points -> {target}")
+        for column in ("model", "seq", "batch", "rank", "dtype", "grad ckpt", "action"):
+            table.add_column(column)
+        for p in planned:
+            s = p.spec
+            table.add_row(s.model, str(s.seq_len), str(s.batch_size), str(s.lora_rank), s.dtype,
+                          "on" if s.grad_ckpt else "off", p.action)
+        Console().print(table)
+        return 0
+    columns = (TextColumn("{task.description}", style="dim"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        written = run_sweep(cfg, progress)
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(written.items())) or "nothing to do"
+    console.print(f"{cfg.profile.name}: {summary} -> {target}")
+    return 1 if written.get("error") else 0
+
+
+def list_profiles_command() -> int:
+    catalog = load_catalog()
+    table = Table(title="profiles")
+    for column in ("name", "aliases", "usable GiB", "cc", "bf16", "description"):
+        table.add_column(column)
+    seen = set()
+    for name, path in available_profiles().items():
+        if path in seen:
+            continue
+        seen.add(path)
+        p = load_profile(str(path), set(catalog))
+        table.add_row(p.name, ",".join(p.aliases), f"{p.gpu.usable_vram_gib:g}",
+                      ".".join(map(str, p.gpu.compute_capability)),
+                      "yes" if p.gpu.native_bf16 else "no", p.description)
+    Console().print(table)
+    return 0

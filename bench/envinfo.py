@@ -1,0 +1,73 @@
+"""What ran a trial: library versions, git commit, GPU and driver (NVML, no CUDA context)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from dataclasses import dataclass
+from importlib import metadata
+
+from bench.paths import REPO_ROOT
+
+LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = ""
+    versions["python"] = platform.python_version()
+    return versions
+
+
+def git_commit() -> str:
+    if os.environ.get("QLORA_BENCH_GIT_COMMIT"):
+        return os.environ["QLORA_BENCH_GIT_COMMIT"]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout
+        return head + ("+dirty" if dirty.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class HostGPU:
+    name: str
+    total_gib: float
+    compute_capability: tuple[int, int]
+    driver: str
+
+
+def nvml_gpu(index: int = 0) -> HostGPU | None:
+    """The host GPU as NVML sees it, or None when there is no driver or no GPU."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:
+        return None
+    try:
+        if pynvml.nvmlDeviceGetCount() <= index:
+            return None
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        name = pynvml.nvmlDeviceGetName(handle)
+        name = name.decode() if isinstance(name, bytes) else name
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        driver = driver.decode() if isinstance(driver, bytes) else driver
+        total = pynvml.nvmlDeviceGetMemoryInfo(handle).total / 2**30
+        cc = tuple(pynvml.nvmlDeviceGetCudaComputeCapability(handle))
+        return HostGPU(name, total, cc, driver)
+    except Exception:
+        return None
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:
+            pass

@@ -1,0 +1,107 @@
+"""The results CSV: one row per trial, written so that a killed sweep never leaves a torn file.
+
+Every append rewrites the file to a temporary sibling, fsyncs it and renames it over the old one:
+a reader (or a sweep resumed after SIGKILL) sees either the file before the row or after it,
+never half a row. A lock file keeps two sweeps from writing the same CSV at once.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import io
+import os
+from pathlib import Path
+
+from bench.errors import BenchUsageError
+from bench.schema import FIELDNAMES, SCHEMA_VERSION
+
+
+def _format(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+class ResultsFile:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.rows: list[dict] = self._read() if self.path.exists() else []
+        self._lock_fd: int | None = None
+
+    def _read(self) -> list[dict]:
+        try:
+            text = self.path.read_text(newline="")
+        except OSError as exc:
+            raise BenchUsageError(f"cannot read results file {self.path}: {exc}") from exc
+        if not text.strip():
+            return []
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        if reader.fieldnames != FIELDNAMES:
+            raise BenchUsageError(
+                f"{self.path} has columns this version does not write (schema version "
+                f"{SCHEMA_VERSION}); move it aside or choose another --results-dir"
+            )
+        rows = list(reader)
+        bad = [r for r in rows if None in r or any(v is None for v in r.values())]
+        versions = {r["schema_version"] for r in rows if r not in bad}
+        if bad or versions - {str(SCHEMA_VERSION)}:
+            raise BenchUsageError(
+                f"{self.path} has rows that do not match schema version {SCHEMA_VERSION} "
+                f"({len(bad)} malformed, versions {sorted(versions)}); move it aside or repair it"
+            )
+        return rows
+
+    def keys(self) -> set[str]:
+        return {r["trial_key"] for r in self.rows}
+
+    def lock(self) -> None:
+        """Take the sweep lock on this CSV or refuse, naming the holder."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise BenchUsageError(
+                f"another sweep (pid {holder}) is writing {self.path}; wait for it to finish"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def append(self, row: dict, replace_key: bool = False) -> None:
+        """Add one row (replacing an earlier row of the same key when asked) atomically."""
+        row = {name: _format(row.get(name)) for name in FIELDNAMES}
+        row["schema_version"] = str(SCHEMA_VERSION)
+        rows = [r for r in self.rows if not (replace_key and r["trial_key"] == row["trial_key"])]
+        rows.append(row)
+        self._write(rows)
+        self.rows = rows
+
+    def _write(self, rows: list[dict]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=FIELDNAMES, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)

@@ -1,0 +1,75 @@
+"""The result row: one documented schema, one CSV row per trial. GiB = 2**30 bytes."""
+
+SCHEMA_VERSION = 1
+GIB = 2**30
+
+STATUSES = ("ok", "oom", "unsupported", "error", "timeout")
+
+# (column, meaning). The order here is the CSV column order.
+COLUMNS: list[tuple[str, str]] = [
+    ("schema_version", "version of this schema; a file with another version is refused"),
+    ("trial_key", "identity of the configuration; resume skips keys already recorded"),
+    ("profile", "hardware profile name (profiles/<name>.yaml)"),
+    ("device", "cuda or cpu"),
+    ("emulated", "true when the profile's card was emulated on a larger GPU (allocator capped)"),
+    ("host_gpu", "the GPU that actually ran the trial (empty on cpu)"),
+    ("model", "catalogue name, or the --weights path/id"),
+    ("weights", "random (built from config values) or the real-weights path/id"),
+    ("seq_len", "tokens per sequence"),
+    ("batch_size", "sequences per step (no gradient accumulation)"),
+    ("lora_rank", "LoRA r"),
+    ("lora_alpha", "LoRA alpha"),
+    ("lora_dropout", "LoRA dropout"),
+    ("target_modules", "LoRA target modules (all-linear = every linear layer but the head)"),
+    ("dtype", "fp16 (autocast + GradScaler) or bf16 (autocast); compute dtype of the NF4 base"),
+    ("grad_ckpt", "gradient checkpointing on (true) or off"),
+    ("optimizer", "adamw_torch or paged_adamw_8bit"),
+    ("warmup_steps", "steps run before timing (the first one's peak is recorded separately)"),
+    ("measured_steps", "timed steps"),
+    ("status", "ok | oom | unsupported | error | timeout"),
+    ("reason", "why the status is not ok (the error's first line), empty when ok"),
+    ("inferred_from", "trial_key of a smaller configuration that OOMed; this one was not run"),
+    ("trainable_params", "LoRA parameters trained"),
+    ("total_params", "all parameters, 4-bit weights counted as unpacked values"),
+    ("mem_cap_gib", "allocator cap applied (reserved memory limit); empty when not emulated"),
+    ("load_alloc_gib", "torch allocated after model load, LoRA and prepare (steady weights)"),
+    ("load_reserved_gib", "torch reserved after load"),
+    ("first_step_peak_alloc_gib", "peak torch allocated during the first step"),
+    ("first_step_peak_reserved_gib", "peak torch reserved during the first step"),
+    ("steady_peak_alloc_gib", "peak torch allocated over the measured steps"),
+    ("steady_peak_reserved_gib", "peak torch reserved over the measured steps"),
+    ("peak_alloc_gib", "peak torch allocated over the whole trial"),
+    ("peak_reserved_gib", "peak torch reserved over the whole trial (what an OOM is decided on)"),
+    ("nvml_process_max_gib", "NVML memory of the worker process, CUDA context included, max over step ends"),
+    ("nvml_device_used_max_gib", "NVML memory used on the whole device, max over step ends"),
+    ("cpu_peak_rss_gib", "peak resident memory of the worker during the trial"),
+    ("step_time_p50_s", "median measured step time, device-synchronised"),
+    ("step_time_p90_s", "90th percentile measured step time"),
+    ("tokens_per_s", "batch_size * seq_len / step_time_p50_s"),
+    ("step_times_s", "every measured step time, ';'-separated"),
+    ("loss_first", "loss of the first step (random tokens: about ln(vocab))"),
+    ("loss_last", "loss of the last step"),
+    ("trial_wall_s", "wall time of the trial in the worker, load included"),
+    ("sdpa_backends", "SDPA backends allowed (the target card's)"),
+    ("gpu_name", "GPU name as torch reports it"),
+    ("gpu_compute_capability", "of the host GPU"),
+    ("gpu_total_gib", "host GPU total memory as torch reports it"),
+    ("driver", "NVIDIA driver version (NVML)"),
+    ("cuda", "CUDA runtime torch was built with"),
+    ("torch", "version"),
+    ("transformers", "version"),
+    ("peft", "version"),
+    ("bitsandbytes", "version"),
+    ("accelerate", "version"),
+    ("python", "version"),
+    ("git_commit", "qlora-bench commit (+dirty when the tree had changes)"),
+    ("timestamp_utc", "when the trial ended, ISO 8601"),
+]
+
+FIELDNAMES = [name for name, _ in COLUMNS]
+
+
+def markdown() -> str:
+    lines = ["| column | meaning |", "| --- | --- |"]
+    lines += [f"| `{name}` | {doc} |" for name, doc in COLUMNS]
+    return "\n".join(lines)

@@ -1,0 +1,128 @@
+"""The sweep: expand a profile's grid, run each point in a worker, append each row as it ends."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import emulation
+from bench.catalog import ModelArch
+from bench.envinfo import HostGPU, git_commit, library_versions, nvml_gpu
+from bench.profiles import Profile
+from bench.results import ResultsFile
+from bench.spec import Axes, TrialSpec, expand, implied_oom, spec_from_row
+from bench.worker import WorkerPool
+
+
+@dataclass
+class SweepConfig:
+    profile: Profile
+    catalog: dict[str, ModelArch]
+    axes: Axes
+    device: str = "cuda"
+    trial_settings: dict = field(default_factory=dict)  # TrialSpec fields that are not axes
+    weights_path: str | None = None                     # real weights (a local directory)
+    results_dir: Path = Path("results")
+    overwrite: bool = False
+    skip_implied: bool = True
+    timeout_s: float = 900.0
+    spare_worker: bool = False
+
+
+def results_path(results_dir: Path, profile: Profile, device: str) -> Path:
+    name = "trials.csv" if device == "cuda" else "trials-cpu.csv"
+    return Path(results_dir) / profile.name / name
+
+
+@dataclass
+class Planned:
+    spec: TrialSpec
+    action: str                       # run | unsupported | recorded
+    reason: str = ""
+
+
+def plan_sweep(cfg: SweepConfig, store: ResultsFile, host: HostGPU | None) -> list[Planned]:
+    recorded = set() if cfg.overwrite else store.keys()
+    planned = []
+    for spec in expand(cfg.axes, **cfg.trial_settings):
+        reason = emulation.unsupported_reason(spec.dtype, cfg.profile, host, cfg.device)
+        if spec.key in recorded:
+            planned.append(Planned(spec, "recorded"))
+        elif reason:
+            planned.append(Planned(spec, "unsupported", reason))
+        else:
+            planned.append(Planned(spec, "run"))
+    return planned
+
+
+def _model_source(cfg: SweepConfig, spec: TrialSpec) -> dict:
+    if cfg.weights_path:
+        return {"path": cfg.weights_path}
+    return {"config": cfg.catalog[spec.model].config}
+
+
+def run_sweep(cfg: SweepConfig, progress=None) -> Counter:
+    """Run every pending point; returns a count of statuses written in this run."""
+    host = nvml_gpu() if cfg.device == "cuda" else None
+    plan = emulation.plan(cfg.profile, cfg.device, host)
+    store = ResultsFile(results_path(cfg.results_dir, cfg.profile, cfg.device))
+    store.lock()
+    try:
+        return _run(cfg, store, plan, host, progress)
+    finally:
+        store.unlock()
+
+
+def _env_columns(cfg: SweepConfig, plan: emulation.Plan, host: HostGPU | None) -> dict:
+    import torch
+
+    env = {"profile": cfg.profile.name, "device": cfg.device, "emulated": plan.emulated,
+           "host_gpu": plan.host_gpu, "cuda": torch.version.cuda or "",
+           "git_commit": git_commit(), **library_versions()}
+    if host is not None:
+        env.update(gpu_name=host.name, driver=host.driver, gpu_total_gib=host.total_gib,
+                   gpu_compute_capability=".".join(map(str, host.compute_capability)))
+    return env
+
+
+def _run(cfg, store, plan, host, progress) -> Counter:
+    planned = plan_sweep(cfg, store, host)
+    todo = [p for p in planned if p.action != "recorded"]
+    env = _env_columns(cfg, plan, host)
+    ooms = [] if cfg.overwrite else [
+        spec_from_row(r) for r in store.rows if r["status"] == "oom"]
+    written: Counter = Counter()
+    pool = WorkerPool(spare=cfg.spare_worker)
+    task = progress.add_task("sweep", total=len(todo)) if progress else None
+    try:
+        for item in todo:
+            spec = item.spec
+            if progress:
+                progress.update(task, description=spec.key)
+            implied = implied_oom(spec, ooms) if cfg.skip_implied else None
+            if item.action == "unsupported":
+                measured = {"status": "unsupported", "reason": item.reason}
+            elif implied is not None:
+                measured = {"status": "oom", "inferred_from": implied.key,
+                            "reason": "not run: a smaller configuration with everything else "
+                                      "equal ran out of memory"}
+            else:
+                payload = ({**spec.to_row(), "key": spec.key}, plan.to_worker(),
+                           _model_source(cfg, spec))
+                measured = pool.run(payload, cfg.timeout_s)
+            if measured["status"] == "oom":
+                ooms.append(spec)
+            row = {**spec.to_row(), **env, **measured, "trial_key": spec.key,
+                   "timestamp_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+            if cfg.device == "cuda" and host is not None:  # the sweep's NVML view names the GPU
+                row.update(gpu_name=host.name, driver=host.driver)
+            store.append(row, replace_key=cfg.overwrite)
+            written[measured["status"]] += 1
+            if progress:
+                progress.advance(task)
+    finally:
+        pool.close()
+    return written
+

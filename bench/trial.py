@@ -1,0 +1,276 @@
+"""One QLoRA trial, run inside a worker process: the step users run, measured.
+
+NF4 base with double quant -> prepare_model_for_kbit_training -> LoRA on all linear layers ->
+train mode (from_pretrained returns eval mode, and gradient checkpointing is a silent no-op
+there) -> warm-up steps -> timed steps with device synchronisation. fp16 runs autocast with a
+GradScaler, bf16 plain autocast, as transformers' Trainer does through accelerate.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from bench.paths import cache_dir
+from bench.schema import GIB
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc).lower()
+    return "out of memory" in text or "can't allocate memory" in text
+
+
+def random_weights_dir(name: str, config: dict, build_device: str) -> Path:
+    """A checkpoint of the architecture with random weights, built once and cached on disk."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+    final = cache_dir() / "random-weights" / f"{name}-{digest}"
+    if (final / "config.json").exists():
+        return final
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    cfg = AutoConfig.for_model(**config)
+    torch.manual_seed(0)
+    with torch.device(build_device):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    model.save_pretrained(tmp)
+    del model
+    if build_device == "cuda":
+        torch.cuda.empty_cache()
+    tmp.rename(final) if not final.exists() else shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+class MemoryProbe:
+    """torch allocator peaks per phase, NVML process/device memory, CPU peak RSS."""
+
+    def __init__(self, device: str):
+        self.cuda = device == "cuda"
+        self.nvml = None
+        self.nvml_process_max = None
+        self.nvml_device_max = None
+        if self.cuda:
+            try:
+                import pynvml
+
+                pynvml.nvmlInit()
+                self.nvml = pynvml
+                self.handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
+            except Exception:
+                self.nvml = None
+        _reset_peak_rss()
+
+    def sync(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def reset_peak(self):
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+
+    def now(self) -> tuple[float | None, float | None]:
+        if not self.cuda:
+            return None, None
+        return torch.cuda.memory_allocated() / GIB, torch.cuda.memory_reserved() / GIB
+
+    def peak(self) -> tuple[float | None, float | None]:
+        if not self.cuda:
+            return None, None
+        return torch.cuda.max_memory_allocated() / GIB, torch.cuda.max_memory_reserved() / GIB
+
+    def sample_nvml(self):
+        if self.nvml is None:
+            return
+        try:
+            used = self.nvml.nvmlDeviceGetMemoryInfo(self.handle).used / GIB
+            self.nvml_device_max = max(self.nvml_device_max or 0.0, used)
+            for proc in self.nvml.nvmlDeviceGetComputeRunningProcesses(self.handle):
+                if proc.pid == os.getpid() and proc.usedGpuMemory is not None:
+                    mine = proc.usedGpuMemory / GIB
+                    self.nvml_process_max = max(self.nvml_process_max or 0.0, mine)
+        except Exception:
+            pass
+
+
+def _reset_peak_rss():
+    try:  # Linux >= 4.0: writing 5 resets the peak RSS (VmHWM) of this process
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss_gib() -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024 / GIB
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
+
+
+def _sdpa_context(backends: list[str], device: str):
+    if device != "cuda":
+        return nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    names = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "math": "MATH",
+             "cudnn": "CUDNN_ATTENTION"}
+    return sdpa_kernel([getattr(SDPBackend, names[b]) for b in backends])
+
+
+def _optimizer(name: str, params):
+    if name == "paged_adamw_8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.PagedAdamW8bit(params, lr=2e-4)
+    return torch.optim.AdamW(params, lr=2e-4)
+
+
+def load_qlora_model(spec: dict, source: str, device: str):
+    """NF4 double-quant base + prepare_model_for_kbit_training + LoRA, in train mode."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    dtype = DTYPES[spec["dtype"]]
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                               bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
+    device_map = {"": torch.cuda.current_device()} if device == "cuda" else {"": "cpu"}
+    model = AutoModelForCausalLM.from_pretrained(
+        source, quantization_config=quant, dtype=dtype, device_map=device_map,
+        attn_implementation="sdpa", local_files_only=True)
+    model.config.use_cache = False
+    model = prepare_model_for_kbit_training(
+        model, use_gradient_checkpointing=spec["grad_ckpt"],
+        gradient_checkpointing_kwargs={"use_reentrant": False})
+    targets = spec["target_modules"]
+    lora = LoraConfig(r=spec["lora_rank"], lora_alpha=spec["lora_alpha"],
+                      lora_dropout=spec["lora_dropout"], task_type="CAUSAL_LM",
+                      target_modules=targets if targets == "all-linear" else targets.split(","))
+    model = get_peft_model(model, lora)
+    model.train()
+    return model
+
+
+def measure(spec: dict, plan: dict, model_source: dict) -> dict:
+    """Run the trial; return measured columns. Exceptions propagate to the worker's classifier."""
+    device = plan["device"]
+    started = time.perf_counter()
+    if device == "cuda":
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        torch.backends.cuda.matmul.allow_tf32 = plan["allow_tf32"]
+        torch.backends.cudnn.allow_tf32 = plan["allow_tf32"]
+    if model_source.get("path"):
+        source = model_source["path"]
+    else:
+        source = str(random_weights_dir(spec["model"], model_source["config"], device))
+    probe = MemoryProbe(device)
+    if device == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()
+        if plan["cap_gib"]:
+            total = torch.cuda.get_device_properties(0).total_memory
+            torch.cuda.set_per_process_memory_fraction(plan["cap_gib"] * GIB / total)
+        probe.reset_peak()
+
+    row: dict = {"mem_cap_gib": plan["cap_gib"], "sdpa_backends": ",".join(plan["sdpa_backends"])}
+    model = load_qlora_model(spec, source, device)
+    assert model.training, "model must be in train mode for gradient checkpointing to act"
+    trainable, total_params = model.get_nb_trainable_parameters()
+    row.update(trainable_params=trainable, total_params=total_params)
+    probe.sync()
+    row["load_alloc_gib"], row["load_reserved_gib"] = probe.now()
+    load_peak = probe.peak()
+    probe.sample_nvml()
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = _optimizer(spec["optimizer"], params)
+    dtype = DTYPES[spec["dtype"]]
+    scaler = torch.amp.GradScaler(device, enabled=spec["dtype"] == "fp16")
+    vocab = model.config.vocab_size
+    gen = torch.Generator(device="cpu").manual_seed(1234)
+    tokens = torch.randint(0, vocab, (spec["batch_size"], spec["seq_len"]), generator=gen).to(device)
+
+    def step() -> float:
+        with torch.autocast(device_type=device, dtype=dtype), _sdpa_context(plan["sdpa_backends"], device):
+            loss = model(input_ids=tokens, labels=tokens).loss
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach().float().item()
+
+    losses = []
+    probe.reset_peak()
+    losses.append(step())
+    probe.sync()
+    first_peak = probe.peak()
+    row["first_step_peak_alloc_gib"], row["first_step_peak_reserved_gib"] = first_peak
+    probe.sample_nvml()
+    warm_peak = first_peak
+    for _ in range(spec["warmup_steps"] - 1):
+        losses.append(step())
+        probe.sample_nvml()
+    probe.sync()
+    if spec["warmup_steps"] > 1:
+        warm_peak = probe.peak()
+
+    times = []
+    probe.reset_peak()
+    for _ in range(spec["measured_steps"]):
+        probe.sync()
+        t0 = time.perf_counter()
+        losses.append(step())
+        probe.sync()
+        times.append(time.perf_counter() - t0)
+        probe.sample_nvml()
+    steady = probe.peak()
+    row["steady_peak_alloc_gib"], row["steady_peak_reserved_gib"] = steady
+    if device == "cuda":
+        row["peak_alloc_gib"] = max(p[0] for p in (load_peak, first_peak, warm_peak, steady))
+        row["peak_reserved_gib"] = max(p[1] for p in (load_peak, first_peak, warm_peak, steady))
+    row["nvml_process_max_gib"] = probe.nvml_process_max
+    row["nvml_device_used_max_gib"] = probe.nvml_device_max
+    row["cpu_peak_rss_gib"] = peak_rss_gib()
+
+    bad = [i for i, v in enumerate(losses) if v != v or v in (float("inf"), float("-inf"))]
+    p50 = statistics.median(times)
+    p90 = sorted(times)[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
+    row.update(step_time_p50_s=p50, step_time_p90_s=p90,
+               tokens_per_s=spec["batch_size"] * spec["seq_len"] / p50,
+               step_times_s=";".join(f"{t:.5f}" for t in times),
+               loss_first=losses[0], loss_last=losses[-1],
+               trial_wall_s=time.perf_counter() - started)
+    if bad:
+        row["status"] = "error"
+        row["reason"] = f"non-finite loss at step {bad[0] + 1} ({losses[bad[0]]}); throughput not valid"
+    else:
+        row["status"] = "ok"
+        row["reason"] = ""
+    del model, optimizer, params, scaler, tokens
+    return row
+
+
+def cleanup(device: str) -> None:
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.set_per_process_memory_fraction(1.0)

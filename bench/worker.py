@@ -1,0 +1,201 @@
+"""Worker processes: a trial runs in a child that cannot take the sweep down with it.
+
+A worker imports torch & co. once (~10 s on a GPU host) and then runs trials sent over a pipe.
+After any trial that did not end `ok` the worker is discarded, so no allocator state from an
+OOM or a crash leaks into the next trial. Segfaults, aborts and the OS killing the worker show
+up as a dead pipe; hangs as a timeout, after which the worker is killed. A spare worker can be
+started in the background so that replacing one costs no import time; it creates no CUDA
+context until it runs a trial.
+
+Test hook: QLORA_BENCH_INJECT="<substring of trial_key>:<fault>[,...]" makes the worker fail on
+matching trials; faults: oom (a real allocation far past the device), segfault, abort, hang,
+raise.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+
+_CTX = mp.get_context("spawn")
+FAULTS = ("oom", "segfault", "abort", "hang", "raise")
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this worker when the sweep dies, so no orphan keeps the GPU."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _inject(key: str, device: str) -> None:
+    spec = os.environ.get("QLORA_BENCH_INJECT", "")
+    for item in filter(None, spec.split(",")):
+        needle, _, fault = item.rpartition(":")
+        if needle and needle in key:
+            if fault == "oom":
+                import torch
+
+                torch.empty(2**60, dtype=torch.uint8, device=device)
+            elif fault == "segfault":
+                import ctypes
+
+                ctypes.string_at(0)
+            elif fault == "abort":
+                os.abort()
+            elif fault == "hang":
+                time.sleep(10**6)
+            elif fault == "raise":
+                raise RuntimeError(f"injected failure for {key}")
+
+
+def _runtime_info(device: str) -> dict:
+    import torch
+
+    info = {"cuda": torch.version.cuda or ""}
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        info.update(gpu_name=props.name, gpu_compute_capability=f"{props.major}.{props.minor}",
+                    gpu_total_gib=props.total_memory / 2**30)
+    return info
+
+
+def worker_main(conn) -> None:
+    _die_with_parent()
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import bitsandbytes  # noqa: F401  (import cost paid once, before the first trial)
+    import peft  # noqa: F401
+    import transformers  # noqa: F401
+
+    from bench import trial
+
+    transformers.logging.set_verbosity_error()
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:
+            return
+        if message is None:
+            return
+        spec, plan, source = message
+        device = plan["device"]
+        try:
+            _inject(spec["key"], device)
+            row = trial.measure(spec, plan, source)
+        except BaseException as exc:  # classified into a row; the parent decides what is fatal
+            row = {"status": "oom" if trial.is_oom(exc) else "error",
+                   "reason": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"}
+            if device == "cuda":
+                import torch
+
+                row["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
+                row["peak_alloc_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            del exc
+        finally:
+            trial.cleanup(device)
+        row.update(_runtime_info(device))
+        conn.send(("result", row))
+
+
+def _death_reason(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "worker stopped answering"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"worker died with {name}"
+    return f"worker exited with code {exitcode}"
+
+
+class Worker:
+    def __init__(self):
+        self.conn, child = _CTX.Pipe()
+        self.process = _CTX.Process(target=worker_main, args=(child,), daemon=True)
+        self.process.start()
+        child.close()
+        self.ready = False
+
+    def wait_ready(self, timeout: float) -> None:
+        if self.ready:
+            return
+        if not self.conn.poll(timeout):
+            self.stop()
+            raise RuntimeError(f"worker did not start within {timeout:.0f} s")
+        try:
+            kind, _ = self.conn.recv()
+        except EOFError:
+            self.process.join(5)
+            raise RuntimeError(f"worker failed to start: {_death_reason(self.process.exitcode)}") from None
+        assert kind == "ready"
+        self.ready = True
+
+    def run(self, payload: tuple, timeout: float) -> dict:
+        self.conn.send(payload)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.stop()
+                return {"status": "timeout", "reason": f"no result within {timeout:g} s; worker killed"}
+            if self.conn.poll(min(left, 1.0)):
+                try:
+                    _, row = self.conn.recv()
+                    return row
+                except (EOFError, OSError):
+                    self.process.join(5)
+                    return {"status": "error", "reason": _death_reason(self.process.exitcode)}
+            if not self.process.is_alive():
+                self.process.join(5)
+                return {"status": "error", "reason": _death_reason(self.process.exitcode)}
+
+    def stop(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(10)
+        self.conn.close()
+
+
+class WorkerPool:
+    """Hands out a warm worker, replaces it after any trial that did not end ok."""
+
+    def __init__(self, spare: bool = False, startup_timeout: float = 600.0):
+        self.spare = spare
+        self.startup_timeout = startup_timeout
+        self._current: Worker | None = None
+        self._spare: Worker | None = None
+
+    def run(self, payload: tuple, timeout: float) -> dict:
+        if self._current is None:
+            self._current, self._spare = (self._spare or Worker()), None
+        worker = self._current
+        worker.wait_ready(self.startup_timeout)
+        if self.spare and self._spare is None:
+            self._spare = Worker()
+        row = worker.run(payload, timeout)
+        if row.get("status") != "ok":
+            worker.stop()
+            self._current = None
+        return row
+
+    def close(self) -> None:
+        for worker in (self._current, self._spare):
+            if worker is not None:
+                try:
+                    worker.conn.send(None)
+                except OSError:
+                    pass
+                worker.process.join(5)
+                worker.stop()
+        self._current = self._spare = None
