@@ -59,43 +59,104 @@ def main():
 
 
 @main.command()
-@click.option("--profile", "profile_name", required=True,
-              help="Profile name (see `qlora-bench profiles`) or path to a profile YAML.")
-@click.option("--device", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True,
-              help="cpu runs the whole path on CPU with the tiny architecture.")
+@click.option(
+    "--profile",
+    "profile_name",
+    required=True,
+    help="Profile name (see `qlora-bench profiles`) or path to a profile YAML.",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["cuda", "cpu"]),
+    default="cuda",
+    show_default=True,
+    help="cpu runs the whole path on CPU with the tiny architecture.",
+)
 @click.option("--models", callback=_csv(str), help="Override the grid's models (comma-separated).")
 @click.option("--seq-lens", callback=_csv(int), help="Override sequence lengths, e.g. 512,1024.")
 @click.option("--batch-sizes", callback=_csv(int), help="Override batch sizes.")
 @click.option("--ranks", callback=_csv(int), help="Override LoRA ranks.")
 @click.option("--dtypes", callback=_csv(str), help="Override precisions: fp16,bf16.")
 @click.option("--grad-ckpt", callback=_csv(bool), help="Override gradient checkpointing: on,off.")
-@click.option("--lora-alpha-ratio", type=float, default=2.0, show_default=True,
-              help="LoRA alpha = ratio x rank.")
-@click.option("--lora-dropout", type=click.FloatRange(0, 1, max_open=True), default=0.05,
-              show_default=True)
-@click.option("--target-modules", default="all-linear", show_default=True,
-              help="LoRA targets: all-linear or comma-separated module names.")
-@click.option("--optimizer", type=click.Choice(["adamw_torch", "paged_adamw_8bit"]),
-              default="adamw_torch", show_default=True)
+@click.option(
+    "--lora-alpha-ratio", type=float, default=2.0, show_default=True, help="LoRA alpha = ratio x rank."
+)
+@click.option("--lora-dropout", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True)
+@click.option(
+    "--target-modules",
+    default="all-linear",
+    show_default=True,
+    help="LoRA targets: all-linear or comma-separated module names.",
+)
+@click.option(
+    "--optimizer",
+    type=click.Choice(["adamw_torch", "paged_adamw_8bit"]),
+    default="adamw_torch",
+    show_default=True,
+)
 @click.option("--warmup-steps", type=click.IntRange(1), default=2, show_default=True)
-@click.option("--steps", "measured_steps", type=click.IntRange(1), default=5, show_default=True,
-              help="Measured (timed) steps per trial.")
-@click.option("--weights", help="Real weights: a local model directory or a hub id already in "
-              "the HF cache. Default: random weights built from the catalogue's config values.")
-@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("results"), show_default=True)
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=900.0,
-              show_default=True, help="Seconds one trial may take before its worker is killed.")
+@click.option(
+    "--steps",
+    "measured_steps",
+    type=click.IntRange(1),
+    default=5,
+    show_default=True,
+    help="Measured (timed) steps per trial.",
+)
+@click.option(
+    "--weights",
+    help="Real weights: a local model directory or a hub id already in "
+    "the HF cache. Default: random weights built from the catalogue's config values.",
+)
+@click.option(
+    "--results-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("results"),
+    show_default=True,
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=1),
+    default=900.0,
+    show_default=True,
+    help="Seconds one trial may take before its worker is killed.",
+)
 @click.option("--overwrite", is_flag=True, help="Re-run points already recorded.")
-@click.option("--no-skip-implied", is_flag=True,
-              help="Run points that must OOM because a smaller one already did.")
-@click.option("--spare-worker/--no-spare-worker", default=None,
-              help="Keep a spare worker importing in the background (default: on for cuda).")
+@click.option(
+    "--no-skip-implied", is_flag=True, help="Run points that must OOM because a smaller one already did."
+)
+@click.option(
+    "--spare-workers",
+    type=click.IntRange(0, 8),
+    default=None,
+    help="Workers kept importing in the background so a replacement after an OOM is "
+    "ready at once (default: 1 on cuda, 0 on cpu).",
+)
 @click.option("--dry-run", is_flag=True, help="Print the grid and what would run; write nothing.")
-def sweep(profile_name, device, models, seq_lens, batch_sizes, ranks, dtypes, grad_ckpt,
-          lora_alpha_ratio, lora_dropout, target_modules, optimizer, warmup_steps,
-          measured_steps, weights, results_dir, timeout_s, overwrite, no_skip_implied,
-          spare_worker, dry_run):
+def sweep(
+    profile_name,
+    device,
+    models,
+    seq_lens,
+    batch_sizes,
+    ranks,
+    dtypes,
+    grad_ckpt,
+    lora_alpha_ratio,
+    lora_dropout,
+    target_modules,
+    optimizer,
+    warmup_steps,
+    measured_steps,
+    weights,
+    results_dir,
+    timeout_s,
+    overwrite,
+    no_skip_implied,
+    spare_workers,
+    dry_run,
+):
     """Sweep a hardware profile's grid; one CSV row per configuration."""
     from bench.commands import run_sweep_command
 

@@ -6,8 +6,14 @@ import os
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from bench.catalog import load_catalog
@@ -39,10 +45,29 @@ def resolve_weights(weights: str) -> str:
         ) from None
 
 
-def build_config(profile_name, device, models, seq_lens, batch_sizes, ranks, dtypes, grad_ckpt,
-                 lora_alpha_ratio, lora_dropout, target_modules, optimizer, warmup_steps,
-                 measured_steps, weights, results_dir, timeout_s, overwrite, no_skip_implied,
-                 spare_worker, **_) -> SweepConfig:
+def build_config(
+    profile_name,
+    device,
+    models,
+    seq_lens,
+    batch_sizes,
+    ranks,
+    dtypes,
+    grad_ckpt,
+    lora_alpha_ratio,
+    lora_dropout,
+    target_modules,
+    optimizer,
+    warmup_steps,
+    measured_steps,
+    weights,
+    results_dir,
+    timeout_s,
+    overwrite,
+    no_skip_implied,
+    spare_workers,
+    **_,
+) -> SweepConfig:
     catalog = load_catalog()
     profile = load_profile(profile_name, set(catalog))
     grid = profile.grid
@@ -61,18 +86,36 @@ def build_config(profile_name, device, models, seq_lens, batch_sizes, ranks, dty
         raise BenchUsageError(f"--dtypes: unknown {bad}; choose from {', '.join(DTYPES)}")
     if lora_alpha_ratio <= 0:
         raise BenchUsageError("--lora-alpha-ratio must be > 0")
-    axes = Axes(models=tuple(models), seq_lens=seq_lens or grid.seq_lens,
-                batch_sizes=batch_sizes or grid.batch_sizes, lora_ranks=ranks or grid.lora_ranks,
-                dtypes=tuple(dtypes), grad_ckpt=grad_ckpt or grid.grad_ckpt)
-    settings = dict(lora_alpha_ratio=lora_alpha_ratio, lora_dropout=lora_dropout,
-                    target_modules=target_modules, optimizer=optimizer,
-                    warmup_steps=warmup_steps, measured_steps=measured_steps,
-                    weights=weights or "random")
+    axes = Axes(
+        models=tuple(models),
+        seq_lens=seq_lens or grid.seq_lens,
+        batch_sizes=batch_sizes or grid.batch_sizes,
+        lora_ranks=ranks or grid.lora_ranks,
+        dtypes=tuple(dtypes),
+        grad_ckpt=grad_ckpt or grid.grad_ckpt,
+    )
+    settings = dict(
+        lora_alpha_ratio=lora_alpha_ratio,
+        lora_dropout=lora_dropout,
+        target_modules=target_modules,
+        optimizer=optimizer,
+        warmup_steps=warmup_steps,
+        measured_steps=measured_steps,
+        weights=weights or "random",
+    )
     return SweepConfig(
-        profile=profile, catalog=catalog, axes=axes, device=device, trial_settings=settings,
-        weights_path=weights_path, results_dir=results_dir, overwrite=overwrite,
-        skip_implied=not no_skip_implied, timeout_s=timeout_s,
-        spare_worker=(device == "cuda") if spare_worker is None else spare_worker)
+        profile=profile,
+        catalog=catalog,
+        axes=axes,
+        device=device,
+        trial_settings=settings,
+        weights_path=weights_path,
+        results_dir=results_dir,
+        overwrite=overwrite,
+        skip_implied=not no_skip_implied,
+        timeout_s=timeout_s,
+        spare_workers=(1 if device == "cuda" else 0) if spare_workers is None else spare_workers,
+    )
 
 
 def run_sweep_command(dry_run: bool, **options) -> int:
@@ -88,12 +131,25 @@ def run_sweep_command(dry_run: bool, **options) -> int:
             table.add_column(column)
         for p in planned:
             s = p.spec
-            table.add_row(s.model, str(s.seq_len), str(s.batch_size), str(s.lora_rank), s.dtype,
-                          "on" if s.grad_ckpt else "off", p.action)
+            table.add_row(
+                s.model,
+                str(s.seq_len),
+                str(s.batch_size),
+                str(s.lora_rank),
+                s.dtype,
+                "on" if s.grad_ckpt else "off",
+                p.action,
+            )
         Console().print(table)
         return 0
-    columns = (TextColumn("{task.description}", style="dim"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}", style="dim"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console, transient=False) as progress:
         written = run_sweep(cfg, progress)
     summary = ", ".join(f"{n} {status}" for status, n in sorted(written.items())) or "nothing to do"
@@ -107,13 +163,18 @@ def list_profiles_command() -> int:
     for column in ("name", "aliases", "usable GiB", "cc", "bf16", "description"):
         table.add_column(column)
     seen = set()
-    for name, path in available_profiles().items():
+    for path in available_profiles().values():
         if path in seen:
             continue
         seen.add(path)
         p = load_profile(str(path), set(catalog))
-        table.add_row(p.name, ",".join(p.aliases), f"{p.gpu.usable_vram_gib:g}",
-                      ".".join(map(str, p.gpu.compute_capability)),
-                      "yes" if p.gpu.native_bf16 else "no", p.description)
+        table.add_row(
+            p.name,
+            ",".join(p.aliases),
+            f"{p.gpu.usable_vram_gib:g}",
+            ".".join(map(str, p.gpu.compute_capability)),
+            "yes" if p.gpu.native_bf16 else "no",
+            p.description,
+        )
     Console().print(table)
     return 0

@@ -11,16 +11,20 @@ from bench.profiles import Profile
 
 @dataclass(frozen=True)
 class Plan:
-    device: str                  # cuda | cpu
+    device: str  # cuda | cpu
     emulated: bool
-    host_gpu: str                # empty on cpu
-    cap_gib: float | None        # reserved-memory cap for PyTorch's allocator, None = no cap
+    host_gpu: str  # empty on cpu
+    cap_gib: float | None  # reserved-memory cap for PyTorch's allocator, None = no cap
     sdpa_backends: tuple[str, ...]
-    allow_tf32: bool             # TF32 matmuls exist from sm80 on
+    allow_tf32: bool  # TF32 matmuls exist from sm80 on
 
     def to_worker(self) -> dict:
-        return {"device": self.device, "cap_gib": self.cap_gib,
-                "sdpa_backends": list(self.sdpa_backends), "allow_tf32": self.allow_tf32}
+        return {
+            "device": self.device,
+            "cap_gib": self.cap_gib,
+            "sdpa_backends": list(self.sdpa_backends),
+            "allow_tf32": self.allow_tf32,
+        }
 
 
 def plan(profile: Profile, device: str, host: HostGPU | None) -> Plan:
@@ -55,8 +59,10 @@ def unsupported_reason(dtype: str, profile: Profile, host: HostGPU | None, devic
         return None
     cc = profile.gpu.compute_capability
     if not profile.gpu.native_bf16 or cc < (8, 0):
-        return (f"bf16 needs compute capability >= 8.0; {profile.name} is "
-                f"{cc[0]}.{cc[1]} (torch's bf16 there is slow emulation)")
+        return (
+            f"bf16 needs compute capability >= 8.0; {profile.name} is "
+            f"{cc[0]}.{cc[1]} (torch's bf16 there is slow emulation)"
+        )
     if device == "cuda" and host is not None and host.compute_capability < (8, 0):
         return f"bf16 needs compute capability >= 8.0; host {host.name} lacks it"
     return None

@@ -106,8 +106,10 @@ def _int_list(check: Checker, data: dict, key: str, prefix: str):
         check.add(field, "missing")
         return None
     value = data[key]
-    ok = isinstance(value, list) and value and all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ok = (
+        isinstance(value, list)
+        and value
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
     )
     if not ok:
         check.add(field, f"must be a non-empty list of whole numbers (got {value!r})")
@@ -124,7 +126,7 @@ def _compute_capability(check: Checker, gpu: dict, prefix: str):
         major, minor = (int(p) for p in str(raw).split("."))
         return (major, minor)
     except ValueError:
-        check.add(f"{prefix}compute_capability", f"must look like \"8.6\" (got {raw!r})")
+        check.add(f"{prefix}compute_capability", f'must look like "8.6" (got {raw!r})')
         return None
 
 
@@ -171,8 +173,21 @@ def parse_profile(data, source: str, known_models: set[str] | None = None) -> Pr
         if cc and sdpa and "flash" in sdpa and cc < (8, 0):
             check.add(f"{p}sdpa_backends", "flash needs compute capability >= 8.0")
         if not check.problems:
-            spec = GPUSpec(match, total, usable, context, cc, tensor_cores, native_bf16, fp16,
-                           bf16, fp32, bandwidth, sdpa, os_name)
+            spec = GPUSpec(
+                match,
+                total,
+                usable,
+                context,
+                cc,
+                tensor_cores,
+                native_bf16,
+                fp16,
+                bf16,
+                fp32,
+                bandwidth,
+                sdpa,
+                os_name,
+            )
 
     grid = data.get("grid")
     grid_obj = None

@@ -35,7 +35,8 @@ class ResultsFile:
 
     def _read(self) -> list[dict]:
         try:
-            text = self.path.read_text(newline="")
+            with open(self.path, newline="") as f:
+                text = f.read()
         except OSError as exc:
             raise BenchUsageError(f"cannot read results file {self.path}: {exc}") from exc
         if not text.strip():

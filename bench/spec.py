@@ -67,11 +67,24 @@ def expand(axes: Axes, **fixed) -> list[TrialSpec]:
     """
     ratio = fixed.pop("lora_alpha_ratio", 2)
     specs = [
-        TrialSpec(model=m, dtype=dt, grad_ckpt=gc, lora_rank=r, batch_size=b, seq_len=s,
-                  lora_alpha=int(round(ratio * r)), **fixed)
+        TrialSpec(
+            model=m,
+            dtype=dt,
+            grad_ckpt=gc,
+            lora_rank=r,
+            batch_size=b,
+            seq_len=s,
+            lora_alpha=int(round(ratio * r)),
+            **fixed,
+        )
         for m, dt, gc, r, b, s in itertools.product(
-            axes.models, axes.dtypes, sorted(axes.grad_ckpt, reverse=True),
-            sorted(axes.lora_ranks), sorted(axes.batch_sizes), sorted(axes.seq_lens))
+            axes.models,
+            axes.dtypes,
+            sorted(axes.grad_ckpt, reverse=True),
+            sorted(axes.lora_ranks),
+            sorted(axes.batch_sizes),
+            sorted(axes.seq_lens),
+        )
     ]
     return specs
 
@@ -87,10 +100,17 @@ def implied_oom(spec: TrialSpec, ooms: list[TrialSpec]) -> TrialSpec | None:
 def spec_from_row(row: dict) -> TrialSpec:
     """Rebuild the configuration recorded in a CSV row (strings) as a TrialSpec."""
     return TrialSpec(
-        model=row["model"], seq_len=int(row["seq_len"]), batch_size=int(row["batch_size"]),
-        lora_rank=int(row["lora_rank"]), dtype=row["dtype"],
-        grad_ckpt=str(row["grad_ckpt"]).lower() == "true", lora_alpha=int(row["lora_alpha"]),
-        lora_dropout=float(row["lora_dropout"]), target_modules=row["target_modules"],
-        optimizer=row["optimizer"], warmup_steps=int(row["warmup_steps"]),
-        measured_steps=int(row["measured_steps"]), weights=row["weights"],
+        model=row["model"],
+        seq_len=int(row["seq_len"]),
+        batch_size=int(row["batch_size"]),
+        lora_rank=int(row["lora_rank"]),
+        dtype=row["dtype"],
+        grad_ckpt=str(row["grad_ckpt"]).lower() == "true",
+        lora_alpha=int(row["lora_alpha"]),
+        lora_dropout=float(row["lora_dropout"]),
+        target_modules=row["target_modules"],
+        optimizer=row["optimizer"],
+        warmup_steps=int(row["warmup_steps"]),
+        measured_steps=int(row["measured_steps"]),
+        weights=row["weights"],
     )

@@ -23,12 +23,12 @@ class SweepConfig:
     axes: Axes
     device: str = "cuda"
     trial_settings: dict = field(default_factory=dict)  # TrialSpec fields that are not axes
-    weights_path: str | None = None                     # real weights (a local directory)
+    weights_path: str | None = None  # real weights (a local directory)
     results_dir: Path = Path("results")
     overwrite: bool = False
     skip_implied: bool = True
     timeout_s: float = 900.0
-    spare_worker: bool = False
+    spare_workers: int = 0
 
 
 def results_path(results_dir: Path, profile: Profile, device: str) -> Path:
@@ -39,7 +39,7 @@ def results_path(results_dir: Path, profile: Profile, device: str) -> Path:
 @dataclass
 class Planned:
     spec: TrialSpec
-    action: str                       # run | unsupported | recorded
+    action: str  # run | unsupported | recorded
     reason: str = ""
 
 
@@ -78,12 +78,22 @@ def run_sweep(cfg: SweepConfig, progress=None) -> Counter:
 def _env_columns(cfg: SweepConfig, plan: emulation.Plan, host: HostGPU | None) -> dict:
     import torch
 
-    env = {"profile": cfg.profile.name, "device": cfg.device, "emulated": plan.emulated,
-           "host_gpu": plan.host_gpu, "cuda": torch.version.cuda or "",
-           "git_commit": git_commit(), **library_versions()}
+    env = {
+        "profile": cfg.profile.name,
+        "device": cfg.device,
+        "emulated": plan.emulated,
+        "host_gpu": plan.host_gpu,
+        "cuda": torch.version.cuda or "",
+        "git_commit": git_commit(),
+        **library_versions(),
+    }
     if host is not None:
-        env.update(gpu_name=host.name, driver=host.driver, gpu_total_gib=host.total_gib,
-                   gpu_compute_capability=".".join(map(str, host.compute_capability)))
+        env.update(
+            gpu_name=host.name,
+            driver=host.driver,
+            gpu_total_gib=host.total_gib,
+            gpu_compute_capability=".".join(map(str, host.compute_capability)),
+        )
     return env
 
 
@@ -91,10 +101,9 @@ def _run(cfg, store, plan, host, progress) -> Counter:
     planned = plan_sweep(cfg, store, host)
     todo = [p for p in planned if p.action != "recorded"]
     env = _env_columns(cfg, plan, host)
-    ooms = [] if cfg.overwrite else [
-        spec_from_row(r) for r in store.rows if r["status"] == "oom"]
+    ooms = [] if cfg.overwrite else [spec_from_row(r) for r in store.rows if r["status"] == "oom"]
     written: Counter = Counter()
-    pool = WorkerPool(spare=cfg.spare_worker)
+    pool = WorkerPool(spares=cfg.spare_workers)
     task = progress.add_task("sweep", total=len(todo)) if progress else None
     try:
         for item in todo:
@@ -105,17 +114,23 @@ def _run(cfg, store, plan, host, progress) -> Counter:
             if item.action == "unsupported":
                 measured = {"status": "unsupported", "reason": item.reason}
             elif implied is not None:
-                measured = {"status": "oom", "inferred_from": implied.key,
-                            "reason": "not run: a smaller configuration with everything else "
-                                      "equal ran out of memory"}
+                measured = {
+                    "status": "oom",
+                    "inferred_from": implied.key,
+                    "reason": "not run: a smaller configuration with everything else equal ran out of memory",
+                }
             else:
-                payload = ({**spec.to_row(), "key": spec.key}, plan.to_worker(),
-                           _model_source(cfg, spec))
+                payload = ({**spec.to_row(), "key": spec.key}, plan.to_worker(), _model_source(cfg, spec))
                 measured = pool.run(payload, cfg.timeout_s)
             if measured["status"] == "oom":
                 ooms.append(spec)
-            row = {**spec.to_row(), **env, **measured, "trial_key": spec.key,
-                   "timestamp_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+            row = {
+                **spec.to_row(),
+                **env,
+                **measured,
+                "trial_key": spec.key,
+                "timestamp_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            }
             if cfg.device == "cuda" and host is not None:  # the sweep's NVML view names the GPU
                 row.update(gpu_name=host.name, driver=host.driver)
             store.append(row, replace_key=cfg.overwrite)
@@ -125,4 +140,3 @@ def _run(cfg, store, plan, host, progress) -> Counter:
     finally:
         pool.close()
     return written
-

@@ -132,8 +132,12 @@ def _sdpa_context(backends: list[str], device: str):
         return nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    names = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "math": "MATH",
-             "cudnn": "CUDNN_ATTENTION"}
+    names = {
+        "flash": "FLASH_ATTENTION",
+        "efficient": "EFFICIENT_ATTENTION",
+        "math": "MATH",
+        "cudnn": "CUDNN_ATTENTION",
+    }
     return sdpa_kernel([getattr(SDPBackend, names[b]) for b in backends])
 
 
@@ -151,27 +155,48 @@ def load_qlora_model(spec: dict, source: str, device: str):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     dtype = DTYPES[spec["dtype"]]
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                               bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype,
+    )
     device_map = {"": torch.cuda.current_device()} if device == "cuda" else {"": "cpu"}
     model = AutoModelForCausalLM.from_pretrained(
-        source, quantization_config=quant, dtype=dtype, device_map=device_map,
-        attn_implementation="sdpa", local_files_only=True)
+        source,
+        quantization_config=quant,
+        dtype=dtype,
+        device_map=device_map,
+        attn_implementation="sdpa",
+        local_files_only=True,
+    )
     model.config.use_cache = False
     model = prepare_model_for_kbit_training(
-        model, use_gradient_checkpointing=spec["grad_ckpt"],
-        gradient_checkpointing_kwargs={"use_reentrant": False})
+        model,
+        use_gradient_checkpointing=spec["grad_ckpt"],
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+    )
     targets = spec["target_modules"]
-    lora = LoraConfig(r=spec["lora_rank"], lora_alpha=spec["lora_alpha"],
-                      lora_dropout=spec["lora_dropout"], task_type="CAUSAL_LM",
-                      target_modules=targets if targets == "all-linear" else targets.split(","))
+    lora = LoraConfig(
+        r=spec["lora_rank"],
+        lora_alpha=spec["lora_alpha"],
+        lora_dropout=spec["lora_dropout"],
+        task_type="CAUSAL_LM",
+        target_modules=targets if targets == "all-linear" else targets.split(","),
+    )
     model = get_peft_model(model, lora)
     model.train()
     return model
 
 
-def measure(spec: dict, plan: dict, model_source: dict) -> dict:
-    """Run the trial; return measured columns. Exceptions propagate to the worker's classifier."""
+def measure(spec: dict, plan: dict, model_source: dict, row: dict) -> dict:
+    """Run the trial, filling `row` as phases complete (so an OOM row keeps what was measured
+    before it). The SDPA restriction covers forward, backward and checkpoint recomputation."""
+    with _sdpa_context(plan["sdpa_backends"], plan["device"]):
+        return _measure(spec, plan, model_source, row)
+
+
+def _measure(spec: dict, plan: dict, model_source: dict, row: dict) -> dict:
     device = plan["device"]
     started = time.perf_counter()
     if device == "cuda":
@@ -191,7 +216,7 @@ def measure(spec: dict, plan: dict, model_source: dict) -> dict:
             torch.cuda.set_per_process_memory_fraction(plan["cap_gib"] * GIB / total)
         probe.reset_peak()
 
-    row: dict = {"mem_cap_gib": plan["cap_gib"], "sdpa_backends": ",".join(plan["sdpa_backends"])}
+    row.update(mem_cap_gib=plan["cap_gib"], sdpa_backends=",".join(plan["sdpa_backends"]))
     model = load_qlora_model(spec, source, device)
     assert model.training, "model must be in train mode for gradient checkpointing to act"
     trainable, total_params = model.get_nb_trainable_parameters()
@@ -210,7 +235,7 @@ def measure(spec: dict, plan: dict, model_source: dict) -> dict:
     tokens = torch.randint(0, vocab, (spec["batch_size"], spec["seq_len"]), generator=gen).to(device)
 
     def step() -> float:
-        with torch.autocast(device_type=device, dtype=dtype), _sdpa_context(plan["sdpa_backends"], device):
+        with torch.autocast(device_type=device, dtype=dtype):
             loss = model(input_ids=tokens, labels=tokens).loss
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -254,18 +279,21 @@ def measure(spec: dict, plan: dict, model_source: dict) -> dict:
     bad = [i for i, v in enumerate(losses) if v != v or v in (float("inf"), float("-inf"))]
     p50 = statistics.median(times)
     p90 = sorted(times)[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
-    row.update(step_time_p50_s=p50, step_time_p90_s=p90,
-               tokens_per_s=spec["batch_size"] * spec["seq_len"] / p50,
-               step_times_s=";".join(f"{t:.5f}" for t in times),
-               loss_first=losses[0], loss_last=losses[-1],
-               trial_wall_s=time.perf_counter() - started)
+    row.update(
+        step_time_p50_s=p50,
+        step_time_p90_s=p90,
+        tokens_per_s=spec["batch_size"] * spec["seq_len"] / p50,
+        step_times_s=";".join(f"{t:.5f}" for t in times),
+        loss_first=losses[0],
+        loss_last=losses[-1],
+        trial_wall_s=time.perf_counter() - started,
+    )
     if bad:
         row["status"] = "error"
         row["reason"] = f"non-finite loss at step {bad[0] + 1} ({losses[bad[0]]}); throughput not valid"
     else:
         row["status"] = "ok"
         row["reason"] = ""
-    del model, optimizer, params, scaler, tokens
     return row
 
 

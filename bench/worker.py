@@ -60,8 +60,11 @@ def _runtime_info(device: str) -> dict:
     info = {"cuda": torch.version.cuda or ""}
     if device == "cuda":
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
-        info.update(gpu_name=props.name, gpu_compute_capability=f"{props.major}.{props.minor}",
-                    gpu_total_gib=props.total_memory / 2**30)
+        info.update(
+            gpu_name=props.name,
+            gpu_compute_capability=f"{props.major}.{props.minor}",
+            gpu_total_gib=props.total_memory / 2**30,
+        )
     return info
 
 
@@ -89,12 +92,15 @@ def worker_main(conn) -> None:
             return
         spec, plan, source = message
         device = plan["device"]
+        row: dict = {}
         try:
             _inject(spec["key"], device)
-            row = trial.measure(spec, plan, source)
+            trial.measure(spec, plan, source, row)
         except BaseException as exc:  # classified into a row; the parent decides what is fatal
-            row = {"status": "oom" if trial.is_oom(exc) else "error",
-                   "reason": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"}
+            first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+            row.update(
+                status="oom" if trial.is_oom(exc) else "error", reason=f"{type(exc).__name__}: {first_line}"
+            )
             if device == "cuda":
                 import torch
 
@@ -168,21 +174,25 @@ class Worker:
 
 
 class WorkerPool:
-    """Hands out a warm worker, replaces it after any trial that did not end ok."""
+    """Hands out a warm worker, replaces it after any trial that did not end ok.
 
-    def __init__(self, spare: bool = False, startup_timeout: float = 600.0):
-        self.spare = spare
+    `spares` workers import in the background so a replacement is ready at once; they hold no
+    CUDA context (and so no GPU memory) until they run a trial.
+    """
+
+    def __init__(self, spares: int = 0, startup_timeout: float = 600.0):
+        self.spares = spares
         self.startup_timeout = startup_timeout
         self._current: Worker | None = None
-        self._spare: Worker | None = None
+        self._spare: list[Worker] = []
 
     def run(self, payload: tuple, timeout: float) -> dict:
         if self._current is None:
-            self._current, self._spare = (self._spare or Worker()), None
+            self._current = self._spare.pop(0) if self._spare else Worker()
         worker = self._current
         worker.wait_ready(self.startup_timeout)
-        if self.spare and self._spare is None:
-            self._spare = Worker()
+        while len(self._spare) < self.spares:
+            self._spare.append(Worker())
         row = worker.run(payload, timeout)
         if row.get("status") != "ok":
             worker.stop()
@@ -190,7 +200,7 @@ class WorkerPool:
         return row
 
     def close(self) -> None:
-        for worker in (self._current, self._spare):
+        for worker in [self._current, *self._spare]:
             if worker is not None:
                 try:
                     worker.conn.send(None)
@@ -198,4 +208,4 @@ class WorkerPool:
                     pass
                 worker.process.join(5)
                 worker.stop()
-        self._current = self._spare = None
+        self._current, self._spare = None, []

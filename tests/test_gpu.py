@@ -1,0 +1,47 @@
+"""GPU checks (skipped without CUDA): the numbers every published table rests on."""
+
+import pytest
+
+from bench.catalog import load_catalog
+from bench.spec import TrialSpec
+from bench.worker import WorkerPool
+
+pytestmark = pytest.mark.gpu
+
+NATIVE = {
+    "device": "cuda",
+    "cap_gib": None,
+    "sdpa_backends": ["flash", "efficient", "math"],
+    "allow_tf32": True,
+}
+
+
+def _run(pool, spec, plan):
+    source = {"config": load_catalog()[spec.model].config}
+    return pool.run(({**spec.to_row(), "key": spec.key}, plan, source), timeout=600)
+
+
+def test_gradient_checkpointing_lowers_peak_memory():
+    """A silent no-op here (e.g. the model left in eval mode) would corrupt every published number."""
+    pool = WorkerPool()
+    try:
+        rows = {
+            gc: _run(pool, TrialSpec("qwen2.5-0.5b", 2048, 1, 8, "fp16", gc, 16), NATIVE)
+            for gc in (False, True)
+        }
+    finally:
+        pool.close()
+    assert rows[True]["status"] == rows[False]["status"] == "ok", rows
+    assert rows[True]["peak_alloc_gib"] < 0.75 * rows[False]["peak_alloc_gib"], rows
+
+
+def test_emulation_cap_bounds_reserved_memory():
+    """Under an emulated 4 GB card the allocator never reserves past the cap: it OOMs instead."""
+    capped = {**NATIVE, "cap_gib": 3.15, "sdpa_backends": ["efficient", "math"], "allow_tf32": False}
+    pool = WorkerPool()
+    try:
+        row = _run(pool, TrialSpec("qwen2.5-0.5b", 4096, 2, 8, "fp16", False, 16), capped)
+    finally:
+        pool.close()
+    assert row["status"] == "oom", row
+    assert row["peak_reserved_gib"] <= 3.15

@@ -1,0 +1,157 @@
+"""The sweep on CPU with the tiny model: real QLoRA trials, faults, resume after SIGKILL."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO, cli
+
+pytestmark = pytest.mark.slow
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_real_qlora_trial_on_cpu(tmp_path):
+    """The whole path: grid -> worker -> NF4 + LoRA step -> CSV row, bf16 gated on the T4."""
+    result = cli(
+        "--profile",
+        "t4",
+        "--device",
+        "cpu",
+        "--seq-lens",
+        "128",
+        "--batch-sizes",
+        "2",
+        "--ranks",
+        "8",
+        "--dtypes",
+        "fp16,bf16",
+        "--grad-ckpt",
+        "on",
+        "--results-dir",
+        str(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    rows = read_rows(tmp_path / "t4" / "trials-cpu.csv")
+    by_dtype = {r["dtype"]: r for r in rows}
+    ok = by_dtype["fp16"]
+    assert ok["status"] == "ok", ok["reason"]
+    assert ok["model"] == "tiny" and ok["device"] == "cpu" and ok["emulated"] == "false"
+    assert int(ok["trainable_params"]) > 0
+    assert int(ok["trainable_params"]) < int(ok["total_params"])
+    times = [float(t) for t in ok["step_times_s"].split(";")]
+    assert len(times) == 5 and all(t > 0 for t in times)
+    assert float(ok["tokens_per_s"]) == pytest.approx(2 * 128 / float(ok["step_time_p50_s"]), rel=1e-5)
+    assert 0 < float(ok["loss_last"]) < 20 and float(ok["cpu_peak_rss_gib"]) > 0
+    assert ok["peak_alloc_gib"] == "" and ok["nvml_process_max_gib"] == ""  # GPU-only columns
+    for column in ("torch", "transformers", "peft", "bitsandbytes", "python", "timestamp_utc"):
+        assert ok[column], column
+    bf16 = by_dtype["bf16"]
+    assert bf16["status"] == "unsupported"
+    assert "compute capability" in bf16["reason"] and "7.5" in bf16["reason"]
+
+
+def test_faulty_workers_are_recorded_and_the_sweep_goes_on(tmp_path):
+    faults = "s=64|b=1:segfault,s=128|b=1:hang,s=192|b=1:raise,s=256|b=1:oom"
+    result = cli(
+        "--profile",
+        "rtx3050",
+        "--device",
+        "cpu",
+        "--seq-lens",
+        "64,128,192,256",
+        "--batch-sizes",
+        "1,2",
+        "--ranks",
+        "4",
+        "--dtypes",
+        "fp16",
+        "--grad-ckpt",
+        "off",
+        "--timeout",
+        "30",
+        "--results-dir",
+        str(tmp_path),
+        env={"QLORA_BENCH_INJECT": faults},
+    )
+    assert result.returncode == 1, result.stderr  # errors were recorded: exit 1
+    rows = read_rows(tmp_path / "rtx3050-laptop" / "trials-cpu.csv")
+    status = {(int(r["seq_len"]), int(r["batch_size"])): r for r in rows}
+    assert len(rows) == 8
+    assert status[(64, 1)]["status"] == "error" and "SIGSEGV" in status[(64, 1)]["reason"]
+    assert status[(128, 1)]["status"] == "timeout"
+    assert status[(192, 1)]["status"] == "error" and "injected" in status[(192, 1)]["reason"]
+    assert status[(256, 1)]["status"] == "oom"
+    for seq in (64, 128, 192):
+        assert status[(seq, 2)]["status"] == "ok", status[(seq, 2)]["reason"]
+    inferred = status[(256, 2)]
+    assert inferred["status"] == "oom" and inferred["inferred_from"] == status[(256, 1)]["trial_key"]
+
+
+SWEEP = [
+    "--profile",
+    "rtx3050",
+    "--device",
+    "cpu",
+    "--seq-lens",
+    "64,96,128,160,192,224",
+    "--batch-sizes",
+    "1",
+    "--ranks",
+    "4",
+    "--dtypes",
+    "fp16",
+    "--grad-ckpt",
+    "on,off",
+    "--warmup-steps",
+    "1",
+    "--steps",
+    "2",
+]
+
+
+def test_sigkill_then_rerun_loses_and_doubles_nothing(tmp_path):
+    path = tmp_path / "rtx3050-laptop" / "trials-cpu.csv"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench", *SWEEP, "--results-dir", str(tmp_path)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if path.exists() and len(read_rows(path)) >= 3:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = read_rows(path)  # parses: the kill never leaves a torn row
+    assert 3 <= len(before) < 12
+    result = cli(*SWEEP, "--results-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    after = read_rows(path)
+    keys = [r["trial_key"] for r in after]
+    assert len(after) == 12 and len(set(keys)) == 12  # none lost, none doubled
+    assert after[: len(before)] == before  # recorded rows untouched
+    rerun = cli(*SWEEP, "--results-dir", str(tmp_path))  # a third run has nothing to do
+    assert rerun.returncode == 0 and read_rows(path) == after
+
+
+def test_overwrite_redoes_recorded_points(tmp_path):
+    args = [*SWEEP[:5], "64", *SWEEP[6:], "--results-dir", str(tmp_path)]
+    assert cli(*args).returncode == 0
+    path = tmp_path / "rtx3050-laptop" / "trials-cpu.csv"
+    first = read_rows(path)
+    assert cli(*args, "--overwrite").returncode == 0
+    second = read_rows(path)
+    assert [r["trial_key"] for r in second] == [r["trial_key"] for r in first]
+    assert [r["step_times_s"] for r in second] != [r["step_times_s"] for r in first]
