@@ -40,7 +40,8 @@ class TrialSpec:
         return asdict(self)
 
     def same_except_monotone(self, other: TrialSpec) -> bool:
-        neutral = {axis: 0 for axis in MONOTONE_AXES}
+        # lora_alpha only scales the adapter's output: no memory. It follows rank (alpha = k*r).
+        neutral = {axis: 0 for axis in (*MONOTONE_AXES, "lora_alpha")}
         return replace(self, **neutral) == replace(other, **neutral)
 
     def dominates(self, other: TrialSpec) -> bool:

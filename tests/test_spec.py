@@ -29,3 +29,19 @@ def test_oom_implies_only_larger_points_with_the_rest_equal():
     assert implied_oom(specs[(256, 2, True)], [oom]) is None  # smaller seq: may fit
     assert implied_oom(specs[(1024, 1, False)], [oom]) is None  # other checkpointing
     assert implied_oom(oom, [oom]) is None
+
+
+def test_rank_implication_ignores_alpha_which_follows_rank():
+    specs = expand(
+        Axes(
+            models=("tiny",),
+            seq_lens=(512,),
+            batch_sizes=(1,),
+            lora_ranks=(8, 16),
+            dtypes=("fp16",),
+            grad_ckpt=(True,),
+        )
+    )
+    r8, r16 = specs
+    assert (r8.lora_alpha, r16.lora_alpha) == (16, 32)
+    assert implied_oom(r16, [r8]) == r8
