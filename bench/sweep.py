@@ -83,6 +83,8 @@ def _env_columns(cfg: SweepConfig, plan: emulation.Plan, host: HostGPU | None) -
         "device": cfg.device,
         "emulated": plan.emulated,
         "host_gpu": plan.host_gpu,
+        "mem_cap_gib": plan.cap_gib,
+        "sdpa_backends": ",".join(plan.sdpa_backends),
         "cuda": torch.version.cuda or "",
         "git_commit": git_commit(),
         **library_versions(),

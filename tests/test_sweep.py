@@ -57,6 +57,8 @@ def test_real_qlora_trial_on_cpu(tmp_path):
     bf16 = by_dtype["bf16"]
     assert bf16["status"] == "unsupported"
     assert "compute capability" in bf16["reason"] and "7.5" in bf16["reason"]
+    for row in rows:  # plan-level columns are on every row, run or not
+        assert row["sdpa_backends"] == "efficient,math" and row["profile"] == "t4"
 
 
 def test_faulty_workers_are_recorded_and_the_sweep_goes_on(tmp_path):
