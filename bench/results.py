@@ -62,9 +62,12 @@ class ResultsFile:
 
     def lock(self) -> None:
         """Take the sweep lock on this CSV or refuse, naming the holder."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         lock_path = self.path.with_name(self.path.name + ".lock")
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise BenchUsageError(f"cannot write results to {self.path.parent}: {exc}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -92,6 +95,12 @@ class ResultsFile:
         self.rows = rows
 
     def _write(self, rows: list[dict]) -> None:
+        try:
+            self._write_atomically(rows)
+        except OSError as exc:
+            raise BenchUsageError(f"cannot write results to {self.path}: {exc}") from exc
+
+    def _write_atomically(self, rows: list[dict]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         with open(tmp, "w", newline="") as f:

@@ -81,3 +81,11 @@ def test_profiles_and_schema_commands():
     assert listed.returncode == 0 and "rtx3050-laptop" in listed.stdout
     schema = cli("schema")
     assert schema.returncode == 0 and "peak_reserved_gib" in schema.stdout
+
+
+def test_unwritable_results_dir_exits_2(tmp_path):
+    blocker = tmp_path / "t4"  # a file where the profile's results folder should be
+    blocker.write_text("not a directory")
+    result = cli("--profile", "t4", "--device", "cpu", "--seq-lens", "64", "--results-dir", str(tmp_path))
+    assert result.returncode == 2 and "cannot write results" in result.stderr
+    assert blocker.read_text() == "not a directory"

@@ -157,3 +157,42 @@ def test_overwrite_redoes_recorded_points(tmp_path):
     second = read_rows(path)
     assert [r["trial_key"] for r in second] == [r["trial_key"] for r in first]
     assert [r["step_times_s"] for r in second] != [r["step_times_s"] for r in first]
+
+
+def test_real_weights_from_a_local_directory_and_paged_optimizer(tmp_path):
+    """--weights takes a local model directory (no hub); the paged 8-bit AdamW option runs."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from bench.catalog import load_catalog
+
+    model_dir = tmp_path / "my-model"
+    config = AutoConfig.for_model(**load_catalog()["tiny"].config)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(model_dir)
+    result = cli(
+        "--profile",
+        "rtx3050",
+        "--device",
+        "cpu",
+        "--weights",
+        str(model_dir),
+        "--seq-lens",
+        "64",
+        "--batch-sizes",
+        "1",
+        "--ranks",
+        "4",
+        "--dtypes",
+        "bf16",
+        "--grad-ckpt",
+        "off",
+        "--optimizer",
+        "paged_adamw_8bit",
+        "--results-dir",
+        str(tmp_path / "r"),
+    )
+    assert result.returncode == 0, result.stderr
+    (row,) = read_rows(tmp_path / "r" / "rtx3050-laptop" / "trials-cpu.csv")
+    assert row["status"] == "ok", row["reason"]
+    assert row["weights"] == str(model_dir) and row["optimizer"] == "paged_adamw_8bit"
