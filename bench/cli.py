@@ -79,7 +79,11 @@ def main():
 @click.option("--dtypes", callback=_csv(str), help="Override precisions: fp16,bf16.")
 @click.option("--grad-ckpt", callback=_csv(bool), help="Override gradient checkpointing: on,off.")
 @click.option(
-    "--lora-alpha-ratio", type=float, default=2.0, show_default=True, help="LoRA alpha = ratio x rank."
+    "--lora-alpha-ratio",
+    type=click.FloatRange(min=0, min_open=True),
+    default=2.0,
+    show_default=True,
+    help="LoRA alpha = ratio x rank.",
 )
 @click.option("--lora-dropout", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True)
 @click.option(
@@ -134,33 +138,11 @@ def main():
     "ready at once (default: 1 on cuda, 0 on cpu).",
 )
 @click.option("--dry-run", is_flag=True, help="Print the grid and what would run; write nothing.")
-def sweep(
-    profile_name,
-    device,
-    models,
-    seq_lens,
-    batch_sizes,
-    ranks,
-    dtypes,
-    grad_ckpt,
-    lora_alpha_ratio,
-    lora_dropout,
-    target_modules,
-    optimizer,
-    warmup_steps,
-    measured_steps,
-    weights,
-    results_dir,
-    timeout_s,
-    overwrite,
-    no_skip_implied,
-    spare_workers,
-    dry_run,
-):
+def sweep(**options):
     """Sweep a hardware profile's grid; one CSV row per configuration."""
     from bench.commands import run_sweep_command
 
-    _guard(run_sweep_command, **locals())
+    _guard(run_sweep_command, **options)
 
 
 @main.command("profiles")

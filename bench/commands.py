@@ -84,8 +84,6 @@ def build_config(
     bad = [d for d in dtypes if d not in DTYPES]
     if bad:
         raise BenchUsageError(f"--dtypes: unknown {bad}; choose from {', '.join(DTYPES)}")
-    if lora_alpha_ratio <= 0:
-        raise BenchUsageError("--lora-alpha-ratio must be > 0")
     axes = Axes(
         models=tuple(models),
         seq_lens=seq_lens or grid.seq_lens,
