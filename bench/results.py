@@ -79,6 +79,9 @@ class ResultsFile:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
+        # Another sweep may have written since this object read the file: read it again, under
+        # the lock, so appends never drop its rows.
+        self.rows = self._read() if self.path.exists() else []
 
     def unlock(self) -> None:
         if self._lock_fd is not None:

@@ -48,6 +48,9 @@ def plan_sweep(cfg: SweepConfig, store: ResultsFile, host: HostGPU | None) -> li
     planned = []
     for spec in expand(cfg.axes, **cfg.trial_settings):
         reason = emulation.unsupported_reason(spec.dtype, cfg.profile, host, cfg.device)
+        arch = None if cfg.weights_path else cfg.catalog[spec.model]
+        if arch is not None and spec.seq_len > arch.context_len:
+            reason = f"seq_len {spec.seq_len} is past {arch.name}'s context of {arch.context_len}"
         if spec.key in recorded:
             planned.append(Planned(spec, "recorded"))
         elif reason:

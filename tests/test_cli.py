@@ -89,3 +89,27 @@ def test_unwritable_results_dir_exits_2(tmp_path):
     result = cli("--profile", "t4", "--device", "cpu", "--seq-lens", "64", "--results-dir", str(tmp_path))
     assert result.returncode == 2 and "cannot write results" in result.stderr
     assert blocker.read_text() == "not a directory"
+
+
+def test_seq_len_past_the_model_context_is_unsupported(tmp_path):
+    result = cli(
+        "--profile",
+        "t4",
+        "--device",
+        "cpu",
+        "--seq-lens",
+        "8192",
+        "--dtypes",
+        "fp16",
+        "--ranks",
+        "4",
+        "--batch-sizes",
+        "1",
+        "--grad-ckpt",
+        "off",
+        "--results-dir",
+        str(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    text = (tmp_path / "t4" / "trials-cpu.csv").read_text()
+    assert ",unsupported," in text and "past tiny's context of 4096" in text

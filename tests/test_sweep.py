@@ -196,3 +196,19 @@ def test_real_weights_from_a_local_directory_and_paged_optimizer(tmp_path):
     (row,) = read_rows(tmp_path / "r" / "rtx3050-laptop" / "trials-cpu.csv")
     assert row["status"] == "ok", row["reason"]
     assert row["weights"] == str(model_dir) and row["optimizer"] == "paged_adamw_8bit"
+
+
+def test_rows_written_by_another_sweep_while_waiting_are_kept(tmp_path):
+    """A store read before another sweep wrote must not drop that sweep's rows on append."""
+    from bench.results import ResultsFile
+
+    path = tmp_path / "trials.csv"
+    late = ResultsFile(path)  # read (empty) before the other sweep wrote
+    other = ResultsFile(path)
+    other.lock()
+    other.append({"trial_key": "a", "status": "ok"})
+    other.unlock()
+    late.lock()
+    late.append({"trial_key": "b", "status": "ok"})
+    late.unlock()
+    assert [r["trial_key"] for r in read_rows(path)] == ["a", "b"]
