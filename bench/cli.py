@@ -145,6 +145,85 @@ def sweep(**options):
     _guard(run_sweep_command, **options)
 
 
+@main.command()
+@click.option("--profile", "profile_name", required=True, help="Profile name or path to a profile YAML.")
+@click.option("--device", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True)
+@click.option("--models", callback=_csv(str), help="Override the grid's models.")
+@click.option("--ranks", callback=_csv(int), help="Override LoRA ranks.")
+@click.option("--dtypes", callback=_csv(str), help="Override precisions: fp16,bf16.")
+@click.option("--grad-ckpt", callback=_csv(bool), help="Override gradient checkpointing: on,off.")
+@click.option(
+    "--ref-seq-lens",
+    callback=_csv(int),
+    help="Sequence lengths at which to find the largest batch (default: the profile's).",
+)
+@click.option(
+    "--axes",
+    "boundary_axes",
+    callback=_csv(str),
+    default="seq_len,batch_size",
+    show_default=True,
+    help="Which boundaries: seq_len, batch_size.",
+)
+@click.option(
+    "--parallel",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Searches run at once (each its own worker; memory caps are per process).",
+)
+@click.option(
+    "--lora-alpha-ratio", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True
+)
+@click.option(
+    "--optimizer",
+    type=click.Choice(["adamw_torch", "paged_adamw_8bit"]),
+    default="adamw_torch",
+    show_default=True,
+)
+@click.option("--warmup-steps", type=click.IntRange(1), default=1, show_default=True)
+@click.option(
+    "--steps",
+    "measured_steps",
+    type=click.IntRange(1),
+    default=2,
+    show_default=True,
+    help="Steps after warm-up; two or more, so the optimizer states are in the peak.",
+)
+@click.option(
+    "--results-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("results"),
+    show_default=True,
+)
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=900.0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Search boundaries already recorded again.")
+def boundary(**options):
+    """Find and verify OOM boundaries: longest sequence at batch 1, largest batch at reference lengths."""
+    from bench.commands import run_boundary_command
+
+    _guard(run_boundary_command, **options)
+
+
+@main.command()
+@click.option(
+    "--results-dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=Path("results"),
+    show_default=True,
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the markdown (default: RESULTS_DIR/boundaries.md).",
+)
+def report(results_dir, output):
+    """Write the OOM-boundary tables (markdown) from the boundary CSVs."""
+    from bench import report as report_module
+
+    click.echo(report_module.write(results_dir, output))
+
+
 @main.command("profiles")
 def list_profiles():
     """List the shipped hardware profiles."""

@@ -176,3 +176,42 @@ def list_profiles_command() -> int:
         )
     Console().print(table)
     return 0
+
+
+BOUNDARY_AXES = ("seq_len", "batch_size")
+
+
+def run_boundary_command(ref_seq_lens, boundary_axes, parallel, **options) -> int:
+    from bench.boundary import BoundaryRun
+
+    bad = [a for a in boundary_axes if a not in BOUNDARY_AXES]
+    if bad:
+        raise BenchUsageError(f"--axes: unknown {bad}; choose from {', '.join(BOUNDARY_AXES)}")
+    defaults = dict(
+        seq_lens=None,
+        batch_sizes=None,
+        lora_dropout=0.05,
+        target_modules="all-linear",
+        weights=None,
+        no_skip_implied=False,
+        spare_workers=None,
+    )
+    cfg = build_config(**{**defaults, **options})
+    refs = ref_seq_lens or cfg.profile.grid.reference_seq_lens
+    console = Console(stderr=True)
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        run = BoundaryRun(cfg, tuple(refs), tuple(boundary_axes), parallel, progress)
+        summary = run.run()
+    console.print(
+        f"{cfg.profile.name}: {summary['boundaries']} boundaries ({summary['verified']} verified), "
+        f"{summary['trials']} trials in {summary['wall_s']} s -> {run.store.path}"
+    )
+    return 0

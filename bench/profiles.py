@@ -48,6 +48,7 @@ class Grid:
     lora_ranks: tuple[int, ...]
     dtypes: tuple[str, ...]
     grad_ckpt: tuple[bool, ...]
+    reference_seq_lens: tuple[int, ...] = (512, 1024, 2048)
 
 
 @dataclass(frozen=True)
@@ -207,8 +208,17 @@ def parse_profile(data, source: str, known_models: set[str] | None = None) -> Pr
         gc = grid.get("grad_ckpt")
         if not isinstance(gc, list) or not gc or not all(isinstance(v, bool) for v in gc):
             check.add(f"{p}grad_ckpt", f"must be a non-empty list of true/false (got {gc!r})")
+        refs = _int_list(check, grid, "reference_seq_lens", p) if "reference_seq_lens" in grid else None
         if not check.problems:
-            grid_obj = Grid(models, seq_lens, batch_sizes, ranks, dtypes, tuple(dict.fromkeys(gc)))
+            grid_obj = Grid(
+                models,
+                seq_lens,
+                batch_sizes,
+                ranks,
+                dtypes,
+                tuple(dict.fromkeys(gc)),
+                *([refs] if refs else []),
+            )
 
     check.raise_if_any()
     return Profile(name, tuple(aliases), description, spec, grid_obj, source)

@@ -28,8 +28,10 @@ def _format(value) -> str:
 
 
 class ResultsFile:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, fieldnames: list[str] = FIELDNAMES, key: str = "trial_key"):
         self.path = Path(path)
+        self.fieldnames = fieldnames
+        self.key = key
         self.rows: list[dict] = self._read() if self.path.exists() else []
         self._lock_fd: int | None = None
 
@@ -42,7 +44,7 @@ class ResultsFile:
         if not text.strip():
             return []
         reader = csv.DictReader(io.StringIO(text, newline=""))
-        if reader.fieldnames != FIELDNAMES:
+        if reader.fieldnames != self.fieldnames:
             raise BenchUsageError(
                 f"{self.path} has columns this version does not write (schema version "
                 f"{SCHEMA_VERSION}); move it aside or choose another --results-dir"
@@ -58,7 +60,7 @@ class ResultsFile:
         return rows
 
     def keys(self) -> set[str]:
-        return {r["trial_key"] for r in self.rows}
+        return {r[self.key] for r in self.rows}
 
     def lock(self) -> None:
         """Take the sweep lock on this CSV or refuse, naming the holder."""
@@ -90,9 +92,9 @@ class ResultsFile:
 
     def append(self, row: dict, replace_key: bool = False) -> None:
         """Add one row (replacing an earlier row of the same key when asked) atomically."""
-        row = {name: _format(row.get(name)) for name in FIELDNAMES}
+        row = {name: _format(row.get(name)) for name in self.fieldnames}
         row["schema_version"] = str(SCHEMA_VERSION)
-        rows = [r for r in self.rows if not (replace_key and r["trial_key"] == row["trial_key"])]
+        rows = [r for r in self.rows if not (replace_key and r[self.key] == row[self.key])]
         rows.append(row)
         self._write(rows)
         self.rows = rows
@@ -107,7 +109,7 @@ class ResultsFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=FIELDNAMES, lineterminator="\n")
+            writer = csv.DictWriter(f, fieldnames=self.fieldnames, lineterminator="\n")
             writer.writeheader()
             writer.writerows(rows)
             f.flush()

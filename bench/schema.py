@@ -68,6 +68,57 @@ COLUMNS: list[tuple[str, str]] = [
 
 FIELDNAMES = [name for name, _ in COLUMNS]
 
+# Every probe of a boundary search is a trial row plus these columns (boundary-trials.csv).
+PROBE_COLUMNS: list[tuple[str, str]] = [
+    ("boundary_key", "the boundary this trial searched or verified"),
+    ("purpose", "search (bisection probe) or verify (re-run in a fresh worker)"),
+    ("probe_wall_s", "seconds from handing the trial to a worker to its result, as the sweep saw it"),
+]
+PROBE_FIELDNAMES = FIELDNAMES + [name for name, _ in PROBE_COLUMNS]
+
+# One row per boundary (boundaries.csv).
+BOUNDARY_COLUMNS: list[tuple[str, str]] = [
+    ("schema_version", "version of this schema"),
+    ("boundary_key", "identity: profile axis, model, fixed axes and trial settings"),
+    ("profile", "hardware profile"),
+    ("emulated", "true when the card was emulated on a larger GPU"),
+    ("host_gpu", "the GPU that ran the probes"),
+    ("mem_cap_gib", "allocator cap applied (empty when native)"),
+    ("axis", "seq_len (largest sequence at batch 1) or batch_size (largest batch at seq_len)"),
+    ("model", "catalogue name"),
+    ("seq_len", "fixed sequence length for a batch_size boundary; empty for a seq_len boundary"),
+    ("batch_size", "fixed batch size for a seq_len boundary (1); empty for a batch boundary"),
+    ("lora_rank", "LoRA r"),
+    ("lora_alpha", "LoRA alpha"),
+    ("dtype", "fp16 or bf16"),
+    ("grad_ckpt", "gradient checkpointing"),
+    ("optimizer", "optimizer"),
+    ("step", "search granularity: 64 tokens for seq_len, 1 sequence for batch_size"),
+    ("upper_limit", "largest value searched (model context or 32768 tokens; batch limit)"),
+    ("status", "ok | unsupported | error"),
+    ("reason", "why status is not ok"),
+    ("max_value", "largest value that fits (0: even the smallest OOMs)"),
+    ("first_oom_value", "max_value + step, which OOMed; empty when max_value is upper_limit"),
+    ("peak_alloc_gib", "peak torch allocated at max_value"),
+    ("peak_reserved_gib", "peak torch reserved at max_value"),
+    ("nvml_process_max_gib", "NVML process memory at max_value, CUDA context included"),
+    ("search_trials", "trials the search took (verification not counted)"),
+    ("verify_fit_status", "status of max_value re-run in a fresh worker"),
+    ("verify_oom_status", "status of first_oom_value re-run in a fresh worker"),
+    ("verified", "true when the fit re-ran ok and the next step re-ran oom"),
+    ("search_wall_s", "wall time of the search and its verification"),
+    ("gpu_name", "GPU name"),
+    ("driver", "NVIDIA driver"),
+    ("cuda", "CUDA runtime of torch"),
+    ("torch", "version"),
+    ("transformers", "version"),
+    ("peft", "version"),
+    ("bitsandbytes", "version"),
+    ("git_commit", "qlora-bench commit"),
+    ("timestamp_utc", "when the boundary was recorded"),
+]
+BOUNDARY_FIELDNAMES = [name for name, _ in BOUNDARY_COLUMNS]
+
 
 def markdown() -> str:
     lines = ["| column | meaning |", "| --- | --- |"]

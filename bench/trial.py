@@ -51,7 +51,10 @@ def random_weights_dir(name: str, config: dict, build_device: str) -> Path:
     del model
     if build_device == "cuda":
         torch.cuda.empty_cache()
-    tmp.rename(final) if not final.exists() else shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.rename(final)
+    except OSError:  # another process finished the same checkpoint first
+        shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 

@@ -8,8 +8,9 @@ started in the background so that replacing one costs no import time; it creates
 context until it runs a trial.
 
 Test hook: QLORA_BENCH_INJECT="<substring of trial_key>:<fault>[,...]" makes the worker fail on
-matching trials; faults: oom (a real allocation far past the device), segfault, abort, hang,
-raise.
+matching trials; "tokens>N:<fault>" matches trials with batch x seq above N (a simulated memory
+limit for CPU tests of boundary search). Faults: oom (a real allocation far past the device),
+segfault, abort, hang, raise.
 """
 
 from __future__ import annotations
@@ -33,11 +34,16 @@ def _die_with_parent() -> None:
         pass
 
 
-def _inject(key: str, device: str) -> None:
-    spec = os.environ.get("QLORA_BENCH_INJECT", "")
-    for item in filter(None, spec.split(",")):
+def _inject(spec: dict, device: str) -> None:
+    rules = os.environ.get("QLORA_BENCH_INJECT", "")
+    for item in filter(None, rules.split(",")):
         needle, _, fault = item.rpartition(":")
-        if needle and needle in key:
+        if needle.startswith("tokens>"):  # a simulated memory limit: batch x seq above N
+            hit = spec["batch_size"] * spec["seq_len"] > int(needle[len("tokens>") :])
+        else:
+            hit = bool(needle) and needle in spec["key"]
+        if hit:
+            key = spec["key"]
             if fault == "oom":
                 import torch
 
@@ -90,11 +96,21 @@ def worker_main(conn) -> None:
             return
         if message is None:
             return
+        if message[0] == "prepare":  # build a random-weight checkpoint, nothing measured
+            _, name, config, device = message
+            try:
+                trial.random_weights_dir(name, config, device)
+                conn.send(("result", {"status": "ok"}))
+            except Exception as exc:
+                conn.send(("result", {"status": "error", "reason": f"{type(exc).__name__}: {exc}"}))
+            finally:
+                trial.cleanup(device)
+            continue
         spec, plan, source = message
         device = plan["device"]
         row: dict = {}
         try:
-            _inject(spec["key"], device)
+            _inject(spec, device)
             trial.measure(spec, plan, source, row)
         except BaseException as exc:  # classified into a row; the parent decides what is fatal
             first_line = (str(exc).strip().splitlines() or [""])[0][:300]
@@ -198,6 +214,12 @@ class WorkerPool:
             worker.stop()
             self._current = None
         return row
+
+    def retire(self) -> None:
+        """Stop the current worker so the next trial runs in a fresh process."""
+        if self._current is not None:
+            self._current.stop()
+            self._current = None
 
     def close(self) -> None:
         for worker in [self._current, *self._spare]:

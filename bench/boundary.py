@@ -1,0 +1,309 @@
+"""OOM boundaries: the largest sequence length (batch 1) and the largest batch at reference
+lengths that fit, found by guided bisection and verified by re-runs in fresh workers.
+
+Memory grows with sequence length and batch size, so the search brackets the boundary from
+below (doubling, or a linear fit of peak reserved memory against the cap once two points fit),
+then bisects, alternating fit-guided and midpoint probes so that a poor fit never costs more
+than twice plain bisection. The boundary is then re-run in a fresh worker (it must fit) and so
+is boundary + one step (it must OOM).
+
+Searches are independent, so several run at once (`parallel` slots, each with its own worker
+pool). Each worker's allocator cap is per process, so concurrent searches do not change each
+other's memory; they do share the GPU's SMs, which is why boundary rows carry no throughput.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import json
+import queue
+import threading
+import time
+from dataclasses import dataclass, replace
+
+from bench import emulation
+from bench.results import ResultsFile
+from bench.schema import BOUNDARY_FIELDNAMES, PROBE_FIELDNAMES
+from bench.spec import TrialSpec
+from bench.sweep import SweepConfig, _env_columns, _model_source
+from bench.worker import WorkerPool
+
+SEQ_STEP = 64
+SEQ_LIMIT = 32768
+BATCH_LIMIT = 256
+SEQ_START = 512
+
+
+@dataclass(frozen=True)
+class BoundaryTask:
+    axis: str  # seq_len | batch_size
+    base: TrialSpec  # the searched axis is overwritten per probe
+    upper: int  # in units of `step`
+    step: int
+    start: int  # first probe, in units
+
+    @property
+    def key(self) -> str:
+        short = "s" if self.axis == "seq_len" else "b"
+        return f"{self.axis}|" + self.at(0).key.replace(f"|{short}=0|", f"|{short}=*|")
+
+    def at(self, units: int) -> TrialSpec:
+        return replace(self.base, **{self.axis: units * self.step})
+
+
+def plan_tasks(cfg: SweepConfig, ref_seq_lens: tuple[int, ...], axes=("seq_len", "batch_size")):
+    """Every boundary of the grid: per model x rank x dtype x checkpointing, the longest
+    sequence at batch 1 and the largest batch at each reference length."""
+    tasks = []
+    a = cfg.axes
+    settings = {k: v for k, v in cfg.trial_settings.items() if k != "lora_alpha_ratio"}
+    ratio = cfg.trial_settings.get("lora_alpha_ratio", 2)
+    for model, rank, dtype, gc in itertools.product(a.models, a.lora_ranks, a.dtypes, a.grad_ckpt):
+        context = cfg.catalog[model].context_len if model in cfg.catalog else SEQ_LIMIT
+        limit = min(context, SEQ_LIMIT)
+        base = TrialSpec(
+            model=model,
+            seq_len=0,
+            batch_size=1,
+            lora_rank=rank,
+            dtype=dtype,
+            grad_ckpt=gc,
+            lora_alpha=int(round(ratio * rank)),
+            **settings,
+        )
+        if "seq_len" in axes:
+            tasks.append(
+                BoundaryTask("seq_len", base, limit // SEQ_STEP, SEQ_STEP, min(SEQ_START, limit) // SEQ_STEP)
+            )
+        if "batch_size" in axes:
+            for seq in ref_seq_lens:
+                if seq <= limit:
+                    tasks.append(
+                        BoundaryTask(
+                            "batch_size", replace(base, seq_len=seq, batch_size=0), BATCH_LIMIT, 1, 1
+                        )
+                    )
+    return tasks
+
+
+def _predict(fits: dict[int, float], cap_gib: float | None) -> int | None:
+    """Units at which peak reserved memory reaches the cap, by a line through the two largest
+    fitting probes; None without a cap or a rising line."""
+    points = sorted((u, p) for u, p in fits.items() if p is not None)
+    if cap_gib is None or len(points) < 2:
+        return None
+    (u1, p1), (u2, p2) = points[-2:]
+    slope = (p2 - p1) / (u2 - u1)
+    if slope <= 0:
+        return None
+    return int(u2 + (cap_gib - p2) / slope)
+
+
+def search(task: BoundaryTask, probe, cap_gib: float | None) -> dict:
+    """Largest fitting units. `probe(spec) -> row`. Returns lo, hi (None: fits to the limit),
+    the fitting rows, the trial count, or an error."""
+    fits: dict[int, dict] = {}
+    lo, hi = 0, None
+    units, trials, guided_last = min(task.start, task.upper), 0, False
+    while True:
+        row = probe(task.at(units))
+        trials += 1
+        if row["status"] == "ok":
+            lo, fits[units] = max(lo, units), row
+        elif row["status"] == "oom":
+            hi = units if hi is None else min(hi, units)
+        else:
+            return {
+                "error": f"{row['status']} at {task.axis}={units * task.step}: {row.get('reason', '')}",
+                "trials": trials,
+            }
+        if hi is not None and hi - lo <= 1:
+            break
+        if hi is None and lo >= task.upper:
+            break
+        peaks = {u: r.get("peak_reserved_gib") for u, r in fits.items()}
+        predicted = _predict(peaks, cap_gib)
+        if hi is None:  # bracket from below: guided jump past the predicted boundary, or double
+            if predicted is not None and predicted > lo:
+                units = min(task.upper, predicted + 1, 4 * max(lo, 1))
+            else:
+                units = min(task.upper, 2 * max(lo, 1)) if lo else 1
+            units = max(units, lo + 1)
+        else:  # bisect, alternating a guided probe with the midpoint
+            mid = (lo + hi) // 2
+            use_guide = predicted is not None and lo < predicted < hi and not guided_last
+            units, guided_last = (predicted, True) if use_guide else (mid, False)
+    return {"lo": lo, "hi": hi, "fits": fits, "trials": trials}
+
+
+class BoundaryRun:
+    def __init__(self, cfg: SweepConfig, ref_seq_lens, axes, parallel: int, progress=None):
+        from bench.envinfo import nvml_gpu
+        from bench.sweep import results_path
+
+        self.cfg = cfg
+        self.host = nvml_gpu() if cfg.device == "cuda" else None
+        self.plan = emulation.plan(cfg.profile, cfg.device, self.host)
+        folder = results_path(cfg.results_dir, cfg.profile, cfg.device).parent
+        suffix = "" if cfg.device == "cuda" else "-cpu"
+        self.store = ResultsFile(folder / f"boundaries{suffix}.csv", BOUNDARY_FIELDNAMES, "boundary_key")
+        self.probes = ResultsFile(folder / f"boundary-trials{suffix}.csv", PROBE_FIELDNAMES)
+        self.runs_log = folder / f"boundary-runs{suffix}.jsonl"
+        self.tasks = plan_tasks(cfg, ref_seq_lens, axes)
+        self.parallel = parallel
+        self.progress = progress
+        self.lock = threading.Lock()
+
+    def run(self) -> dict:
+        self.store.lock()
+        try:
+            return self._run()
+        finally:
+            self.store.unlock()
+
+    def _run(self) -> dict:
+        started = time.perf_counter()
+        self.env = _env_columns(self.cfg, self.plan, self.host)
+        if self.host is not None:
+            self.env.update(gpu_name=self.host.name, driver=self.host.driver)
+        done = set() if self.cfg.overwrite else self.store.keys()
+        todo = [t for t in self.tasks if t.key not in done]
+        self._prepare_weights({t.base.model for t in todo})
+        # Longest trials first, so the slots finish together.
+        todo.sort(key=lambda t: -self._size(t.base.model))
+        work: queue.Queue = queue.Queue()
+        for task in todo:
+            work.put(task)
+        self.counts = {"boundaries": 0, "trials": 0, "verified": 0}
+        bar = self.progress.add_task("boundaries", total=len(todo)) if self.progress else None
+        threads = [
+            threading.Thread(target=self._slot, args=(work, bar), daemon=True)
+            for _ in range(max(1, min(self.parallel, len(todo))))
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        summary = {
+            **self.counts,
+            "profile": self.cfg.profile.name,
+            "parallel": self.parallel,
+            "wall_s": round(time.perf_counter() - started, 1),
+            "git_commit": self.env["git_commit"],
+            "finished_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        with open(self.runs_log, "a") as f:
+            f.write(json.dumps(summary) + "\n")
+        return summary
+
+    def _prepare_weights(self, models: set[str]) -> None:
+        """Build each random-weight checkpoint once, before the slots race to build it."""
+        if self.cfg.weights_path:
+            return
+        pool = WorkerPool()
+        try:
+            for model in sorted(models):
+                payload = ("prepare", model, self.cfg.catalog[model].config, self.cfg.device)
+                row = pool.run(payload, self.cfg.timeout_s)
+                if row["status"] != "ok":
+                    raise RuntimeError(f"could not build random weights for {model}: {row.get('reason')}")
+        finally:
+            pool.close()
+
+    def _size(self, model: str) -> int:
+        config = self.cfg.catalog[model].config if model in self.cfg.catalog else {}
+        return config.get("hidden_size", 0) * config.get("num_hidden_layers", 0)
+
+    def _slot(self, work: queue.Queue, bar) -> None:
+        pool = WorkerPool(spares=1 if self.cfg.device == "cuda" else 0)
+        try:
+            while True:
+                try:
+                    task = work.get_nowait()
+                except queue.Empty:
+                    return
+                row = self._boundary(task, pool)
+                with self.lock:
+                    self.store.append(row, replace_key=self.cfg.overwrite)
+                    self.counts["boundaries"] += 1
+                    self.counts["verified"] += row.get("verified") is True
+                    if self.progress:
+                        self.progress.advance(bar)
+        finally:
+            pool.close()
+
+    def _probe(self, pool: WorkerPool, task: BoundaryTask, spec: TrialSpec, purpose: str) -> dict:
+        if purpose == "verify":
+            pool.retire()  # a fresh process: nothing from the search carries over
+        payload = ({**spec.to_row(), "key": spec.key}, self.plan.to_worker(), _model_source(self.cfg, spec))
+        t0 = time.perf_counter()
+        row = pool.run(payload, self.cfg.timeout_s)
+        wall = time.perf_counter() - t0
+        full = {
+            **spec.to_row(),
+            **self.env,
+            **row,
+            "trial_key": spec.key,
+            "boundary_key": task.key,
+            "purpose": purpose,
+            "probe_wall_s": wall,
+            "timestamp_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        with self.lock:
+            self.probes.append(full)
+            self.counts["trials"] += 1
+        return row
+
+    def _boundary(self, task: BoundaryTask, pool: WorkerPool) -> dict:
+        spec = task.base
+        out = {
+            **{k: v for k, v in self.env.items()},
+            "boundary_key": task.key,
+            "axis": task.axis,
+            "model": spec.model,
+            "lora_rank": spec.lora_rank,
+            "lora_alpha": spec.lora_alpha,
+            "dtype": spec.dtype,
+            "grad_ckpt": spec.grad_ckpt,
+            "optimizer": spec.optimizer,
+            "step": task.step,
+            "upper_limit": task.upper * task.step,
+            "seq_len": spec.seq_len if task.axis == "batch_size" else None,
+            "batch_size": spec.batch_size if task.axis == "seq_len" else None,
+        }
+        reason = emulation.unsupported_reason(spec.dtype, self.cfg.profile, self.host, self.cfg.device)
+        if reason:
+            return {
+                **out,
+                "status": "unsupported",
+                "reason": reason,
+                "search_trials": 0,
+                "timestamp_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            }
+        started = time.perf_counter()
+        found = search(task, lambda s: self._probe(pool, task, s, "search"), self.plan.cap_gib)
+        if "error" in found:
+            out.update(status="error", reason=found["error"], search_trials=found["trials"])
+        else:
+            lo, hi = found["lo"], found["hi"]
+            at = found["fits"].get(lo, {})
+            out.update(
+                status="ok",
+                max_value=lo * task.step,
+                first_oom_value=None if hi is None else hi * task.step,
+                peak_alloc_gib=at.get("peak_alloc_gib"),
+                peak_reserved_gib=at.get("peak_reserved_gib"),
+                nvml_process_max_gib=at.get("nvml_process_max_gib"),
+                search_trials=found["trials"],
+            )
+            fit = self._probe(pool, task, task.at(lo), "verify")["status"] if lo else None
+            oom = self._probe(pool, task, task.at(hi), "verify")["status"] if hi is not None else None
+            out.update(
+                verify_fit_status=fit,
+                verify_oom_status=oom,
+                verified=(fit in (None, "ok")) and (oom in (None, "oom")),
+            )
+        out["search_wall_s"] = time.perf_counter() - started
+        out["timestamp_utc"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        return out

@@ -1,0 +1,115 @@
+"""Published OOM-boundary tables, made from the boundary CSVs alone (same CSVs, same bytes)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from bench.catalog import load_catalog
+
+COLUMNS = [("fp16", "true"), ("fp16", "false"), ("bf16", "true"), ("bf16", "false")]
+HEAD = {
+    ("fp16", "true"): "fp16, ckpt",
+    ("fp16", "false"): "fp16, no ckpt",
+    ("bf16", "true"): "bf16, ckpt",
+    ("bf16", "false"): "bf16, no ckpt",
+}
+
+
+def _cell(row: dict | None) -> str:
+    """max value; '≥' when it fit up to the search limit; † when verification disagreed."""
+    if row is None:
+        return ""
+    if row["status"] == "unsupported":
+        return "n/a"
+    if row["status"] != "ok":
+        return "error"
+    text = row["max_value"]
+    if not row["first_oom_value"]:
+        text = f"≥{text}"
+    if row["verified"] != "true":
+        text += "†"
+    return text
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out
+
+
+def profile_section(name: str, rows: list[dict], model_order: list[str]) -> list[str]:
+    seq = {
+        (r["model"], r["lora_rank"], r["dtype"], r["grad_ckpt"]): r for r in rows if r["axis"] == "seq_len"
+    }
+    batch = {
+        (r["model"], r["lora_rank"], r["dtype"], r["grad_ckpt"], r["seq_len"]): r
+        for r in rows
+        if r["axis"] == "batch_size"
+    }
+    refs = sorted({int(r["seq_len"]) for r in rows if r["axis"] == "batch_size"})
+    order = {m: i for i, m in enumerate(model_order)}
+    combos = sorted(
+        {(r["model"], int(r["lora_rank"])) for r in rows},
+        key=lambda mr: (order.get(mr[0], len(order)), mr[0], mr[1]),
+    )
+    present = [c for c in COLUMNS if any((k[2], k[3]) == c for k in [*seq, *batch])]
+    first = rows[0]
+    where = (
+        f"emulated on {first['host_gpu']}, PyTorch allocator capped at {first['mem_cap_gib']} GiB"
+        if first["emulated"] == "true"
+        else f"measured on {first['gpu_name']}"
+    )
+    lines = [
+        f"## {name}",
+        "",
+        f"{where}; NF4 + LoRA on all linear layers, AdamW, "
+        f"driver {first['driver']}, torch {first['torch']}, commit {first['git_commit'][:7]}.",
+        "",
+    ]
+    if seq:
+        lines += ["Longest sequence (tokens, 64-token steps) at batch 1:", ""]
+        lines += _table(
+            ["model", "rank", *[HEAD[c] for c in present]],
+            [[m, str(r), *[_cell(seq.get((m, str(r), *c))) for c in present]] for m, r in combos],
+        )
+        lines.append("")
+    if batch:
+        lines += [f"Largest batch at {' / '.join(map(str, refs))} tokens:", ""]
+        body = []
+        for m, r in combos:
+            cells = []
+            for c in present:
+                values = [_cell(batch.get((m, str(r), *c, str(s)))) or "-" for s in refs]
+                cells.append(" / ".join(values))
+            body.append([m, str(r), *cells])
+        lines += _table(["model", "rank", *[HEAD[c] for c in present]], body)
+        lines.append("")
+    return lines
+
+
+def render(results_dir: Path) -> str:
+    model_order = list(load_catalog())
+    lines = [
+        "# OOM boundaries",
+        "",
+        "Made by `qlora-bench report` from `results/<profile>/boundaries.csv`; every probe is in "
+        "`boundary-trials.csv` beside it. A cell is the largest value that trained without running "
+        "out of memory; the next step (64 tokens, or one more sequence) ran out. `≥` the search "
+        "limit (model context or 32k tokens; 256 sequences) still fit; `0` even the smallest "
+        "OOMed; `n/a` the card has no bf16; `†` the re-run in a fresh worker disagreed "
+        "(allocator noise at the cap).",
+        "",
+    ]
+    for path in sorted(Path(results_dir).glob("*/boundaries.csv")):
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        if rows:
+            lines += profile_section(path.parent.name, rows, model_order)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write(results_dir: Path, out: Path | None = None) -> Path:
+    out = out or Path(results_dir) / "boundaries.md"
+    out.write_text(render(results_dir))
+    return out
