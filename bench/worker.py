@@ -18,9 +18,31 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import sys
 import time
 
-_CTX = mp.get_context("spawn")
+
+def _start_method() -> str:
+    """forkserver with the heavy imports preloaded (bench.zygote) on Linux; spawn elsewhere or
+    when QLORA_BENCH_WORKER_START=spawn."""
+    wanted = os.environ.get("QLORA_BENCH_WORKER_START", "forkserver")
+    return "forkserver" if wanted == "forkserver" and sys.platform == "linux" else "spawn"
+
+
+_CONTEXTS: dict[str, mp.context.BaseContext] = {}
+
+
+def _context(method: str):
+    if method not in _CONTEXTS:
+        ctx = mp.get_context(method)
+        if method == "forkserver":
+            os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+            ctx.set_forkserver_preload(["bench.zygote"])
+        _CONTEXTS[method] = ctx
+    return _CONTEXTS[method]
+
+
+BAD_FORK_EXIT = 3
 FAULTS = ("oom", "segfault", "abort", "hang", "raise")
 
 
@@ -76,6 +98,10 @@ def _runtime_info(device: str) -> dict:
 
 def worker_main(conn) -> None:
     _die_with_parent()
+    import torch
+
+    if torch.cuda._is_in_bad_fork():  # the zygote initialised CUDA: this process cannot use it
+        os._exit(BAD_FORK_EXIT)
     import warnings
 
     warnings.filterwarnings("ignore")
@@ -142,9 +168,10 @@ def _death_reason(exitcode: int | None) -> str:
 
 
 class Worker:
-    def __init__(self):
-        self.conn, child = _CTX.Pipe()
-        self.process = _CTX.Process(target=worker_main, args=(child,), daemon=True)
+    def __init__(self, method: str = "spawn"):
+        ctx = _context(method)
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=worker_main, args=(child,), daemon=True)
         self.process.start()
         child.close()
         self.ready = False
@@ -159,6 +186,8 @@ class Worker:
             kind, _ = self.conn.recv()
         except EOFError:
             self.process.join(5)
+            if self.process.exitcode == BAD_FORK_EXIT:
+                raise BadFork() from None
             raise RuntimeError(f"worker failed to start: {_death_reason(self.process.exitcode)}") from None
         assert kind == "ready"
         self.ready = True
@@ -189,6 +218,10 @@ class Worker:
         self.conn.close()
 
 
+class BadFork(RuntimeError):
+    """A forked worker found CUDA already initialised in the zygote."""
+
+
 class WorkerPool:
     """Hands out a warm worker, replaces it after any trial that did not end ok.
 
@@ -199,21 +232,36 @@ class WorkerPool:
     def __init__(self, spares: int = 0, startup_timeout: float = 600.0):
         self.spares = spares
         self.startup_timeout = startup_timeout
+        self.method = _start_method()
         self._current: Worker | None = None
         self._spare: list[Worker] = []
 
     def run(self, payload: tuple, timeout: float) -> dict:
         if self._current is None:
-            self._current = self._spare.pop(0) if self._spare else Worker()
+            self._current = self._spare.pop(0) if self._spare else Worker(self.method)
         worker = self._current
-        worker.wait_ready(self.startup_timeout)
+        try:
+            worker.wait_ready(self.startup_timeout)
+        except BadFork:
+            self._fall_back_to_spawn()
+            return self.run(payload, timeout)
         while len(self._spare) < self.spares:
-            self._spare.append(Worker())
+            self._spare.append(Worker(self.method))
         row = worker.run(payload, timeout)
         if row.get("status") != "ok":
             worker.stop()
             self._current = None
         return row
+
+    def _fall_back_to_spawn(self) -> None:
+        print(
+            "qlora-bench: forked workers found CUDA initialised; spawning fresh ones instead "
+            "(slower start, same measurements)",
+            file=sys.stderr,
+        )
+        for worker in self._spare:
+            worker.stop()
+        self._current, self._spare, self.method = None, [], "spawn"
 
     def retire(self) -> None:
         """Stop the current worker so the next trial runs in a fresh process."""
