@@ -114,6 +114,7 @@ def worker_main(conn) -> None:
     from bench import trial
 
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     conn.send(("ready", os.getpid()))
     while True:
         try:

@@ -45,3 +45,21 @@ def test_emulation_cap_bounds_reserved_memory():
         pool.close()
     assert row["status"] == "oom", row
     assert row["peak_reserved_gib"] <= 3.15
+
+
+def test_warm_and_fresh_workers_measure_the_same_peak():
+    """Reusing a worker across trials must not change what a trial measures."""
+    capped = {**NATIVE, "cap_gib": 7.3}
+    probe = TrialSpec("llama-3.2-1b", 1024, 1, 8, "fp16", True, 16, warmup_steps=1, measured_steps=2)
+    warm = WorkerPool()
+    fresh = WorkerPool()
+    try:
+        _run(warm, TrialSpec("qwen2.5-0.5b", 2048, 2, 16, "fp16", False, 32), capped)  # leaves state
+        after_other = _run(warm, probe, capped)
+        first = _run(fresh, probe, capped)
+    finally:
+        warm.close()
+        fresh.close()
+    assert after_other["status"] == first["status"] == "ok", (after_other, first)
+    assert after_other["peak_alloc_gib"] == pytest.approx(first["peak_alloc_gib"], abs=1 / 1024)
+    assert after_other["peak_reserved_gib"] == pytest.approx(first["peak_reserved_gib"], abs=0.0625)
