@@ -60,11 +60,13 @@ def profile_section(name: str, rows: list[dict], model_order: list[str]) -> list
         if first["emulated"] == "true"
         else f"measured on {first['gpu_name']}"
     )
+    commits = ", ".join(sorted({r["git_commit"][:7] for r in rows}))
     lines = [
         f"## {name}",
         "",
         f"{where}; NF4 + LoRA on all linear layers, AdamW, "
-        f"driver {first['driver']}, torch {first['torch']}, commit {first['git_commit'][:7]}.",
+        f"driver {first['driver']}, torch {first['torch']}, commit {commits}; "
+        f"{len(rows)} boundaries recorded.",
         "",
     ]
     if seq:
@@ -81,7 +83,7 @@ def profile_section(name: str, rows: list[dict], model_order: list[str]) -> list
             cells = []
             for c in present:
                 values = [_cell(batch.get((m, str(r), *c, str(s)))) or "-" for s in refs]
-                cells.append(" / ".join(values))
+                cells.append("n/a" if set(values) == {"n/a"} else " / ".join(values))
             body.append([m, str(r), *cells])
         lines += _table(["model", "rank", *[HEAD[c] for c in present]], body)
         lines.append("")

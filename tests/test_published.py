@@ -1,0 +1,120 @@
+"""Checks over the committed boundary data: physics that must hold, evidence that must exist,
+and tables that regenerate byte for byte.
+
+Stated noise: a boundary may move by one search step (64 tokens, or one sequence) between runs,
+because an OOM is decided on reserved memory, fragmentation included (the † cells are such
+cases). The monotonicity checks allow exactly that much.
+"""
+
+import csv
+from itertools import pairwise
+from pathlib import Path
+
+import pytest
+
+from bench import report
+
+RESULTS = Path(__file__).resolve().parent.parent / "results"
+FILES = sorted(RESULTS.glob("*/boundaries.csv"))
+FAMILIES = [
+    ["qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b", "qwen2.5-7b"],
+    ["llama-3.2-1b", "llama-3.2-3b", "llama-3.1-8b"],
+]
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return [r for r in csv.DictReader(f)]
+
+
+def _ok(path):
+    return [r for r in _rows(path) if r["status"] == "ok"]
+
+
+def _noise(row) -> int:
+    return int(row["step"])
+
+
+def test_there_is_published_boundary_data():
+    assert FILES, "no results/*/boundaries.csv committed"
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.parent.name)
+def test_every_boundary_has_its_verifying_fit_and_oom_rows(path):
+    probes = _rows(path.with_name("boundary-trials.csv"))
+    verify = {(p["boundary_key"], p["purpose"], p[_axis_col(p["boundary_key"])], p["status"]) for p in probes}
+    for b in _ok(path):
+        axis = b["axis"]
+        if int(b["max_value"]) > 0:
+            assert (b["boundary_key"], "verify", b["max_value"], b["verify_fit_status"]) in verify, b
+        if b["first_oom_value"]:
+            assert (b["boundary_key"], "verify", b["first_oom_value"], b["verify_oom_status"]) in verify, b
+        assert (
+            b["verified"]
+            == str(b["verify_fit_status"] in ("", "ok") and b["verify_oom_status"] in ("", "oom")).lower()
+        ), (axis, b)
+
+
+def _axis_col(boundary_key: str) -> str:
+    return boundary_key.split("|", 1)[0]
+
+
+def _index(rows, vary: str):
+    """(everything but `vary`) -> {vary value: row}"""
+    out: dict = {}
+    for r in rows:
+        key = tuple(
+            r[c] for c in ("axis", "model", "lora_rank", "dtype", "grad_ckpt", "seq_len") if c != vary
+        )
+        out.setdefault(key, {})[r[vary]] = r
+    return out
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.parent.name)
+def test_larger_rank_never_has_a_larger_boundary(path):
+    for group in _index(_ok(path), "lora_rank").values():
+        ranks = sorted(group, key=int)
+        for small, big in pairwise(ranks):
+            a, b = group[small], group[big]
+            assert int(b["max_value"]) <= int(a["max_value"]) + _noise(a), (a, b)
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.parent.name)
+def test_larger_model_of_a_family_never_has_a_larger_boundary(path):
+    for group in _index(_ok(path), "model").values():
+        for family in FAMILIES:
+            present = [m for m in family if m in group]
+            for small, big in pairwise(present):
+                a, b = group[small], group[big]
+                assert int(b["max_value"]) <= int(a["max_value"]) + _noise(a), (a, b)
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.parent.name)
+def test_longer_sequences_never_allow_a_larger_batch(path):
+    batches = [r for r in _ok(path) if r["axis"] == "batch_size"]
+    for group in _index(batches, "seq_len").values():
+        seqs = sorted(group, key=int)
+        for short, long in pairwise(seqs):
+            assert int(group[long]["max_value"]) <= int(group[short]["max_value"]) + 1
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.parent.name)
+def test_sequence_and_batch_searches_agree(path):
+    """batch 1 fits at length L exactly when the longest sequence at batch 1 is >= L (± a step)."""
+    rows = _ok(path)
+    seq = {
+        (r["model"], r["lora_rank"], r["dtype"], r["grad_ckpt"]): int(r["max_value"])
+        for r in rows
+        if r["axis"] == "seq_len"
+    }
+    for r in rows:
+        key = (r["model"], r["lora_rank"], r["dtype"], r["grad_ckpt"])
+        if r["axis"] != "batch_size" or key not in seq:
+            continue
+        length = int(r["seq_len"])
+        if abs(seq[key] - length) > 64:
+            assert (seq[key] >= length) == (int(r["max_value"]) >= 1), (r, seq[key])
+
+
+def test_report_regenerates_the_published_tables_byte_for_byte():
+    assert report.render(RESULTS) == (RESULTS / "boundaries.md").read_text()
