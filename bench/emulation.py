@@ -37,7 +37,7 @@ def plan(profile: Profile, device: str, host: HostGPU | None) -> Plan:
             "no CUDA GPU found (NVML sees no device); run with --device cpu to exercise the "
             "whole path on CPU with the tiny model"
         )
-    if gpu.is_this_card(host.name):
+    if gpu.is_this_card(host.name, host.total_gib):
         return Plan("cuda", False, host.name, None, gpu.sdpa_backends, tf32)
     if host.total_gib < gpu.usable_vram_gib:
         raise BenchUsageError(

@@ -36,8 +36,10 @@ class GPUSpec:
         """What PyTorch's caching allocator may reserve when this card is emulated."""
         return self.usable_vram_gib - self.context_overhead_gib
 
-    def is_this_card(self, device_name: str) -> bool:
-        return any(m.lower() in device_name.lower() for m in self.match)
+    def is_this_card(self, device_name: str, total_gib: float) -> bool:
+        """Name matches and memory within 10 % (tells a 3060 12 GB from a 3060 Ti 8 GB)."""
+        named = any(m.lower() in device_name.lower() for m in self.match)
+        return named and abs(total_gib - self.total_vram_gib) <= 0.1 * self.total_vram_gib
 
 
 @dataclass(frozen=True)
