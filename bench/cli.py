@@ -138,6 +138,11 @@ def main():
     "ready at once (default: 1 on cuda, 0 on cpu).",
 )
 @click.option("--dry-run", is_flag=True, help="Print the grid and what would run; write nothing.")
+@click.option(
+    "--boundaries",
+    is_flag=True,
+    help="After the sweep, find and verify the grid's OOM boundaries (as `boundary`).",
+)
 def sweep(**options):
     """Sweep a hardware profile's grid; one CSV row per configuration."""
     from bench.commands import run_sweep_command

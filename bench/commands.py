@@ -116,7 +116,7 @@ def build_config(
     )
 
 
-def run_sweep_command(dry_run: bool, **options) -> int:
+def run_sweep_command(dry_run: bool, boundaries: bool = False, **options) -> int:
     console = Console(stderr=True)
     cfg = build_config(**options)
     target = results_path(cfg.results_dir, cfg.profile, cfg.device)
@@ -152,6 +152,8 @@ def run_sweep_command(dry_run: bool, **options) -> int:
         written = run_sweep(cfg, progress)
     summary = ", ".join(f"{n} {status}" for status, n in sorted(written.items())) or "nothing to do"
     console.print(f"{cfg.profile.name}: {summary} -> {target}")
+    if boundaries:
+        _run_boundaries(cfg, cfg.profile.grid.reference_seq_lens, BOUNDARY_AXES, 1, console)
     return 1 if written.get("error") else 0
 
 
@@ -182,8 +184,6 @@ BOUNDARY_AXES = ("seq_len", "batch_size")
 
 
 def run_boundary_command(ref_seq_lens, boundary_axes, parallel, **options) -> int:
-    from bench.boundary import BoundaryRun
-
     bad = [a for a in boundary_axes if a not in BOUNDARY_AXES]
     if bad:
         raise BenchUsageError(f"--axes: unknown {bad}; choose from {', '.join(BOUNDARY_AXES)}")
@@ -198,7 +198,13 @@ def run_boundary_command(ref_seq_lens, boundary_axes, parallel, **options) -> in
     )
     cfg = build_config(**{**defaults, **options})
     refs = ref_seq_lens or cfg.profile.grid.reference_seq_lens
-    console = Console(stderr=True)
+    _run_boundaries(cfg, refs, boundary_axes, parallel, Console(stderr=True))
+    return 0
+
+
+def _run_boundaries(cfg, refs, boundary_axes, parallel, console) -> None:
+    from bench.boundary import BoundaryRun
+
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -214,4 +220,3 @@ def run_boundary_command(ref_seq_lens, boundary_axes, parallel, **options) -> in
         f"{cfg.profile.name}: {summary['boundaries']} boundaries ({summary['verified']} verified), "
         f"{summary['trials']} trials in {summary['wall_s']} s -> {run.store.path}"
     )
-    return 0

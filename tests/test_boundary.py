@@ -90,3 +90,38 @@ def test_boundary_command_on_cpu_finds_verifies_and_resumes(tmp_path):
         assert (batch["max_value"], batch["first_oom_value"], batch["verified"]) == ("3", "4", "true")
     again = cli(*args, env=env)
     assert again.returncode == 0 and "0 boundaries" in again.stderr
+
+
+@pytest.mark.slow
+def test_a_profile_run_can_end_with_its_boundaries(tmp_path):
+    result = cli(
+        "--profile",
+        "rtx3050",
+        "--device",
+        "cpu",
+        "--seq-lens",
+        "64",
+        "--batch-sizes",
+        "1",
+        "--ranks",
+        "4",
+        "--dtypes",
+        "fp16",
+        "--grad-ckpt",
+        "off",
+        "--boundaries",
+        "--results-dir",
+        str(tmp_path),
+        env={"QLORA_BENCH_INJECT": "tokens>1000:oom"},
+    )
+    assert result.returncode == 0, result.stderr
+    folder = tmp_path / "rtx3050-laptop"
+    assert (folder / "trials-cpu.csv").exists()
+    with open(folder / "boundaries-cpu.csv", newline="") as f:
+        got = {(r["axis"], r["seq_len"]): r["max_value"] for r in csv.DictReader(f)}
+    assert got == {
+        ("seq_len", ""): "960",
+        ("batch_size", "512"): "1",
+        ("batch_size", "1024"): "0",
+        ("batch_size", "2048"): "0",
+    }
