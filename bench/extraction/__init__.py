@@ -1,0 +1,1 @@
+"""The JSON-extraction SFT workload: data, the strict format-success metric, training."""
