@@ -137,6 +137,17 @@ def main():
     help="Workers kept importing in the background so a replacement after an OOM is "
     "ready at once (default: 1 on cuda, 0 on cpu).",
 )
+@click.option(
+    "--workload",
+    type=click.Choice(["step", "sft"]),
+    default="step",
+    show_default=True,
+    help="sft: after the measured steps, a short SFT on the JSON-extraction task and format "
+    "success on held-out prompts in the row (needs --weights; random weights get a note).",
+)
+@click.option("--sft-steps", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--sft-lr", type=click.FloatRange(min=0, min_open=True), default=2e-4, show_default=True)
+@click.option("--sft-eval-samples", type=click.IntRange(1), default=20, show_default=True)
 @click.option("--dry-run", is_flag=True, help="Print the grid and what would run; write nothing.")
 @click.option(
     "--boundaries",

@@ -66,6 +66,10 @@ def build_config(
     overwrite,
     no_skip_implied,
     spare_workers,
+    workload="step",
+    sft_steps=100,
+    sft_lr=2e-4,
+    sft_eval_samples=20,
     **_,
 ) -> SweepConfig:
     catalog = load_catalog()
@@ -100,6 +104,7 @@ def build_config(
         warmup_steps=warmup_steps,
         measured_steps=measured_steps,
         weights=weights or "random",
+        workload="step" if workload == "step" else f"sft:{sft_steps}:{sft_lr:g}:{sft_eval_samples}",
     )
     return SweepConfig(
         profile=profile,

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from bench.errors import BenchUsageError
-from bench.schema import FIELDNAMES, SCHEMA_VERSION
+from bench.schema import FIELDNAMES, SCHEMA_VERSION, V1_FIELDNAMES
 
 
 def _format(value) -> str:
@@ -44,6 +44,8 @@ class ResultsFile:
         if not text.strip():
             return []
         reader = csv.DictReader(io.StringIO(text, newline=""))
+        if self.fieldnames == FIELDNAMES and reader.fieldnames == V1_FIELDNAMES:
+            return self._upgrade_v1(list(reader))
         if reader.fieldnames != self.fieldnames:
             raise BenchUsageError(
                 f"{self.path} has columns this version does not write (schema version "
@@ -58,6 +60,13 @@ class ResultsFile:
                 f"({len(bad)} malformed, versions {sorted(versions)}); move it aside or repair it"
             )
         return rows
+
+    def _upgrade_v1(self, rows: list[dict]) -> list[dict]:
+        """Schema 1 -> 2: the sft-workload columns, empty (not measured); workload = step."""
+        if any(None in r or r.get("schema_version") != "1" for r in rows):
+            raise BenchUsageError(f"{self.path} has malformed schema-1 rows; move it aside or repair it")
+        added = {name: "" for name in FIELDNAMES if name not in V1_FIELDNAMES}
+        return [{**r, **added, "workload": "step", "schema_version": str(SCHEMA_VERSION)} for r in rows]
 
     def keys(self) -> set[str]:
         return {r[self.key] for r in self.rows}

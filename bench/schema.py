@@ -1,6 +1,6 @@
 """The result row: one documented schema, one CSV row per trial. GiB = 2**30 bytes."""
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 GIB = 2**30
 
 STATUSES = ("ok", "oom", "unsupported", "error", "timeout")
@@ -49,6 +49,10 @@ COLUMNS: list[tuple[str, str]] = [
     ("step_times_s", "every measured step time, ';'-separated"),
     ("loss_first", "loss of the first step (random tokens: about ln(vocab))"),
     ("loss_last", "loss of the last step"),
+    ("workload", "step (memory and speed only) or sft (plus format success after a short SFT)"),
+    ("format_success", "share of held-out outputs that are exactly valid JSON (sft workload)"),
+    ("field_accuracy", "share of fields equal to the reference (sft workload)"),
+    ("format_note", "why format_success is empty, or what it was measured after"),
     ("trial_wall_s", "wall time of the trial in the worker, load included"),
     ("sdpa_backends", "SDPA backends allowed (the target card's)"),
     ("gpu_name", "GPU name as torch reports it"),
@@ -67,6 +71,11 @@ COLUMNS: list[tuple[str, str]] = [
 ]
 
 FIELDNAMES = [name for name, _ in COLUMNS]
+
+# Columns each schema version added: a file of an older version is upgraded on read by adding
+# them empty (their meaning: not measured), so published results stay readable.
+ADDED_IN = {2: ["workload", "format_success", "field_accuracy", "format_note"]}
+V1_FIELDNAMES = [name for name in FIELDNAMES if name not in ADDED_IN[2]]
 
 # Every probe of a boundary search is a trial row plus these columns (boundary-trials.csv).
 PROBE_COLUMNS: list[tuple[str, str]] = [

@@ -27,14 +27,16 @@ class TrialSpec:
     warmup_steps: int = 2
     measured_steps: int = 5
     weights: str = "random"
+    workload: str = "step"
 
     @property
     def key(self) -> str:
-        return (
+        key = (
             f"{self.model}|w={self.weights}|s={self.seq_len}|b={self.batch_size}|r={self.lora_rank}"
             f"|a={self.lora_alpha}|d={self.lora_dropout:g}|t={self.target_modules}|{self.dtype}"
             f"|gc={int(self.grad_ckpt)}|{self.optimizer}|w{self.warmup_steps}m{self.measured_steps}"
         )
+        return key if self.workload == "step" else f"{key}|{self.workload}"
 
     def to_row(self) -> dict:
         return asdict(self)
@@ -114,4 +116,5 @@ def spec_from_row(row: dict) -> TrialSpec:
         warmup_steps=int(row["warmup_steps"]),
         measured_steps=int(row["measured_steps"]),
         weights=row["weights"],
+        workload=row.get("workload") or "step",
     )

@@ -139,6 +139,8 @@ def worker_main(conn) -> None:
         try:
             _inject(spec, device)
             trial.measure(spec, plan, source, row)
+            if spec.get("workload", "step") != "step" and row.get("status") == "ok":
+                trial.run_sft_workload(spec, plan, source, row)
         except BaseException as exc:  # classified into a row; the parent decides what is fatal
             first_line = (str(exc).strip().splitlines() or [""])[0][:300]
             row.update(

@@ -212,3 +212,78 @@ def test_rows_written_by_another_sweep_while_waiting_are_kept(tmp_path):
     late.append({"trial_key": "b", "status": "ok"})
     late.unlock()
     assert [r["trial_key"] for r in read_rows(path)] == ["a", "b"]
+
+
+def test_a_schema_1_file_is_upgraded_not_refused(tmp_path):
+    """Published schema-1 rows stay readable: new columns empty, keys kept, nothing lost on append."""
+    import shutil
+
+    from bench.results import ResultsFile
+    from bench.schema import FIELDNAMES, V1_FIELDNAMES
+
+    published = REPO / "results" / "t4" / "trials.csv"
+    with open(published, newline="") as f:
+        header = next(csv.reader(f))
+    if header != V1_FIELDNAMES:
+        pytest.skip("the published file is already schema 2")
+    path = tmp_path / "trials.csv"
+    shutil.copy(published, path)
+    original = read_rows(path)
+    store = ResultsFile(path)
+    assert [r["trial_key"] for r in store.rows] == [r["trial_key"] for r in original]
+    assert all(r["workload"] == "step" and r["format_success"] == "" for r in store.rows)
+    store.lock()
+    store.append({"trial_key": "new", "status": "ok"})
+    store.unlock()
+    rows = read_rows(path)
+    assert list(rows[0]) == FIELDNAMES and len(rows) == len(original) + 1
+    assert all(
+        rows[i][k] == original[i][k]
+        for i in range(len(original))
+        for k in V1_FIELDNAMES
+        if k != "schema_version"
+    )
+
+
+def test_sft_workload_puts_format_success_in_the_row_or_says_why_not(tmp_path):
+    from bench.catalog import load_catalog
+    from bench.extraction import data, tiny
+
+    splits = data.generate(2000, seed=0)
+    model_dir = tiny.build_tiny(
+        load_catalog()["tiny"].config, [r["prompt"] + "\n" + r["completion"] for r in splits["train"]]
+    )
+    common = [
+        "--profile",
+        "rtx3050",
+        "--device",
+        "cpu",
+        "--seq-lens",
+        "256",
+        "--batch-sizes",
+        "16",
+        "--ranks",
+        "16",
+        "--dtypes",
+        "bf16",
+        "--grad-ckpt",
+        "off",
+        "--workload",
+        "sft",
+        "--sft-steps",
+        "20",
+        "--sft-lr",
+        "3e-3",
+        "--sft-eval-samples",
+        "3",
+    ]
+    random_run = cli(*common, "--results-dir", str(tmp_path / "random"))
+    assert random_run.returncode == 0, random_run.stderr
+    (row,) = read_rows(tmp_path / "random" / "rtx3050-laptop" / "trials-cpu.csv")
+    assert row["status"] == "ok" and row["format_success"] == "" and "random weights" in row["format_note"]
+    real_run = cli(*common, "--weights", str(model_dir), "--results-dir", str(tmp_path / "real"))
+    assert real_run.returncode == 0, real_run.stderr
+    (row,) = read_rows(tmp_path / "real" / "rtx3050-laptop" / "trials-cpu.csv")
+    assert row["status"] == "ok", row["reason"]
+    assert 0.0 <= float(row["format_success"]) <= 1.0 and row["workload"] == "sft:20:0.003:3"
+    assert row["format_note"].startswith("after 20 SFT steps")

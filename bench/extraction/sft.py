@@ -234,6 +234,7 @@ def _train(cfg: SFTConfig, splits: dict, log) -> dict:
     return {
         "before": float(curves[0]["format_success"]),
         "after": float(curves[-1]["format_success"]),
+        "field_accuracy": float(curves[-1]["field_accuracy"]),
         "curves": curves_path,
     }
 
