@@ -58,33 +58,63 @@ def main():
     """
 
 
-@main.command()
-@click.option(
+# Options shared by `sweep` and `boundary`: declared once, help text included.
+PROFILE = click.option(
     "--profile",
     "profile_name",
     required=True,
     help="Profile name (see `qlora-bench profiles`) or path to a profile YAML.",
 )
-@click.option(
+DEVICE = click.option(
     "--device",
     type=click.Choice(["cuda", "cpu"]),
     default="cuda",
     show_default=True,
     help="cpu runs the whole path on CPU with the tiny architecture.",
 )
-@click.option("--models", callback=_csv(str), help="Override the grid's models (comma-separated).")
-@click.option("--seq-lens", callback=_csv(int), help="Override sequence lengths, e.g. 512,1024.")
-@click.option("--batch-sizes", callback=_csv(int), help="Override batch sizes.")
-@click.option("--ranks", callback=_csv(int), help="Override LoRA ranks.")
-@click.option("--dtypes", callback=_csv(str), help="Override precisions: fp16,bf16.")
-@click.option("--grad-ckpt", callback=_csv(bool), help="Override gradient checkpointing: on,off.")
-@click.option(
+MODELS = click.option("--models", callback=_csv(str), help="Override the grid's models (comma-separated).")
+RANKS = click.option("--ranks", callback=_csv(int), help="Override LoRA ranks.")
+DTYPES = click.option("--dtypes", callback=_csv(str), help="Override precisions: fp16,bf16.")
+GRAD_CKPT = click.option("--grad-ckpt", callback=_csv(bool), help="Override gradient checkpointing: on,off.")
+ALPHA_RATIO = click.option(
     "--lora-alpha-ratio",
     type=click.FloatRange(min=0, min_open=True),
     default=2.0,
     show_default=True,
     help="LoRA alpha = ratio x rank.",
 )
+OPTIMIZER = click.option(
+    "--optimizer",
+    type=click.Choice(["adamw_torch", "paged_adamw_8bit"]),
+    default="adamw_torch",
+    show_default=True,
+)
+RESULTS_DIR = click.option(
+    "--results-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("results"),
+    show_default=True,
+)
+TIMEOUT = click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=1),
+    default=900.0,
+    show_default=True,
+    help="Seconds one trial may take before its worker is killed.",
+)
+
+
+@main.command()
+@PROFILE
+@DEVICE
+@MODELS
+@click.option("--seq-lens", callback=_csv(int), help="Override sequence lengths, e.g. 512,1024.")
+@click.option("--batch-sizes", callback=_csv(int), help="Override batch sizes.")
+@RANKS
+@DTYPES
+@GRAD_CKPT
+@ALPHA_RATIO
 @click.option("--lora-dropout", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True)
 @click.option(
     "--target-modules",
@@ -92,12 +122,7 @@ def main():
     show_default=True,
     help="LoRA targets: all-linear or comma-separated module names.",
 )
-@click.option(
-    "--optimizer",
-    type=click.Choice(["adamw_torch", "paged_adamw_8bit"]),
-    default="adamw_torch",
-    show_default=True,
-)
+@OPTIMIZER
 @click.option("--warmup-steps", type=click.IntRange(1), default=2, show_default=True)
 @click.option(
     "--steps",
@@ -112,20 +137,8 @@ def main():
     help="Real weights: a local model directory or a hub id already in "
     "the HF cache. Default: random weights built from the catalogue's config values.",
 )
-@click.option(
-    "--results-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("results"),
-    show_default=True,
-)
-@click.option(
-    "--timeout",
-    "timeout_s",
-    type=click.FloatRange(min=1),
-    default=900.0,
-    show_default=True,
-    help="Seconds one trial may take before its worker is killed.",
-)
+@RESULTS_DIR
+@TIMEOUT
 @click.option("--overwrite", is_flag=True, help="Re-run points already recorded.")
 @click.option(
     "--no-skip-implied", is_flag=True, help="Run points that must OOM because a smaller one already did."
@@ -162,12 +175,12 @@ def sweep(**options):
 
 
 @main.command()
-@click.option("--profile", "profile_name", required=True, help="Profile name or path to a profile YAML.")
-@click.option("--device", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True)
-@click.option("--models", callback=_csv(str), help="Override the grid's models.")
-@click.option("--ranks", callback=_csv(int), help="Override LoRA ranks.")
-@click.option("--dtypes", callback=_csv(str), help="Override precisions: fp16,bf16.")
-@click.option("--grad-ckpt", callback=_csv(bool), help="Override gradient checkpointing: on,off.")
+@PROFILE
+@DEVICE
+@MODELS
+@RANKS
+@DTYPES
+@GRAD_CKPT
 @click.option(
     "--ref-seq-lens",
     callback=_csv(int),
@@ -188,15 +201,8 @@ def sweep(**options):
     show_default=True,
     help="Searches run at once (each its own worker; memory caps are per process).",
 )
-@click.option(
-    "--lora-alpha-ratio", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True
-)
-@click.option(
-    "--optimizer",
-    type=click.Choice(["adamw_torch", "paged_adamw_8bit"]),
-    default="adamw_torch",
-    show_default=True,
-)
+@ALPHA_RATIO
+@OPTIMIZER
 @click.option("--warmup-steps", type=click.IntRange(1), default=1, show_default=True)
 @click.option(
     "--steps",
@@ -206,13 +212,8 @@ def sweep(**options):
     show_default=True,
     help="Steps after warm-up; two or more, so the optimizer states are in the peak.",
 )
-@click.option(
-    "--results-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("results"),
-    show_default=True,
-)
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=900.0, show_default=True)
+@RESULTS_DIR
+@TIMEOUT
 @click.option("--overwrite", is_flag=True, help="Search boundaries already recorded again.")
 def boundary(**options):
     """Find and verify OOM boundaries: longest sequence at batch 1, largest batch at reference lengths."""
