@@ -284,6 +284,12 @@ def report(results_dir, output):
     type=click.Path(file_okay=False, path_type=Path),
     help="Run directory (default: results/sft/<model>-<device>); resumed if it has a checkpoint.",
 )
+@click.option(
+    "--wandb",
+    is_flag=True,
+    help="Also log the curves to Weights & Biases (offline unless "
+    "WANDB_MODE is set; `wandb sync` the run directory later).",
+)
 @click.option("--fresh", is_flag=True, help="Start over instead of resuming from --out's checkpoint.")
 def sft(**options):
     """QLoRA SFT on JSON extraction; format success before, during and after."""

@@ -244,6 +244,7 @@ def run_sft_command(
     max_new_tokens,
     out,
     fresh,
+    wandb=False,
 ) -> int:
     import shutil
 
@@ -294,6 +295,7 @@ def run_sft_command(
         eval_samples=eval_samples,
         max_new_tokens=max_new_tokens,
         seed=seed,
+        wandb=wandb,
     )
     console = Console(stderr=True)
     result = sft.train(cfg, splits, plan.to_worker(), log=console.print)

@@ -140,3 +140,26 @@ def test_sft_on_a_gpu_without_real_weights_explains_how_to_get_them(tmp_path):
 def test_sft_with_missing_weights_says_how_to_provide_them(tmp_path):
     result = cli("sft", "--device", "cpu", "--weights", "Qwen/Qwen2.5-0.5B-Instruct", "--out", str(tmp_path))
     assert result.returncode == 2 and "not in the Hugging Face cache" in result.stderr
+
+
+@pytest.mark.slow
+def test_sft_curves_go_to_wandb_offline_as_well(tmp_path):
+    result = cli(
+        "sft",
+        "--device",
+        "cpu",
+        "--steps",
+        "10",
+        "--eval-every",
+        "5",
+        "--eval-samples",
+        "2",
+        "--wandb",
+        "--out",
+        str(tmp_path),
+        env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"},
+    )
+    assert result.returncode == 0, result.stderr
+    runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and runs[0].stat().st_size > 0
+    assert [s for s, _ in _curves(tmp_path)] == [0, 5, 10]

@@ -42,6 +42,7 @@ class SFTConfig:
     max_new_tokens: int = 64
     max_len: int = 256
     seed: int = 0
+    wandb: bool = False  # also log the curves to W&B (offline unless WANDB_MODE says otherwise)
 
 
 def _prompt_text(tokenizer, prompt: str) -> str:
@@ -123,6 +124,45 @@ def _read_curves(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+class _WandbCurves:
+    """Mirrors curve rows to a W&B run. Offline by default (no account: files under the run
+    directory, `wandb sync` later). W&B failing never costs a CSV row or stops training."""
+
+    def __init__(self, cfg: SFTConfig, log):
+        self.run, self.log = None, log
+        if not cfg.wandb:
+            return
+        try:
+            import os
+
+            import wandb
+
+            os.environ.setdefault("WANDB_MODE", "offline")
+            self.run = wandb.init(
+                project="qlora-bench",
+                group="sft",
+                dir=str(cfg.out),
+                config={k: str(v) for k, v in asdict(cfg).items()},
+            )
+        except Exception as exc:  # any W&B failure is reported, never fatal
+            log(f"W&B unavailable, curves go to CSV only: {type(exc).__name__}: {exc}")
+
+    def __call__(self, row: dict) -> None:
+        if self.run is None:
+            return
+        try:
+            self.run.log({k: float(v) for k, v in row.items() if v not in (None, "")}, step=int(row["step"]))
+        except Exception as exc:
+            self.log(f"W&B log failed ({type(exc).__name__}); CSV unaffected")
+
+    def finish(self) -> None:
+        if self.run is not None:
+            try:
+                self.run.finish()
+            except Exception:
+                pass
+
+
 def _write_curves(path: Path, rows: list[dict]) -> None:
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", newline="") as f:
@@ -179,6 +219,7 @@ def _train(cfg: SFTConfig, splits: dict, log) -> dict:
     held = splits["eval"][: max(cfg.batch_size, cfg.eval_samples)]
     curves_path, ckpt = cfg.out / "curves.csv", cfg.out / "checkpoint"
     curves, step, before = _read_curves(curves_path), 0, None
+    mirror = _WandbCurves(cfg, log)
     if (ckpt / "state.pt").exists():  # resume
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
@@ -197,6 +238,7 @@ def _train(cfg: SFTConfig, splits: dict, log) -> dict:
         summary, before = evaluate(model, tokenizer, test, held, cfg, dtype)
         curves.append({"step": 0, **summary, "n_eval": summary["n"], "elapsed_s": 0.0})
         _write_curves(curves_path, curves)
+        mirror(curves[-1])
         log(f"step 0: format success {summary['format_success']:.2f}")
     window, after = [], None
     while step < cfg.max_steps:
@@ -225,10 +267,12 @@ def _train(cfg: SFTConfig, splits: dict, log) -> dict:
             )
             window = []
             _write_curves(curves_path, curves)
+            mirror(curves[-1])
             log(
                 f"step {step}: train loss {curves[-1]['train_loss']:.3f}, "
                 f"format success {summary['format_success']:.2f}"
             )
+    mirror.finish()
     if after is not None:  # a run resumed after its last step has nothing new to write
         _write_before_after(cfg.out / "before_after.jsonl", test, before, after)
     return {
