@@ -203,7 +203,7 @@ def _measure(spec: dict, plan: dict, model_source: dict, row: dict) -> dict:
     device = plan["device"]
     started = time.perf_counter()
     if device == "cuda":
-        torch.cuda.set_per_process_memory_fraction(1.0)
+        apply_cap(None)
         torch.backends.cuda.matmul.allow_tf32 = plan["allow_tf32"]
         torch.backends.cudnn.allow_tf32 = plan["allow_tf32"]
     if model_source.get("path"):
@@ -211,15 +211,11 @@ def _measure(spec: dict, plan: dict, model_source: dict, row: dict) -> dict:
     else:
         source = str(random_weights_dir(spec["model"], model_source["config"], device))
     probe = MemoryProbe(device)
+    free_memory(device)
     if device == "cuda":
-        gc.collect()
-        torch.cuda.empty_cache()
-        if plan["cap_gib"]:
-            total = torch.cuda.get_device_properties(0).total_memory
-            torch.cuda.set_per_process_memory_fraction(plan["cap_gib"] * GIB / total)
+        apply_cap(plan["cap_gib"])
         probe.reset_peak()
 
-    row.update(mem_cap_gib=plan["cap_gib"], sdpa_backends=",".join(plan["sdpa_backends"]))
     model = load_qlora_model(spec, source, device)
     assert model.training, "model must be in train mode for gradient checkpointing to act"
     trainable, total_params = model.get_nb_trainable_parameters()
@@ -300,11 +296,23 @@ def _measure(spec: dict, plan: dict, model_source: dict, row: dict) -> dict:
     return row
 
 
-def cleanup(device: str) -> None:
+def free_memory(device: str) -> None:
+    """Drop unreferenced tensors and hand cached blocks back, so the next phase starts clean."""
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
-        torch.cuda.set_per_process_memory_fraction(1.0)
+
+
+def apply_cap(cap_gib: float | None) -> None:
+    """Cap PyTorch's caching allocator (reserved memory) at `cap_gib`; None lifts the cap."""
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(cap_gib * GIB / total if cap_gib else 1.0)
+
+
+def cleanup(device: str) -> None:
+    free_memory(device)
+    if device == "cuda":
+        apply_cap(None)
 
 
 RANDOM_WEIGHTS_NOTE = (

@@ -9,7 +9,6 @@ resumes from its last one.
 from __future__ import annotations
 
 import csv
-import gc
 import json
 import random
 import time
@@ -20,6 +19,7 @@ import torch
 
 from bench.extraction import metric
 from bench.extraction.data import SCHEMAS
+from bench.trial import free_memory
 
 CURVE_FIELDS = ["step", "train_loss", "eval_loss", "format_success", "field_accuracy", "n_eval", "elapsed_s"]
 
@@ -74,12 +74,6 @@ def _batch(tokenizer, rows, max_len, device):
     return ids, labels, mask
 
 
-def _free(device: str) -> None:
-    gc.collect()
-    if device == "cuda":
-        torch.cuda.empty_cache()
-
-
 @torch.no_grad()
 def generate_one(model, tokenizer, prompt: str, cfg: SFTConfig) -> str:
     ids = tokenizer(_prompt_text(tokenizer, prompt), return_tensors="pt")["input_ids"].to(cfg.device)
@@ -98,7 +92,7 @@ def generate_one(model, tokenizer, prompt: str, cfg: SFTConfig) -> str:
 def evaluate(model, tokenizer, rows: list[dict], eval_rows: list[dict], cfg: SFTConfig, dtype):
     """Format success and field accuracy on held-out prompts, and eval loss; memory freed around."""
     model.eval()
-    _free(cfg.device)
+    free_memory(cfg.device)
     outputs, scores = [], []
     with torch.autocast(device_type=cfg.device, dtype=dtype):
         for row in rows:
@@ -110,7 +104,7 @@ def evaluate(model, tokenizer, rows: list[dict], eval_rows: list[dict], cfg: SFT
             ids, labels, mask = _batch(tokenizer, eval_rows[i : i + cfg.batch_size], cfg.max_len, cfg.device)
             with torch.no_grad():
                 losses.append(model(input_ids=ids, attention_mask=mask, labels=labels).loss.float().item())
-    _free(cfg.device)
+    free_memory(cfg.device)
     model.train()
     summary = metric.summarize(scores)
     summary["eval_loss"] = sum(losses) / len(losses) if losses else None
@@ -174,12 +168,11 @@ def _write_curves(path: Path, rows: list[dict]) -> None:
 
 def train(cfg: SFTConfig, splits: dict, plan: dict | None = None, log=print) -> dict:
     """Train with the profile's emulation plan (allocator cap, SDPA kernels) applied."""
-    from bench.trial import GIB, _sdpa_context
+    from bench.trial import _sdpa_context, apply_cap
 
     plan = plan or {"device": cfg.device, "cap_gib": None, "sdpa_backends": []}
     if cfg.device == "cuda" and plan.get("cap_gib"):
-        total = torch.cuda.get_device_properties(0).total_memory
-        torch.cuda.set_per_process_memory_fraction(plan["cap_gib"] * GIB / total)
+        apply_cap(plan["cap_gib"])
     with _sdpa_context(plan.get("sdpa_backends") or [], cfg.device):
         return _train(cfg, splits, log)
 
