@@ -14,7 +14,6 @@ other's memory; they do share the GPU's SMs, which is why boundary rows carry no
 
 from __future__ import annotations
 
-import datetime as dt
 import itertools
 import json
 import queue
@@ -23,10 +22,11 @@ import time
 from dataclasses import dataclass, replace
 
 from bench import emulation
+from bench.envinfo import utc_now
 from bench.results import ResultsFile
 from bench.schema import BOUNDARY_FIELDNAMES, PROBE_FIELDNAMES
 from bench.spec import TrialSpec
-from bench.sweep import SweepConfig, _env_columns, _model_source
+from bench.sweep import SweepConfig, _env_columns, results_path, trial_payload
 from bench.worker import WorkerPool
 
 SEQ_STEP = 64
@@ -140,16 +140,17 @@ def search(task: BoundaryTask, probe, cap_gib: float | None) -> dict:
 class BoundaryRun:
     def __init__(self, cfg: SweepConfig, ref_seq_lens, axes, parallel: int, progress=None):
         from bench.envinfo import nvml_gpu
-        from bench.sweep import results_path
 
         self.cfg = cfg
         self.host = nvml_gpu() if cfg.device == "cuda" else None
         self.plan = emulation.plan(cfg.profile, cfg.device, self.host)
-        folder = results_path(cfg.results_dir, cfg.profile, cfg.device).parent
-        suffix = "" if cfg.device == "cuda" else "-cpu"
-        self.store = ResultsFile(folder / f"boundaries{suffix}.csv", BOUNDARY_FIELDNAMES, "boundary_key")
-        self.probes = ResultsFile(folder / f"boundary-trials{suffix}.csv", PROBE_FIELDNAMES)
-        self.runs_log = folder / f"boundary-runs{suffix}.jsonl"
+
+        def path(stem, ext="csv"):
+            return results_path(cfg.results_dir, cfg.profile, cfg.device, stem, ext)
+
+        self.store = ResultsFile(path("boundaries"), BOUNDARY_FIELDNAMES, "boundary_key")
+        self.probes = ResultsFile(path("boundary-trials"), PROBE_FIELDNAMES)
+        self.runs_log = path("boundary-runs", "jsonl")
         self.tasks = plan_tasks(cfg, ref_seq_lens, axes)
         self.parallel = parallel
         self.progress = progress
@@ -165,8 +166,6 @@ class BoundaryRun:
     def _run(self) -> dict:
         started = time.perf_counter()
         self.env = _env_columns(self.cfg, self.plan, self.host)
-        if self.host is not None:
-            self.env.update(gpu_name=self.host.name, driver=self.host.driver)
         done = set() if self.cfg.overwrite else self.store.keys()
         todo = [t for t in self.tasks if t.key not in done]
         self._prepare_weights({t.base.model for t in todo})
@@ -191,7 +190,7 @@ class BoundaryRun:
             "parallel": self.parallel,
             "wall_s": round(time.perf_counter() - started, 1),
             "git_commit": self.env["git_commit"],
-            "finished_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "finished_utc": utc_now(),
         }
         with open(self.runs_log, "a") as f:
             f.write(json.dumps(summary) + "\n")
@@ -236,9 +235,8 @@ class BoundaryRun:
     def _probe(self, pool: WorkerPool, task: BoundaryTask, spec: TrialSpec, purpose: str) -> dict:
         if purpose == "verify":
             pool.retire()  # a fresh process: nothing from the search carries over
-        payload = ({**spec.to_row(), "key": spec.key}, self.plan.to_worker(), _model_source(self.cfg, spec))
         t0 = time.perf_counter()
-        row = pool.run(payload, self.cfg.timeout_s)
+        row = pool.run(trial_payload(self.cfg, self.plan, spec), self.cfg.timeout_s)
         wall = time.perf_counter() - t0
         full = {
             **spec.to_row(),
@@ -248,7 +246,7 @@ class BoundaryRun:
             "boundary_key": task.key,
             "purpose": purpose,
             "probe_wall_s": wall,
-            "timestamp_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "timestamp_utc": utc_now(),
         }
         with self.lock:
             self.probes.append(full)
@@ -258,7 +256,7 @@ class BoundaryRun:
     def _boundary(self, task: BoundaryTask, pool: WorkerPool) -> dict:
         spec = task.base
         out = {
-            **{k: v for k, v in self.env.items()},
+            **self.env,
             "boundary_key": task.key,
             "axis": task.axis,
             "model": spec.model,
@@ -279,7 +277,7 @@ class BoundaryRun:
                 "status": "unsupported",
                 "reason": reason,
                 "search_trials": 0,
-                "timestamp_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "timestamp_utc": utc_now(),
             }
         started = time.perf_counter()
         found = search(task, lambda s: self._probe(pool, task, s, "search"), self.plan.cap_gib)
@@ -305,5 +303,5 @@ class BoundaryRun:
                 verified=(fit in (None, "ok")) and (oom in (None, "oom")),
             )
         out["search_wall_s"] = time.perf_counter() - started
-        out["timestamp_utc"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        out["timestamp_utc"] = utc_now()
         return out

@@ -25,6 +25,19 @@ from bench.sweep import SweepConfig, plan_sweep, results_path, run_sweep
 CPU_MODEL = "tiny"
 
 
+def _progress(console: Console) -> Progress:
+    """The progress bar of sweeps and boundary searches: what runs, count, elapsed, ETA."""
+    return Progress(
+        TextColumn("{task.description}", style="dim"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
 def resolve_weights(weights: str) -> str:
     """A local directory with config.json, or a hub id already in the HF cache; else explain."""
     path = Path(weights).expanduser()
@@ -145,15 +158,7 @@ def run_sweep_command(dry_run: bool, boundaries: bool = False, **options) -> int
             )
         Console().print(table)
         return 0
-    columns = (
-        TextColumn("{task.description}", style="dim"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, transient=False) as progress:
+    with _progress(console) as progress:
         written = run_sweep(cfg, progress)
     summary = ", ".join(f"{n} {status}" for status, n in sorted(written.items())) or "nothing to do"
     console.print(f"{cfg.profile.name}: {summary} -> {target}")
@@ -210,15 +215,7 @@ def run_boundary_command(ref_seq_lens, boundary_axes, parallel, **options) -> in
 def _run_boundaries(cfg, refs, boundary_axes, parallel, console) -> None:
     from bench.boundary import BoundaryRun
 
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console) as progress:
+    with _progress(console) as progress:
         run = BoundaryRun(cfg, tuple(refs), tuple(boundary_axes), parallel, progress)
         summary = run.run()
     console.print(

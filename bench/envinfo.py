@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import platform
 import subprocess
@@ -11,6 +12,11 @@ from importlib import metadata
 from bench.paths import REPO_ROOT
 
 LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")
+
+
+def utc_now() -> str:
+    """A row's timestamp: UTC, ISO 8601, whole seconds."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def library_versions() -> dict[str, str]:

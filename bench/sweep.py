@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import emulation
 from bench.catalog import ModelArch
-from bench.envinfo import HostGPU, git_commit, library_versions, nvml_gpu
+from bench.envinfo import HostGPU, git_commit, library_versions, nvml_gpu, utc_now
 from bench.profiles import Profile
 from bench.results import ResultsFile
 from bench.spec import Axes, TrialSpec, expand, implied_oom, spec_from_row
@@ -31,8 +30,11 @@ class SweepConfig:
     spare_workers: int = 0
 
 
-def results_path(results_dir: Path, profile: Profile, device: str) -> Path:
-    name = "trials.csv" if device == "cuda" else "trials-cpu.csv"
+def results_path(
+    results_dir: Path, profile: Profile, device: str, stem: str = "trials", ext: str = "csv"
+) -> Path:
+    """results/<profile>/<stem>.<ext> for GPU results; CPU runs go to <stem>-cpu.<ext> beside them."""
+    name = f"{stem}.{ext}" if device == "cuda" else f"{stem}-cpu.{ext}"
     return Path(results_dir) / profile.name / name
 
 
@@ -60,10 +62,10 @@ def plan_sweep(cfg: SweepConfig, store: ResultsFile, host: HostGPU | None) -> li
     return planned
 
 
-def _model_source(cfg: SweepConfig, spec: TrialSpec) -> dict:
-    if cfg.weights_path:
-        return {"path": cfg.weights_path}
-    return {"config": cfg.catalog[spec.model].config}
+def trial_payload(cfg: SweepConfig, plan: emulation.Plan, spec: TrialSpec) -> tuple:
+    """What a worker needs for one trial: the spec (with its key), the plan, the model source."""
+    source = {"path": cfg.weights_path} if cfg.weights_path else {"config": cfg.catalog[spec.model].config}
+    return ({**spec.to_row(), "key": spec.key}, plan.to_worker(), source)
 
 
 def run_sweep(cfg: SweepConfig, progress=None) -> Counter:
@@ -125,8 +127,7 @@ def _run(cfg, store, plan, host, progress) -> Counter:
                     "reason": "not run: a smaller configuration with everything else equal ran out of memory",
                 }
             else:
-                payload = ({**spec.to_row(), "key": spec.key}, plan.to_worker(), _model_source(cfg, spec))
-                measured = pool.run(payload, cfg.timeout_s)
+                measured = pool.run(trial_payload(cfg, plan, spec), cfg.timeout_s)
             if measured["status"] == "oom":
                 ooms.append(spec)
             row = {
@@ -134,7 +135,7 @@ def _run(cfg, store, plan, host, progress) -> Counter:
                 **env,
                 **measured,
                 "trial_key": spec.key,
-                "timestamp_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "timestamp_utc": utc_now(),
             }
             if cfg.device == "cuda" and host is not None:  # the sweep's NVML view names the GPU
                 row.update(gpu_name=host.name, driver=host.driver)
