@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import queue
 import threading
 import time
@@ -137,13 +138,35 @@ def search(task: BoundaryTask, probe, cap_gib: float | None) -> dict:
     return {"lo": lo, "hi": hi, "fits": fits, "trials": trials}
 
 
+HOST_HEADROOM_GIB = 16.0  # kept free on the host GPU: contexts, NVML's view, fragmentation
+CONTEXT_GIB = 0.6  # a CUDA context on the H200, outside the allocator cap
+
+
+def auto_parallel(cfg: SweepConfig, plan: emulation.Plan, host, models: set[str]) -> int:
+    """Searches at once: each slot holds a capped worker and a spare with the model preloaded,
+    and the sum must fit the host GPU with headroom; at most 8, and at most one per 2 cores."""
+    if cfg.device != "cuda" or host is None or plan.cap_gib is None:
+        return 1
+    loaded = max((cfg.catalog[m].loaded_gib_estimate() for m in models if m in cfg.catalog), default=0.0)
+    per_slot = plan.cap_gib + min(plan.cap_gib, loaded) + 2 * CONTEXT_GIB
+    fits = int((host.total_gib - HOST_HEADROOM_GIB) // per_slot)
+    return max(1, min(8, (os.cpu_count() or 2) // 2, fits))
+
+
 class BoundaryRun:
-    def __init__(self, cfg: SweepConfig, ref_seq_lens, axes, parallel: int, progress=None):
+    def __init__(
+        self, cfg: SweepConfig, ref_seq_lens, axes, parallel: int | None, progress=None, time_budget=None
+    ):
         from bench.envinfo import nvml_gpu
 
-        self.cfg = cfg
         self.host = nvml_gpu() if cfg.device == "cuda" else None
         self.plan = emulation.plan(cfg.profile, cfg.device, self.host)
+        self.tasks = plan_tasks(cfg, ref_seq_lens, axes)
+        parallel = parallel or auto_parallel(cfg, self.plan, self.host, {t.base.model for t in self.tasks})
+        if cfg.worker_threads is None:  # a slot's worker and its preloading spare share the cores
+            cfg = replace(cfg, worker_threads=max(1, (os.cpu_count() or 2) // (2 * parallel)))
+        self.cfg = cfg
+        self.time_budget = time_budget
 
         def path(stem, ext="csv"):
             return results_path(cfg.results_dir, cfg.profile, cfg.device, stem, ext)
@@ -151,7 +174,6 @@ class BoundaryRun:
         self.store = ResultsFile(path("boundaries"), BOUNDARY_FIELDNAMES, "boundary_key")
         self.probes = ResultsFile(path("boundary-trials"), PROBE_FIELDNAMES)
         self.runs_log = path("boundary-runs", "jsonl")
-        self.tasks = plan_tasks(cfg, ref_seq_lens, axes)
         self.parallel = parallel
         self.progress = progress
         self.lock = threading.Lock()
@@ -169,12 +191,16 @@ class BoundaryRun:
         done = set() if self.cfg.overwrite else self.store.keys()
         todo = [t for t in self.tasks if t.key not in done]
         self._prepare_weights({t.base.model for t in todo})
-        # Longest trials first, so the slots finish together.
-        todo.sort(key=lambda t: -self._size(t.base.model))
-        work: queue.Queue = queue.Queue()
+        # A slot takes the searches that share one loaded model together (its warm worker and
+        # preloading spare keep that model); the largest models first, so the slots end together.
+        groups: dict[tuple, list[BoundaryTask]] = {}
         for task in todo:
-            work.put(task)
+            groups.setdefault(replace(task.base, seq_len=0, batch_size=0).key, []).append(task)
+        work: queue.Queue = queue.Queue()
+        for group in sorted(groups.values(), key=lambda g: -self._size(g[0].base.model)):
+            work.put(group)
         self.counts = {"boundaries": 0, "trials": 0, "verified": 0}
+        self.deadline = started + self.time_budget if self.time_budget else None
         bar = self.progress.add_task("boundaries", total=len(todo)) if self.progress else None
         threads = [
             threading.Thread(target=self._slot, args=(work, bar), daemon=True)
@@ -186,6 +212,7 @@ class BoundaryRun:
             t.join()
         summary = {
             **self.counts,
+            "left": len(todo) - self.counts["boundaries"],
             "profile": self.cfg.profile.name,
             "parallel": self.parallel,
             "wall_s": round(time.perf_counter() - started, 1),
@@ -215,20 +242,24 @@ class BoundaryRun:
         return config.get("hidden_size", 0) * config.get("num_hidden_layers", 0)
 
     def _slot(self, work: queue.Queue, bar) -> None:
-        pool = WorkerPool(spares=1 if self.cfg.device == "cuda" else 0)
+        cuda = self.cfg.device == "cuda"
+        pool = WorkerPool(spares=1 if cuda else 0, preload=cuda)
         try:
             while True:
                 try:
-                    task = work.get_nowait()
+                    group = work.get_nowait()
                 except queue.Empty:
                     return
-                row = self._boundary(task, pool)
-                with self.lock:
-                    self.store.append(row, replace_key=self.cfg.overwrite)
-                    self.counts["boundaries"] += 1
-                    self.counts["verified"] += row.get("verified") is True
-                    if self.progress:
-                        self.progress.advance(bar)
+                for task in group:
+                    if self.deadline is not None and time.perf_counter() > self.deadline:
+                        return
+                    row = self._boundary(task, pool)
+                    with self.lock:
+                        self.store.append(row, replace_key=self.cfg.overwrite)
+                        self.counts["boundaries"] += 1
+                        self.counts["verified"] += row.get("verified") is True
+                        if self.progress:
+                            self.progress.advance(bar)
         finally:
             pool.close()
 

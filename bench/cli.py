@@ -23,6 +23,18 @@ class DefaultGroup(click.Group):
         return super().parse_args(ctx, args)
 
 
+def _parallel(value: str) -> int | None:
+    if value == "auto":
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if not 1 <= number <= 64:
+        raise click.BadParameter(f"{value!r}: give a number of searches from 1 to 64, or auto")
+    return number
+
+
 def _csv(kind):
     def convert(ctx, param, value):
         if value is None:
@@ -196,10 +208,17 @@ def sweep(**options):
 )
 @click.option(
     "--parallel",
-    type=click.IntRange(1, 64),
-    default=1,
+    callback=lambda ctx, param, value: _parallel(value),
+    default="auto",
     show_default=True,
-    help="Searches run at once (each its own worker; memory caps are per process).",
+    help="Searches run at once (each its own capped workers). auto: as many as the host GPU "
+    "holds with a preloading spare each, at most 8; 1 on CPU or a native card.",
+)
+@click.option(
+    "--time-budget",
+    type=click.FloatRange(min=1),
+    default=None,
+    help="Seconds after which no new search starts (those running finish); rerun to resume.",
 )
 @ALPHA_RATIO
 @OPTIMIZER

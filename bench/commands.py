@@ -163,7 +163,7 @@ def run_sweep_command(dry_run: bool, boundaries: bool = False, **options) -> int
     summary = ", ".join(f"{n} {status}" for status, n in sorted(written.items())) or "nothing to do"
     console.print(f"{cfg.profile.name}: {summary} -> {target}")
     if boundaries:
-        _run_boundaries(cfg, cfg.profile.grid.reference_seq_lens, BOUNDARY_AXES, 1, console)
+        _run_boundaries(cfg, cfg.profile.grid.reference_seq_lens, BOUNDARY_AXES, None, console)
     return 1 if written.get("error") else 0
 
 
@@ -193,7 +193,7 @@ def list_profiles_command() -> int:
 BOUNDARY_AXES = ("seq_len", "batch_size")
 
 
-def run_boundary_command(ref_seq_lens, boundary_axes, parallel, **options) -> int:
+def run_boundary_command(ref_seq_lens, boundary_axes, parallel, time_budget=None, **options) -> int:
     bad = [a for a in boundary_axes if a not in BOUNDARY_AXES]
     if bad:
         raise BenchUsageError(f"--axes: unknown {bad}; choose from {', '.join(BOUNDARY_AXES)}")
@@ -208,19 +208,21 @@ def run_boundary_command(ref_seq_lens, boundary_axes, parallel, **options) -> in
     )
     cfg = build_config(**{**defaults, **options})
     refs = ref_seq_lens or cfg.profile.grid.reference_seq_lens
-    _run_boundaries(cfg, refs, boundary_axes, parallel, Console(stderr=True))
+    _run_boundaries(cfg, refs, boundary_axes, parallel, Console(stderr=True), time_budget)
     return 0
 
 
-def _run_boundaries(cfg, refs, boundary_axes, parallel, console) -> None:
+def _run_boundaries(cfg, refs, boundary_axes, parallel, console, time_budget=None) -> None:
     from bench.boundary import BoundaryRun
 
     with _progress(console) as progress:
-        run = BoundaryRun(cfg, tuple(refs), tuple(boundary_axes), parallel, progress)
+        run = BoundaryRun(cfg, tuple(refs), tuple(boundary_axes), parallel, progress, time_budget)
         summary = run.run()
+    left = f"; {summary['left']} left for a rerun (time budget)" if summary["left"] else ""
     console.print(
         f"{cfg.profile.name}: {summary['boundaries']} boundaries ({summary['verified']} verified), "
-        f"{summary['trials']} trials in {summary['wall_s']} s -> {run.store.path}"
+        f"{summary['trials']} trials in {summary['wall_s']} s with {summary['parallel']} at once"
+        f"{left} -> {run.store.path}"
     )
 
 

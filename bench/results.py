@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from bench.errors import BenchUsageError
-from bench.schema import FIELDNAMES, SCHEMA_VERSION, V1_FIELDNAMES
+from bench.schema import FIELDNAMES, SCHEMA_VERSION, UPGRADE_VALUES, fieldnames_at
 
 
 def _format(value) -> str:
@@ -44,9 +44,10 @@ class ResultsFile:
         if not text.strip():
             return []
         reader = csv.DictReader(io.StringIO(text, newline=""))
-        if self.fieldnames == FIELDNAMES and reader.fieldnames == V1_FIELDNAMES:
-            return self._upgrade_v1(list(reader))
-        if reader.fieldnames != self.fieldnames:
+        # Schema versions whose columns this header is: older ones are upgraded on read.
+        versions = range(1, SCHEMA_VERSION + 1)
+        readable = {v for v in versions if fieldnames_at(self.fieldnames, v) == reader.fieldnames}
+        if not readable:
             raise BenchUsageError(
                 f"{self.path} has columns this version does not write (schema version "
                 f"{SCHEMA_VERSION}); move it aside or choose another --results-dir"
@@ -54,19 +55,21 @@ class ResultsFile:
         rows = list(reader)
         bad = [r for r in rows if None in r or any(v is None for v in r.values())]
         versions = {r["schema_version"] for r in rows if r not in bad}
-        if bad or versions - {str(SCHEMA_VERSION)}:
+        if bad or versions - {str(v) for v in readable}:
             raise BenchUsageError(
                 f"{self.path} has rows that do not match schema version {SCHEMA_VERSION} "
                 f"({len(bad)} malformed, versions {sorted(versions)}); move it aside or repair it"
             )
-        return rows
+        return self._upgrade(rows)
 
-    def _upgrade_v1(self, rows: list[dict]) -> list[dict]:
-        """Schema 1 -> 2: the sft-workload columns, empty (not measured); workload = step."""
-        if any(None in r or r.get("schema_version") != "1" for r in rows):
-            raise BenchUsageError(f"{self.path} has malformed schema-1 rows; move it aside or repair it")
-        added = {name: "" for name in FIELDNAMES if name not in V1_FIELDNAMES}
-        return [{**r, **added, "workload": "step", "schema_version": str(SCHEMA_VERSION)} for r in rows]
+    def _upgrade(self, rows: list[dict]) -> list[dict]:
+        """Rows of an older schema: added columns empty (not measured), version made current."""
+        added = {
+            name: UPGRADE_VALUES.get(name, "")
+            for name in self.fieldnames
+            if name not in (rows[0] if rows else self.fieldnames)
+        }
+        return [{**r, **added, "schema_version": str(SCHEMA_VERSION)} for r in rows]
 
     def keys(self) -> set[str]:
         return {r[self.key] for r in self.rows}

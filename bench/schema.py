@@ -1,6 +1,6 @@
 """The result row: one documented schema, one CSV row per trial. GiB = 2**30 bytes."""
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 GIB = 2**30
 
 STATUSES = ("ok", "oom", "unsupported", "error", "timeout")
@@ -53,7 +53,14 @@ COLUMNS: list[tuple[str, str]] = [
     ("format_success", "share of held-out outputs that are exactly valid JSON (sft workload)"),
     ("field_accuracy", "share of fields equal to the reference (sft workload)"),
     ("format_note", "why format_success is empty, or what it was measured after"),
-    ("trial_wall_s", "wall time of the trial in the worker, load included"),
+    ("trial_wall_s", "wall time of the trial in the worker, load included when it loaded"),
+    (
+        "model_load",
+        "loaded (by this trial), preloaded (by this fresh worker before the trial arrived) or "
+        "reused (kept by a warm worker from an earlier fitting trial of the same model and LoRA "
+        "settings; the load_* figures are from that load)",
+    ),
+    ("load_s", "seconds spent loading, quantising and wrapping the model (0 when reused)"),
     ("sdpa_backends", "SDPA backends allowed (the target card's)"),
     ("gpu_name", "GPU name as torch reports it"),
     ("gpu_compute_capability", "of the host GPU"),
@@ -74,8 +81,21 @@ FIELDNAMES = [name for name, _ in COLUMNS]
 
 # Columns each schema version added: a file of an older version is upgraded on read by adding
 # them empty (their meaning: not measured), so published results stay readable.
-ADDED_IN = {2: ["workload", "format_success", "field_accuracy", "format_note"]}
-V1_FIELDNAMES = [name for name in FIELDNAMES if name not in ADDED_IN[2]]
+ADDED_IN = {
+    2: ["workload", "format_success", "field_accuracy", "format_note"],
+    3: ["model_load", "load_s"],
+}
+# What an upgraded row gets in an added column when empty would be wrong.
+UPGRADE_VALUES = {"workload": "step"}
+
+
+def fieldnames_at(fieldnames: list[str], version: int) -> list[str]:
+    """The columns a file of `fieldnames` had at schema `version`."""
+    later = {name for v, names in ADDED_IN.items() if v > version for name in names}
+    return [name for name in fieldnames if name not in later]
+
+
+V1_FIELDNAMES = fieldnames_at(FIELDNAMES, 1)
 
 # Every probe of a boundary search is a trial row plus these columns (boundary-trials.csv).
 PROBE_COLUMNS: list[tuple[str, str]] = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import asdict, dataclass, replace
 
 OPTIMIZERS = ("adamw_torch", "paged_adamw_8bit")
@@ -118,3 +119,22 @@ def spec_from_row(row: dict) -> TrialSpec:
         weights=row["weights"],
         workload=row.get("workload") or "step",
     )
+
+
+MODEL_FIELDS = (
+    "model",
+    "weights",
+    "dtype",
+    "grad_ckpt",
+    "lora_rank",
+    "lora_alpha",
+    "lora_dropout",
+    "target_modules",
+)
+
+
+def model_key(spec: dict, plan: dict, model_source: dict) -> str:
+    """What a loaded QLoRA model depends on (a worker payload's parts): trials with the same key
+    can share one loaded model; sequence length, batch and step counts are not in it."""
+    model = {k: spec.get(k) for k in MODEL_FIELDS}
+    return json.dumps([model, model_source, plan["device"], plan["cap_gib"]], sort_keys=True)

@@ -28,6 +28,7 @@ class SweepConfig:
     skip_implied: bool = True
     timeout_s: float = 900.0
     spare_workers: int = 0
+    worker_threads: int | None = None  # torch CPU threads per worker; None: torch's default
 
 
 def results_path(
@@ -65,7 +66,7 @@ def plan_sweep(cfg: SweepConfig, store: ResultsFile, host: HostGPU | None) -> li
 def trial_payload(cfg: SweepConfig, plan: emulation.Plan, spec: TrialSpec) -> tuple:
     """What a worker needs for one trial: the spec (with its key), the plan, the model source."""
     source = {"path": cfg.weights_path} if cfg.weights_path else {"config": cfg.catalog[spec.model].config}
-    return ({**spec.to_row(), "key": spec.key}, plan.to_worker(), source)
+    return ({**spec.to_row(), "key": spec.key}, {**plan.to_worker(), "threads": cfg.worker_threads}, source)
 
 
 def run_sweep(cfg: SweepConfig, progress=None) -> Counter:

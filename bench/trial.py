@@ -22,6 +22,7 @@ import torch
 
 from bench.paths import cache_dir
 from bench.schema import GIB
+from bench.spec import model_key
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -192,37 +193,95 @@ def load_qlora_model(spec: dict, source: str, device: str):
     return model
 
 
-def measure(spec: dict, plan: dict, model_source: dict, row: dict) -> dict:
+def measure(spec: dict, plan: dict, model_source: dict, row: dict, cache: ModelCache | None = None) -> dict:
     """Run the trial, filling `row` as phases complete (so an OOM row keeps what was measured
-    before it). The SDPA restriction covers forward, backward and checkpoint recomputation."""
+    before it). The SDPA restriction covers forward, backward and checkpoint recomputation.
+    With a `cache`, the model is kept for (and taken from) neighbouring trials."""
+    cache = cache or ModelCache()
     with _sdpa_context(plan["sdpa_backends"], plan["device"]):
-        return _measure(spec, plan, model_source, row)
+        _measure(spec, plan, model_source, row, cache)
+    cache.uses += 1
+    return row
 
 
-def _measure(spec: dict, plan: dict, model_source: dict, row: dict) -> dict:
+class ModelCache:
+    """The QLoRA model a warm worker keeps between trials.
+
+    Loading and quantising is most of a short trial's cost, and a boundary search runs the same
+    model and LoRA settings again and again at other lengths and batches. A worker keeps the
+    model after a trial that fit (a worker whose trial did not fit is discarded, model and all)
+    and reuses it when the next trial differs only in sequence length, batch or step counts.
+    A fresh worker can also load the next trial's model before the trial arrives (preload).
+    """
+
+    def __init__(self):
+        self.key: str | None = None
+        self.model = None
+        self.load: dict = {}
+        self.uses = 0
+
+    def drop(self, device: str) -> None:
+        self.key, self.model, self.load, self.uses = None, None, {}, 0
+        free_memory(device)
+
+
+def load_into(cache: ModelCache, spec: dict, plan: dict, model_source: dict, probe: MemoryProbe) -> None:
+    """Load (quantise, wrap) under the allocator cap into `cache`, recording the load's memory."""
     device = plan["device"]
-    started = time.perf_counter()
-    if device == "cuda":
-        apply_cap(None)
-        torch.backends.cuda.matmul.allow_tf32 = plan["allow_tf32"]
-        torch.backends.cudnn.allow_tf32 = plan["allow_tf32"]
+    cache.drop(device)
     if model_source.get("path"):
         source = model_source["path"]
     else:
         source = str(random_weights_dir(spec["model"], model_source["config"], device))
-    probe = MemoryProbe(device)
-    free_memory(device)
     if device == "cuda":
         apply_cap(plan["cap_gib"])
         probe.reset_peak()
-
+    t0 = time.perf_counter()
     model = load_qlora_model(spec, source, device)
     assert model.training, "model must be in train mode for gradient checkpointing to act"
+    probe.sync()
+    cache.load = {"load_s": time.perf_counter() - t0, "now": probe.now(), "peak": probe.peak()}
+    cache.key, cache.model, cache.uses = model_key(spec, plan, model_source), model, 0
+
+
+def preload(spec: dict, plan: dict, model_source: dict, cache: ModelCache) -> None:
+    """Load the model a trial will need before it arrives (a fresh worker waiting its turn)."""
+    with _sdpa_context(plan["sdpa_backends"], plan["device"]):
+        _prepare_device(plan)
+        load_into(cache, spec, plan, model_source, MemoryProbe(plan["device"]))
+    cache.load["preloaded"] = True
+
+
+def _prepare_device(plan: dict) -> None:
+    if plan.get("threads"):
+        torch.set_num_threads(plan["threads"])
+    if plan["device"] == "cuda":
+        apply_cap(None)
+        torch.backends.cuda.matmul.allow_tf32 = plan["allow_tf32"]
+        torch.backends.cudnn.allow_tf32 = plan["allow_tf32"]
+
+
+def _measure(spec: dict, plan: dict, model_source: dict, row: dict, cache: ModelCache) -> dict:
+    device = plan["device"]
+    started = time.perf_counter()
+    _prepare_device(plan)
+    probe = MemoryProbe(device)
+    if cache.key == model_key(spec, plan, model_source):
+        fresh = "preloaded" if cache.load.get("preloaded") else "loaded"
+        row["model_load"] = "reused" if cache.uses else fresh
+        row["load_s"] = 0.0 if cache.uses else cache.load["load_s"]
+        cache.model.zero_grad(set_to_none=True)
+        free_memory(device)  # hand back the previous trial's activation segments
+        if device == "cuda":
+            apply_cap(plan["cap_gib"])
+    else:
+        load_into(cache, spec, plan, model_source, probe)
+        row["model_load"], row["load_s"] = "loaded", cache.load["load_s"]
+    model = cache.model
     trainable, total_params = model.get_nb_trainable_parameters()
     row.update(trainable_params=trainable, total_params=total_params)
-    probe.sync()
-    row["load_alloc_gib"], row["load_reserved_gib"] = probe.now()
-    load_peak = probe.peak()
+    row["load_alloc_gib"], row["load_reserved_gib"] = cache.load["now"]
+    load_peak = cache.load["peak"]
     probe.sample_nvml()
 
     params = [p for p in model.parameters() if p.requires_grad]

@@ -21,6 +21,8 @@ import signal
 import sys
 import time
 
+from bench.spec import model_key
+
 
 def _start_method() -> str:
     """forkserver with the heavy imports preloaded (bench.zygote) on Linux; spawn elsewhere or
@@ -116,6 +118,7 @@ def worker_main(conn) -> None:
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     conn.send(("ready", os.getpid()))
+    cache = trial.ModelCache()  # the model kept between trials that fit
     while True:
         try:
             message = conn.recv()
@@ -133,29 +136,56 @@ def worker_main(conn) -> None:
             finally:
                 trial.cleanup(device)
             continue
+        if message[0] == "preload":  # load the next trial's model while waiting for it
+            _, spec, plan, source = message
+            try:
+                trial.preload(spec, plan, source, cache)
+                conn.send(("preloaded", {"status": "ok"}))
+            except BaseException as exc:  # this worker is not clean any more: the pool drops it
+                conn.send(("preloaded", {"status": "oom" if trial.is_oom(exc) else "error"}))
+            continue
         spec, plan, source = message
         device = plan["device"]
         row: dict = {}
         try:
             _inject(spec, device)
-            trial.measure(spec, plan, source, row)
+            trial.measure(spec, plan, source, row, cache)
             if spec.get("workload", "step") != "step" and row.get("status") == "ok":
+                cache.drop(device)  # the SFT loads its own model under the same cap
                 trial.run_sft_workload(spec, plan, source, row)
         except BaseException as exc:  # classified into a row; the parent decides what is fatal
-            first_line = (str(exc).strip().splitlines() or [""])[0][:300]
-            row.update(
-                status="oom" if trial.is_oom(exc) else "error", reason=f"{type(exc).__name__}: {first_line}"
-            )
-            if device == "cuda":
-                import torch
-
-                row["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
-                row["peak_alloc_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            _classify(exc, row, plan)
             del exc
         finally:
             trial.cleanup(device)
         row.update(_runtime_info(device))
         conn.send(("result", row))
+
+
+HOST_FULL_GIB = 1.0
+
+
+def _classify(exc: BaseException, row: dict, plan: dict) -> None:
+    """An exception as a row. An OOM while the host GPU itself is nearly full is not the
+    emulated card's limit (concurrent workers filled the host): an error, never a boundary."""
+    from bench import trial
+
+    first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+    row.update(status="oom" if trial.is_oom(exc) else "error", reason=f"{type(exc).__name__}: {first_line}")
+    if plan["device"] != "cuda":
+        return
+    import torch
+
+    row["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
+    row["peak_alloc_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    if row["status"] == "oom" and plan["cap_gib"]:
+        free_gib = torch.cuda.mem_get_info()[0] / 2**30
+        if free_gib < HOST_FULL_GIB:
+            row.update(
+                status="error",
+                reason=f"host GPU out of memory ({free_gib:.2f} GiB free), not the "
+                f"{plan['cap_gib']} GiB cap: run fewer searches at once (--parallel)",
+            )
 
 
 def _death_reason(exitcode: int | None) -> str:
@@ -178,6 +208,8 @@ class Worker:
         self.process.start()
         child.close()
         self.ready = False
+        self.preloaded: str | None = None  # model key of a preload sent to this worker
+        self.preload_pending = False
 
     def wait_ready(self, timeout: float) -> None:
         if self.ready:
@@ -194,6 +226,27 @@ class Worker:
             raise RuntimeError(f"worker failed to start: {_death_reason(self.process.exitcode)}") from None
         assert kind == "ready"
         self.ready = True
+
+    def preload(self, payload: tuple) -> None:
+        """Have this (fresh) worker load the payload's model now, before it gets a trial."""
+        spec, plan, source = payload
+        self.conn.send(("preload", spec, plan, source))
+        self.preloaded = model_key(spec, plan, source)
+        self.preload_pending = True
+
+    def settle(self, timeout: float) -> bool:
+        """Wait for a preload to end; False when it failed (the worker is then not clean)."""
+        if not self.preload_pending:
+            return True
+        self.preload_pending = False
+        try:
+            self.wait_ready(timeout)
+            if not self.conn.poll(timeout):
+                return False
+            kind, answer = self.conn.recv()
+        except (EOFError, OSError, RuntimeError):
+            return False
+        return kind == "preloaded" and answer["status"] == "ok"
 
     def run(self, payload: tuple, timeout: float) -> dict:
         self.conn.send(payload)
@@ -228,33 +281,57 @@ class BadFork(RuntimeError):
 class WorkerPool:
     """Hands out a warm worker, replaces it after any trial that did not end ok.
 
-    `spares` workers import in the background so a replacement is ready at once; they hold no
-    CUDA context (and so no GPU memory) until they run a trial.
+    `spares` workers import in the background so a replacement is ready at once. With
+    `preload`, each spare also loads the model of the trial just handed out, so that when the
+    next trial needs a fresh worker (after an OOM, or to verify), one is waiting with that model
+    loaded under the cap and nothing else run. A spare holding another model is not reused.
     """
 
-    def __init__(self, spares: int = 0, startup_timeout: float = 600.0):
+    def __init__(self, spares: int = 0, startup_timeout: float = 600.0, preload: bool = False):
         self.spares = spares
         self.startup_timeout = startup_timeout
+        self.preload = preload
         self.method = _start_method()
         self._current: Worker | None = None
         self._spare: list[Worker] = []
 
     def run(self, payload: tuple, timeout: float) -> dict:
+        key = None if isinstance(payload[0], str) else model_key(*payload)  # str: a command
         if self._current is None:
-            self._current = self._spare.pop(0) if self._spare else Worker(self.method)
+            self._current = self._take_spare(key, timeout)
         worker = self._current
         try:
             worker.wait_ready(self.startup_timeout)
         except BadFork:
             self._fall_back_to_spawn()
             return self.run(payload, timeout)
-        while len(self._spare) < self.spares:
-            self._spare.append(Worker(self.method))
+        self._refill(payload)
         row = worker.run(payload, timeout)
         if row.get("status") != "ok":
             worker.stop()
             self._current = None
         return row
+
+    def _take_spare(self, key: str, timeout: float) -> Worker:
+        while self._spare:
+            worker = self._spare.pop(0)
+            if worker.preloaded in (None, key) and worker.settle(timeout):
+                return worker
+            worker.stop()
+        return Worker(self.method)
+
+    def _refill(self, payload: tuple) -> None:
+        preload = self.preload and not isinstance(payload[0], str)
+        if preload:  # a spare holding another model is no use for what comes next
+            key = model_key(*payload)
+            for worker in [w for w in self._spare if w.preloaded not in (None, key)]:
+                worker.stop()
+                self._spare.remove(worker)
+        while len(self._spare) < self.spares:
+            self._spare.append(Worker(self.method))
+        for worker in self._spare:
+            if preload and worker.preloaded is None:
+                worker.preload(payload)
 
     def _fall_back_to_spawn(self) -> None:
         print(

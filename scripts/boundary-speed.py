@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
-"""How fast the boundary search is, from the files the run itself wrote.
+"""How fast the boundary search was, from the files the run itself wrote.
 
-For each results/<profile>/: trials per boundary, per-trial overhead beyond the measured steps
-(probe wall time as the sweep saw it, minus the timed steps), and the wall time of the runs
-(boundary-runs.jsonl; a run stopped by a time limit writes no line, so its time is missing).
+Per results/<profile>/: boundaries and trials (search + verification) per boundary; per-trial
+overhead beyond the measured steps (probe wall time as the sweep saw it minus the timed steps;
+a probe that OOMed has no timed steps, so all of its time is overhead); how the model got into
+the worker (loaded during the trial, preloaded by a waiting spare, reused from the previous
+fitting trial); and the wall time of the runs (boundary-runs.jsonl, one line per invocation,
+so a profile finished over several time-limited invocations adds up).
 Usage: scripts/boundary-speed.py [RESULTS_DIR]
 """
 
@@ -11,39 +14,51 @@ import csv
 import json
 import statistics
 import sys
+from collections import Counter
 from pathlib import Path
+
+
+def _steps(probe: dict) -> float:
+    return sum(map(float, probe["step_times_s"].split(";"))) if probe["step_times_s"] else 0.0
 
 
 def main(results: Path) -> None:
     print(
-        "| profile | boundaries searched | search trials / boundary | verify trials | "
-        "median probe wall (s) | median overhead beyond measured steps, fitting probes (s) | "
-        "runs logged: boundaries, wall (min) |"
+        "| profile | boundaries (searched) | trials / boundary (search + verify) | "
+        "overhead / trial, mean (median) s | model loaded / preloaded / reused | "
+        "median load (s) | parallel | wall (min) |"
     )
-    print("|" + " --- |" * 7)
+    print("|" + " --- |" * 8)
+    total_wall = total_trials = 0.0
+    all_overhead: list[float] = []
     for path in sorted(results.glob("*/boundaries.csv")):
         with open(path, newline="") as f:
-            bounds = [r for r in csv.DictReader(f) if r["status"] == "ok"]
+            bounds = list(csv.DictReader(f))
         with open(path.with_name("boundary-trials.csv"), newline="") as f:
             probes = list(csv.DictReader(f))
-        searched = [int(b["search_trials"]) for b in bounds]
-        verify = sum(p["purpose"] == "verify" for p in probes)
-        walls = [float(p["probe_wall_s"]) for p in probes]
-        overhead = [
-            float(p["probe_wall_s"]) - sum(map(float, p["step_times_s"].split(";")))
-            for p in probes
-            if p["status"] == "ok" and p["step_times_s"]
-        ]
+        searched = [b for b in bounds if b["status"] == "ok"]
+        overhead = [float(p["probe_wall_s"]) - _steps(p) for p in probes]
+        how = Counter(p["model_load"] for p in probes)
+        loads = [float(p["load_s"]) for p in probes if p["model_load"] in ("loaded", "preloaded")]
         runs_file = path.with_name("boundary-runs.jsonl")
         runs = [json.loads(line) for line in runs_file.read_text().splitlines()] if runs_file.exists() else []
-        logged = (
-            f"{sum(r['boundaries'] for r in runs)}, {sum(r['wall_s'] for r in runs) / 60:.1f}"
-            if runs
-            else "none (stopped by a time limit)"
-        )
+        wall = sum(r["wall_s"] for r in runs)
+        total_wall += wall
+        total_trials += len(probes)
+        all_overhead += overhead
         print(
-            f"| {path.parent.name} | {len(bounds)} | {statistics.mean(searched):.2f} | {verify} | "
-            f"{statistics.median(walls):.1f} | {statistics.median(overhead):.1f} | {logged} |"
+            f"| {path.parent.name} | {len(bounds)} ({len(searched)}) | "
+            f"{len(probes) / max(1, len(searched)):.1f} | "
+            f"{statistics.mean(overhead):.2f} ({statistics.median(overhead):.2f}) | "
+            f"{how['loaded']} / {how['preloaded']} / {how['reused']} | "
+            f"{statistics.median(loads):.1f} | "
+            f"{','.join(sorted({str(r['parallel']) for r in runs}))} | {wall / 60:.1f} |"
+        )
+    if all_overhead:
+        print(
+            f"| all | | | {statistics.mean(all_overhead):.2f} "
+            f"({statistics.median(all_overhead):.2f}) | | | | "
+            f"{total_wall / 60:.1f} ({total_wall / total_trials:.2f} s wall per trial) |"
         )
 
 

@@ -61,6 +61,36 @@ def test_real_qlora_trial_on_cpu(tmp_path):
         assert row["sdpa_backends"] == "efficient,math" and row["profile"] == "t4"
 
 
+def test_a_warm_worker_keeps_the_model_and_a_spare_preloads_the_next():
+    """Reuse only where the model and LoRA settings repeat; a preloading spare is a fresh process."""
+    from dataclasses import replace
+
+    from bench.catalog import load_catalog
+    from bench.spec import TrialSpec
+    from bench.worker import WorkerPool
+
+    plan = {"device": "cpu", "cap_gib": None, "sdpa_backends": ["math"], "allow_tf32": False, "threads": 1}
+    source = {"config": load_catalog()["tiny"].config}
+    pool = WorkerPool(spares=1, preload=True)
+
+    def run(spec):
+        return pool.run(({**spec.to_row(), "key": spec.key}, plan, source), timeout=300)
+
+    first = TrialSpec("tiny", 64, 1, 4, "fp16", False, 8, warmup_steps=1, measured_steps=1)
+    other_lora = replace(first, lora_rank=8, lora_alpha=16)
+    try:
+        rows = [run(first), run(replace(first, seq_len=128)), run(other_lora)]
+        pool.retire()  # the next trial needs a fresh process: the spare has other_lora's model
+        rows.append(run(replace(other_lora, batch_size=2)))
+    finally:
+        pool.close()
+    assert [r["status"] for r in rows] == ["ok"] * 4, rows
+    assert [r["model_load"] for r in rows] == ["loaded", "reused", "loaded", "preloaded"]
+    assert rows[1]["load_s"] == 0 and rows[0]["load_s"] > 0 and rows[3]["load_s"] > 0
+    assert rows[0]["trainable_params"] == rows[1]["trainable_params"] < rows[2]["trainable_params"]
+    assert rows[2]["trainable_params"] == rows[3]["trainable_params"]
+
+
 def test_faulty_workers_are_recorded_and_the_sweep_goes_on(tmp_path):
     faults = "s=64|b=1:segfault,s=128|b=1:hang,s=192|b=1:raise,s=256|b=1:oom"
     result = cli(
@@ -214,35 +244,41 @@ def test_rows_written_by_another_sweep_while_waiting_are_kept(tmp_path):
     assert [r["trial_key"] for r in read_rows(path)] == ["a", "b"]
 
 
-def test_a_schema_1_file_is_upgraded_not_refused(tmp_path):
-    """Published schema-1 rows stay readable: new columns empty, keys kept, nothing lost on append."""
+PUBLISHED = sorted(
+    p.relative_to(REPO).as_posix()
+    for p in (REPO / "results").glob("*/*.csv")
+    if p.stem in ("trials", "boundary-trials", "boundaries")
+)
+
+
+@pytest.mark.parametrize("relpath", PUBLISHED)
+def test_published_files_of_older_schemas_are_upgraded_not_refused(tmp_path, relpath):
+    """Every committed results file stays readable and resumable: columns added since are empty
+    (not measured), keys and values kept, nothing lost on append."""
     import shutil
 
     from bench.results import ResultsFile
-    from bench.schema import FIELDNAMES, V1_FIELDNAMES
+    from bench.schema import BOUNDARY_FIELDNAMES, FIELDNAMES, PROBE_FIELDNAMES
 
-    published = REPO / "results" / "t4" / "trials.csv"
-    with open(published, newline="") as f:
-        header = next(csv.reader(f))
-    if header != V1_FIELDNAMES:
-        pytest.skip("the published file is already schema 2")
-    path = tmp_path / "trials.csv"
-    shutil.copy(published, path)
+    fieldnames, key = {
+        "trials": (FIELDNAMES, "trial_key"),
+        "boundary-trials": (PROBE_FIELDNAMES, "trial_key"),
+        "boundaries": (BOUNDARY_FIELDNAMES, "boundary_key"),
+    }[Path(relpath).stem]
+    path = tmp_path / "file.csv"
+    shutil.copy(REPO / relpath, path)
     original = read_rows(path)
-    store = ResultsFile(path)
-    assert [r["trial_key"] for r in store.rows] == [r["trial_key"] for r in original]
-    assert all(r["workload"] == "step" and r["format_success"] == "" for r in store.rows)
+    store = ResultsFile(path, fieldnames, key)
+    assert [r[key] for r in store.rows] == [r[key] for r in original]
     store.lock()
-    store.append({"trial_key": "new", "status": "ok"})
+    store.append({key: "new", "status": "ok"})
     store.unlock()
     rows = read_rows(path)
-    assert list(rows[0]) == FIELDNAMES and len(rows) == len(original) + 1
-    assert all(
-        rows[i][k] == original[i][k]
-        for i in range(len(original))
-        for k in V1_FIELDNAMES
-        if k != "schema_version"
-    )
+    assert list(rows[0]) == fieldnames and len(rows) == len(original) + 1
+    kept = [(i, k, v) for i in range(len(original)) for k, v in original[i].items() if k != "schema_version"]
+    assert all(rows[i].get(k) == v for i, k, v in kept)
+    if "workload" in fieldnames and "workload" not in original[0]:
+        assert all(r["workload"] == "step" for r in rows[:-1])
 
 
 def test_sft_workload_puts_format_success_in_the_row_or_says_why_not(tmp_path):
