@@ -142,15 +142,21 @@ HOST_HEADROOM_GIB = 16.0  # kept free on the host GPU: contexts, NVML's view, fr
 CONTEXT_GIB = 0.6  # a CUDA context on the H200, outside the allocator cap
 
 
-def auto_parallel(cfg: SweepConfig, plan: emulation.Plan, host, models: set[str]) -> int:
-    """Searches at once: each slot holds a capped worker and a spare with the model preloaded,
-    and the sum must fit the host GPU with headroom; at most 8, and at most one per 2 cores."""
+def auto_parallel(cfg: SweepConfig, plan: emulation.Plan, host, models: set[str]) -> tuple[int, int]:
+    """(searches at once, preloading spares per search). Each slot holds its capped worker and
+    spares with the model loaded; all must fit the host GPU with headroom. Two spares keep a
+    fresh worker ready even after a quick OOM, unless the second would cost a slot. At most 8
+    slots, and at most one per 2 CPU cores."""
     if cfg.device != "cuda" or host is None or plan.cap_gib is None:
-        return 1
+        return 1, 1
     loaded = max((cfg.catalog[m].loaded_gib_estimate() for m in models if m in cfg.catalog), default=0.0)
-    per_slot = plan.cap_gib + min(plan.cap_gib, loaded) + 2 * CONTEXT_GIB
-    fits = int((host.total_gib - HOST_HEADROOM_GIB) // per_slot)
-    return max(1, min(8, (os.cpu_count() or 2) // 2, fits))
+    spare = min(plan.cap_gib, loaded) + CONTEXT_GIB
+
+    def slots(spares: int) -> int:
+        fits = int((host.total_gib - HOST_HEADROOM_GIB) // (plan.cap_gib + CONTEXT_GIB + spares * spare))
+        return max(1, min(8, (os.cpu_count() or 2) // 2, fits))
+
+    return (slots(2), 2) if slots(2) >= slots(1) else (slots(1), 1)
 
 
 class BoundaryRun:
@@ -162,9 +168,10 @@ class BoundaryRun:
         self.host = nvml_gpu() if cfg.device == "cuda" else None
         self.plan = emulation.plan(cfg.profile, cfg.device, self.host)
         self.tasks = plan_tasks(cfg, ref_seq_lens, axes)
-        parallel = parallel or auto_parallel(cfg, self.plan, self.host, {t.base.model for t in self.tasks})
-        if cfg.worker_threads is None:  # a slot's worker and its preloading spare share the cores
-            cfg = replace(cfg, worker_threads=max(1, (os.cpu_count() or 2) // (2 * parallel)))
+        auto, self.spares = auto_parallel(cfg, self.plan, self.host, {t.base.model for t in self.tasks})
+        parallel = parallel or auto
+        if cfg.worker_threads is None:  # a slot's worker and its loading spares share the cores
+            cfg = replace(cfg, worker_threads=max(2, (os.cpu_count() or 2) // ((1 + self.spares) * parallel)))
         self.cfg = cfg
         self.time_budget = time_budget
 
@@ -215,6 +222,7 @@ class BoundaryRun:
             "left": len(todo) - self.counts["boundaries"],
             "profile": self.cfg.profile.name,
             "parallel": self.parallel,
+            "spares": self.spares,
             "wall_s": round(time.perf_counter() - started, 1),
             "git_commit": self.env["git_commit"],
             "finished_utc": utc_now(),
@@ -243,7 +251,7 @@ class BoundaryRun:
 
     def _slot(self, work: queue.Queue, bar) -> None:
         cuda = self.cfg.device == "cuda"
-        pool = WorkerPool(spares=1 if cuda else 0, preload=cuda)
+        pool = WorkerPool(spares=self.spares if cuda else 0, preload=cuda, fresh_each_trial=True)
         try:
             while True:
                 try:

@@ -56,11 +56,10 @@ COLUMNS: list[tuple[str, str]] = [
     ("trial_wall_s", "wall time of the trial in the worker, load included when it loaded"),
     (
         "model_load",
-        "loaded (by this trial), preloaded (by this fresh worker before the trial arrived) or "
-        "reused (kept by a warm worker from an earlier fitting trial of the same model and LoRA "
-        "settings; the load_* figures are from that load)",
+        "loaded (during this trial) or preloaded (by this fresh worker just before the trial "
+        "arrived, under the same cap: the same load, done while the previous trial ran)",
     ),
-    ("load_s", "seconds spent loading, quantising and wrapping the model (0 when reused)"),
+    ("load_s", "seconds spent loading, quantising and wrapping the model"),
     ("sdpa_backends", "SDPA backends allowed (the target card's)"),
     ("gpu_name", "GPU name as torch reports it"),
     ("gpu_compute_capability", "of the host GPU"),

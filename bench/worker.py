@@ -118,7 +118,7 @@ def worker_main(conn) -> None:
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     conn.send(("ready", os.getpid()))
-    cache = trial.ModelCache()  # the model kept between trials that fit
+    cache = trial.ModelCache()  # a model preloaded for the next trial
     while True:
         try:
             message = conn.recv()
@@ -151,7 +151,6 @@ def worker_main(conn) -> None:
             _inject(spec, device)
             trial.measure(spec, plan, source, row, cache)
             if spec.get("workload", "step") != "step" and row.get("status") == "ok":
-                cache.drop(device)  # the SFT loads its own model under the same cap
                 trial.run_sft_workload(spec, plan, source, row)
         except BaseException as exc:  # classified into a row; the parent decides what is fatal
             _classify(exc, row, plan)
@@ -283,14 +282,19 @@ class WorkerPool:
 
     `spares` workers import in the background so a replacement is ready at once. With
     `preload`, each spare also loads the model of the trial just handed out, so that when the
-    next trial needs a fresh worker (after an OOM, or to verify), one is waiting with that model
-    loaded under the cap and nothing else run. A spare holding another model is not reused.
+    next trial needs a fresh worker, one is waiting with that model loaded under the cap and
+    nothing else run. A spare holding another model is not used. `fresh_each_trial` retires
+    the worker after every trial: each trial then sees a process that loaded its model and
+    did nothing else (the boundary search runs so).
     """
 
-    def __init__(self, spares: int = 0, startup_timeout: float = 600.0, preload: bool = False):
+    def __init__(
+        self, spares: int = 0, startup_timeout: float = 600.0, preload: bool = False, fresh_each_trial=False
+    ):
         self.spares = spares
         self.startup_timeout = startup_timeout
         self.preload = preload
+        self.fresh_each_trial = fresh_each_trial
         self.method = _start_method()
         self._current: Worker | None = None
         self._spare: list[Worker] = []
@@ -307,7 +311,7 @@ class WorkerPool:
             return self.run(payload, timeout)
         self._refill(payload)
         row = worker.run(payload, timeout)
-        if row.get("status") != "ok":
+        if row.get("status") != "ok" or self.fresh_each_trial:
             worker.stop()
             self._current = None
         return row

@@ -61,8 +61,9 @@ def test_real_qlora_trial_on_cpu(tmp_path):
         assert row["sdpa_backends"] == "efficient,math" and row["profile"] == "t4"
 
 
-def test_a_warm_worker_keeps_the_model_and_a_spare_preloads_the_next():
-    """Reuse only where the model and LoRA settings repeat; a preloading spare is a fresh process."""
+def test_spares_preload_the_next_model_and_no_model_outlives_its_trial():
+    """A warm worker loads again for every trial; a preloading spare is a fresh process that
+    loaded the model before its trial came; a spare holding another model is not used."""
     from dataclasses import replace
 
     from bench.catalog import load_catalog
@@ -71,22 +72,26 @@ def test_a_warm_worker_keeps_the_model_and_a_spare_preloads_the_next():
 
     plan = {"device": "cpu", "cap_gib": None, "sdpa_backends": ["math"], "allow_tf32": False, "threads": 1}
     source = {"config": load_catalog()["tiny"].config}
-    pool = WorkerPool(spares=1, preload=True)
-
-    def run(spec):
-        return pool.run(({**spec.to_row(), "key": spec.key}, plan, source), timeout=300)
-
     first = TrialSpec("tiny", 64, 1, 4, "fp16", False, 8, warmup_steps=1, measured_steps=1)
     other_lora = replace(first, lora_rank=8, lora_alpha=16)
+
+    def run(pool, spec):
+        return pool.run(({**spec.to_row(), "key": spec.key}, plan, source), timeout=300)
+
+    warm = WorkerPool(spares=1, preload=True)
+    fresh = WorkerPool(spares=1, preload=True, fresh_each_trial=True)
     try:
-        rows = [run(first), run(replace(first, seq_len=128)), run(other_lora)]
-        pool.retire()  # the next trial needs a fresh process: the spare has other_lora's model
-        rows.append(run(replace(other_lora, batch_size=2)))
+        rows = [run(warm, first), run(warm, replace(first, seq_len=128)), run(warm, other_lora)]
+        warm.retire()  # the next trial needs a fresh process: the spare has other_lora's model
+        rows.append(run(warm, replace(other_lora, batch_size=2)))
+        each = [run(fresh, replace(first, seq_len=s)) for s in (64, 96, 128)]
     finally:
-        pool.close()
-    assert [r["status"] for r in rows] == ["ok"] * 4, rows
-    assert [r["model_load"] for r in rows] == ["loaded", "reused", "loaded", "preloaded"]
-    assert rows[1]["load_s"] == 0 and rows[0]["load_s"] > 0 and rows[3]["load_s"] > 0
+        warm.close()
+        fresh.close()
+    assert [r["status"] for r in rows + each] == ["ok"] * 7, rows + each
+    assert [r["model_load"] for r in rows] == ["loaded", "loaded", "loaded", "preloaded"]
+    assert [r["model_load"] for r in each] == ["loaded", "preloaded", "preloaded"]
+    assert all(r["load_s"] > 0 for r in rows + each)
     assert rows[0]["trainable_params"] == rows[1]["trainable_params"] < rows[2]["trainable_params"]
     assert rows[2]["trainable_params"] == rows[3]["trainable_params"]
 
