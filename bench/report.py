@@ -16,8 +16,30 @@ HEAD = {
 }
 
 
-def _cell(row: dict | None) -> str:
-    """max value; '≥' when it fit up to the search limit; † when verification disagreed."""
+def longer_also_fits(rows: list[dict], model: str, rank: str, dtype: str, grad_ckpt: str) -> int | None:
+    """A batch search's length beyond the longest-sequence boundary at which batch 1 fit, or None.
+    Near the cap memory is not monotone in length (allocator fragmentation), so it happens."""
+    same = [
+        r
+        for r in rows
+        if (r["model"], r["lora_rank"], r["dtype"], r["grad_ckpt"]) == (model, rank, dtype, grad_ckpt)
+    ]
+    seq = [int(r["max_value"]) for r in same if r["axis"] == "seq_len" and r["status"] == "ok"]
+    longer = [
+        int(r["seq_len"])
+        for r in same
+        if r["axis"] == "batch_size"
+        and r["status"] == "ok"
+        and int(r["max_value"]) >= 1
+        and seq
+        and int(r["seq_len"]) > seq[0]
+    ]
+    return max(longer) if longer else None
+
+
+def _cell(row: dict | None, rows: list[dict] = ()) -> str:
+    """max value; '≥' when it fit up to the search limit; † when verification disagreed;
+    ‡ when a longer sequence also fit (in a batch search)."""
     if row is None:
         return ""
     if row["status"] == "unsupported":
@@ -29,6 +51,10 @@ def _cell(row: dict | None) -> str:
         text = f"≥{text}"
     if row["verified"] != "true":
         text += "†"
+    if row["axis"] == "seq_len" and longer_also_fits(
+        rows, row["model"], row["lora_rank"], row["dtype"], row["grad_ckpt"]
+    ):
+        text += "‡"
     return text
 
 
@@ -73,7 +99,7 @@ def profile_section(name: str, rows: list[dict], model_order: list[str]) -> list
         lines += ["Longest sequence (tokens, 64-token steps) at batch 1:", ""]
         lines += _table(
             ["model", "rank", *[HEAD[c] for c in present]],
-            [[m, str(r), *[_cell(seq.get((m, str(r), *c))) for c in present]] for m, r in combos],
+            [[m, str(r), *[_cell(seq.get((m, str(r), *c)), rows) for c in present]] for m, r in combos],
         )
         lines.append("")
     if batch:
@@ -100,7 +126,10 @@ def render(results_dir: Path) -> str:
         "out of memory; the next step (64 tokens, or one more sequence) ran out. `≥` the search "
         "limit (model context or 32k tokens; 256 sequences) still fit; `0` even the smallest "
         "OOMed; `n/a` the card has no bf16; `†` the re-run in a fresh worker disagreed "
-        "(allocator noise at the cap).",
+        "(allocator noise at the cap); `‡` a longer sequence also fit at batch 1 (in the batch "
+        "search): near the cap, memory is not monotone in length, because an OOM is decided on "
+        "reserved memory, fragmentation included. Every fit and OOM here was re-run in a fresh "
+        "worker.",
         "",
     ]
     for path in sorted(Path(results_dir).glob("*/boundaries.csv")):
