@@ -198,8 +198,8 @@ class BoundaryRun:
         done = set() if self.cfg.overwrite else self.store.keys()
         todo = [t for t in self.tasks if t.key not in done]
         self._prepare_weights({t.base.model for t in todo})
-        # A slot takes the searches that share one loaded model together (its warm worker and
-        # preloading spare keep that model); the largest models first, so the slots end together.
+        # A slot takes the searches that share one model together, so its spares' preloaded
+        # model is the one the next trial needs; the largest models first, so the slots end together.
         groups: dict[tuple, list[BoundaryTask]] = {}
         for task in todo:
             groups.setdefault(replace(task.base, seq_len=0, batch_size=0).key, []).append(task)
@@ -272,8 +272,6 @@ class BoundaryRun:
             pool.close()
 
     def _probe(self, pool: WorkerPool, task: BoundaryTask, spec: TrialSpec, purpose: str) -> dict:
-        if purpose == "verify":
-            pool.retire()  # a fresh process: nothing from the search carries over
         t0 = time.perf_counter()
         row = pool.run(trial_payload(self.cfg, self.plan, spec), self.cfg.timeout_s)
         wall = time.perf_counter() - t0

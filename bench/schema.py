@@ -94,8 +94,6 @@ def fieldnames_at(fieldnames: list[str], version: int) -> list[str]:
     return [name for name in fieldnames if name not in later]
 
 
-V1_FIELDNAMES = fieldnames_at(FIELDNAMES, 1)
-
 # Every probe of a boundary search is a trial row plus these columns (boundary-trials.csv).
 PROBE_COLUMNS: list[tuple[str, str]] = [
     ("boundary_key", "the boundary this trial searched or verified"),

@@ -193,18 +193,20 @@ def load_qlora_model(spec: dict, source: str, device: str):
     return model
 
 
-def measure(spec: dict, plan: dict, model_source: dict, row: dict, cache: ModelCache | None = None) -> dict:
+def measure(
+    spec: dict, plan: dict, model_source: dict, row: dict, slot: PreloadedModel | None = None
+) -> dict:
     """Run the trial, filling `row` as phases complete (so an OOM row keeps what was measured
     before it). The SDPA restriction covers forward, backward and checkpoint recomputation.
-    A model preloaded into `cache` for this trial is used, then dropped."""
-    cache = cache or ModelCache()
+    A model preloaded into `slot` for this trial is used, then dropped."""
+    slot = slot or PreloadedModel()
     with _sdpa_context(plan["sdpa_backends"], plan["device"]):
-        _measure(spec, plan, model_source, row, cache)
-    cache.drop(plan["device"])
+        _measure(spec, plan, model_source, row, slot)
+    slot.drop(plan["device"])
     return row
 
 
-class ModelCache:
+class PreloadedModel:
     """A model a fresh worker loaded before its trial arrived (preload), used by that trial only.
 
     Loading and quantising is most of a short trial's cost; a spare worker loading the next
@@ -225,10 +227,10 @@ class ModelCache:
         free_memory(device)
 
 
-def load_into(cache: ModelCache, spec: dict, plan: dict, model_source: dict, probe: MemoryProbe) -> None:
-    """Load (quantise, wrap) under the allocator cap into `cache`, recording the load's memory."""
+def load_into(slot: PreloadedModel, spec: dict, plan: dict, model_source: dict, probe: MemoryProbe) -> None:
+    """Load (quantise, wrap) under the allocator cap into `slot`, recording the load's memory."""
     device = plan["device"]
-    cache.drop(device)
+    slot.drop(device)
     if model_source.get("path"):
         source = model_source["path"]
     else:
@@ -240,15 +242,15 @@ def load_into(cache: ModelCache, spec: dict, plan: dict, model_source: dict, pro
     model = load_qlora_model(spec, source, device)
     assert model.training, "model must be in train mode for gradient checkpointing to act"
     probe.sync()
-    cache.load = {"load_s": time.perf_counter() - t0, "now": probe.now(), "peak": probe.peak()}
-    cache.key, cache.model = model_key(spec, plan, model_source), model
+    slot.load = {"load_s": time.perf_counter() - t0, "now": probe.now(), "peak": probe.peak()}
+    slot.key, slot.model = model_key(spec, plan, model_source), model
 
 
-def preload(spec: dict, plan: dict, model_source: dict, cache: ModelCache) -> None:
+def preload(spec: dict, plan: dict, model_source: dict, slot: PreloadedModel) -> None:
     """Load the model a trial will need before it arrives (a fresh worker waiting its turn)."""
     with _sdpa_context(plan["sdpa_backends"], plan["device"]):
         _prepare_device(plan)
-        load_into(cache, spec, plan, model_source, MemoryProbe(plan["device"]))
+        load_into(slot, spec, plan, model_source, MemoryProbe(plan["device"]))
 
 
 def _prepare_device(plan: dict) -> None:
@@ -260,24 +262,24 @@ def _prepare_device(plan: dict) -> None:
         torch.backends.cudnn.allow_tf32 = plan["allow_tf32"]
 
 
-def _measure(spec: dict, plan: dict, model_source: dict, row: dict, cache: ModelCache) -> dict:
+def _measure(spec: dict, plan: dict, model_source: dict, row: dict, slot: PreloadedModel) -> dict:
     device = plan["device"]
     started = time.perf_counter()
     _prepare_device(plan)
     probe = MemoryProbe(device)
-    if cache.key == model_key(spec, plan, model_source):  # preloaded for this trial
+    if slot.key == model_key(spec, plan, model_source):  # preloaded for this trial
         row["model_load"] = "preloaded"
         if device == "cuda":
             apply_cap(plan["cap_gib"])
     else:
-        load_into(cache, spec, plan, model_source, probe)
+        load_into(slot, spec, plan, model_source, probe)
         row["model_load"] = "loaded"
-    row["load_s"] = cache.load["load_s"]
-    model = cache.model
+    row["load_s"] = slot.load["load_s"]
+    model = slot.model
     trainable, total_params = model.get_nb_trainable_parameters()
     row.update(trainable_params=trainable, total_params=total_params)
-    row["load_alloc_gib"], row["load_reserved_gib"] = cache.load["now"]
-    load_peak = cache.load["peak"]
+    row["load_alloc_gib"], row["load_reserved_gib"] = slot.load["now"]
+    load_peak = slot.load["peak"]
     probe.sample_nvml()
 
     params = [p for p in model.parameters() if p.requires_grad]

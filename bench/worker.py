@@ -118,7 +118,7 @@ def worker_main(conn) -> None:
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     conn.send(("ready", os.getpid()))
-    cache = trial.ModelCache()  # a model preloaded for the next trial
+    slot = trial.PreloadedModel()  # a model preloaded for the next trial
     while True:
         try:
             message = conn.recv()
@@ -139,7 +139,7 @@ def worker_main(conn) -> None:
         if message[0] == "preload":  # load the next trial's model while waiting for it
             _, spec, plan, source = message
             try:
-                trial.preload(spec, plan, source, cache)
+                trial.preload(spec, plan, source, slot)
                 conn.send(("preloaded", {"status": "ok"}))
             except BaseException as exc:  # this worker is not clean any more: the pool drops it
                 conn.send(("preloaded", {"status": "oom" if trial.is_oom(exc) else "error"}))
@@ -149,7 +149,7 @@ def worker_main(conn) -> None:
         row: dict = {}
         try:
             _inject(spec, device)
-            trial.measure(spec, plan, source, row, cache)
+            trial.measure(spec, plan, source, row, slot)
             if spec.get("workload", "step") != "step" and row.get("status") == "ok":
                 trial.run_sft_workload(spec, plan, source, row)
         except BaseException as exc:  # classified into a row; the parent decides what is fatal
