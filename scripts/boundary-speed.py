@@ -7,6 +7,8 @@ a probe that OOMed has no timed steps, so all of its time is overhead); how the 
 the worker (loaded during the trial, preloaded by a waiting spare, reused from the previous
 fitting trial); and the wall time of the runs (boundary-runs.jsonl, one line per invocation,
 so a profile finished over several time-limited invocations adds up).
+Then, per profile, where a probe's overhead goes and how far each searched boundary point's
+peaks are from its re-run in a fresh worker.
 Usage: scripts/boundary-speed.py [RESULTS_DIR]
 """
 
@@ -62,5 +64,40 @@ def main(results: Path) -> None:
         )
 
 
+def breakdown(results: Path) -> None:
+    """Where a probe's overhead goes, and whether a search probe and its fresh re-run agree."""
+    print(
+        "\n| profile | fitting probe: in the worker beyond steps, mean s | fitting probe: waiting "
+        "for a worker, mean s | OOM probe wall, mean s | probes that OOMed | search/verify pairs "
+        "by the search probe's model_load: pairs, max abs diff reserved / allocated GiB |"
+    )
+    print("|" + " --- |" * 6)
+    for path in sorted(results.glob("*/boundary-trials.csv")):
+        with open(path, newline="") as f:
+            probes = list(csv.DictReader(f))
+        ok = [p for p in probes if p["status"] == "ok"]
+        oom = [p for p in probes if p["status"] == "oom"]
+        verify = {p["trial_key"]: p for p in ok if p["purpose"] == "verify"}
+        pairs: dict[str, list[tuple[float, float]]] = {}
+        for p in ok:
+            v = verify.get(p["trial_key"])
+            if p["purpose"] == "search" and v:
+                diff = [abs(float(p[c]) - float(v[c])) for c in ("peak_reserved_gib", "peak_alloc_gib")]
+                pairs.setdefault(p["model_load"], []).append(tuple(diff))
+        agree = "; ".join(
+            f"{how}: {len(d)}, {max(r for r, _ in d):.3f} / {max(a for _, a in d):.3f}"
+            for how, d in sorted(pairs.items())
+        )
+        print(
+            f"| {path.parent.name} | "
+            f"{statistics.mean(float(p['trial_wall_s']) - _steps(p) for p in ok):.2f} | "
+            f"{statistics.mean(float(p['probe_wall_s']) - float(p['trial_wall_s']) for p in ok):.2f} | "
+            f"{statistics.mean(float(p['probe_wall_s']) for p in oom):.2f} | "
+            f"{len(oom) / len(probes):.0%} | {agree} |"
+        )
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "results"))
+    where = Path(sys.argv[1] if len(sys.argv) > 1 else "results")
+    main(where)
+    breakdown(where)
