@@ -1,11 +1,15 @@
 """OOM boundaries: the largest sequence length (batch 1) and the largest batch at reference
-lengths that fit, found by guided bisection and verified by re-runs in fresh workers.
+lengths that fit, found by guided bisection; every probe runs in a fresh worker under the cap.
 
-Memory grows with sequence length and batch size, so the search brackets the boundary from
-below (doubling, or a linear fit of peak reserved memory against the cap once two points fit),
-then bisects, alternating fit-guided and midpoint probes so that a poor fit never costs more
-than twice plain bisection. The boundary is then re-run in a fresh worker (it must fit) and so
-is boundary + one step (it must OOM).
+Memory grows with sequence length and batch size, so the search brackets the boundary (from a
+sibling's boundary when one is known: the same search at another LoRA rank, or the batch-1
+sequence boundary for a batch search; else from below, by a line of peak reserved memory
+against the cap), then bisects, alternating fit-guided and midpoint probes so that a poor fit
+never costs more than twice plain bisection. It ends only when the boundary ran and fit and
+boundary + one step ran and ran out of memory, each in a fresh worker that loaded its model and
+did nothing else: those two runs are the verification (none of it is inferred). Re-running them
+in new workers gave the same peaks to the byte for all 268 boundaries of the ba44807 run
+(results/README.md), so that re-run is optional (--reverify).
 
 Searches are independent, so several run at once (`parallel` slots, each with its own worker
 pool). Each worker's allocator cap is per process, so concurrent searches do not change each
@@ -88,30 +92,50 @@ def plan_tasks(cfg: SweepConfig, ref_seq_lens: tuple[int, ...], axes=("seq_len",
     return tasks
 
 
-def _predict(fits: dict[int, float], cap_gib: float | None) -> int | None:
-    """Units at which peak reserved memory reaches the cap, by a line through the two largest
-    fitting probes; None without a cap or a rising line."""
+def _predict(fits: dict[int, float], cap_gib: float | None, floor_gib: float | None = None) -> int | None:
+    """Units at which peak reserved memory reaches the cap, by a line through the largest
+    fitting probe and the largest one well below it (adjacent probes differ by allocator
+    granularity more than by the step); with one probe, through `floor_gib` at zero (the loaded
+    model, which underestimates the boundary). None without a cap or a rising line."""
     points = sorted((u, p) for u, p in fits.items() if p is not None)
-    if cap_gib is None or len(points) < 2:
+    if cap_gib is None or not points:
         return None
-    (u1, p1), (u2, p2) = points[-2:]
+    u2, p2 = points[-1]
+    below = [(u, p) for u, p in points if u <= u2 - max(2, u2 // 8)]
+    if below:
+        u1, p1 = below[-1]
+    elif floor_gib is not None:
+        u1, p1 = 0, floor_gib
+    elif len(points) >= 2:
+        u1, p1 = points[-2]
+    else:
+        return None
     slope = (p2 - p1) / (u2 - u1)
     if slope <= 0:
         return None
     return int(u2 + (cap_gib - p2) / slope)
 
 
-def search(task: BoundaryTask, probe, cap_gib: float | None) -> dict:
+def search(task: BoundaryTask, probe, cap_gib: float | None, hint: int | None = None) -> dict:
     """Largest fitting units. `probe(spec) -> row`. Returns lo, hi (None: fits to the limit),
-    the fitting rows, the trial count, or an error."""
+    the fitting rows, the trial count, or an error.
+
+    Without a hint the search brackets from `task.start` upwards. With a hint (a close
+    sibling's boundary) it probes the hint, then one step past it on the side its result
+    points to, so a good hint settles the boundary in two trials; a poor one continues by
+    growing steps away from it and then bisection."""
     fits: dict[int, dict] = {}
     lo, hi = 0, None
-    units, trials, guided_last = min(task.start, task.upper), 0, False
+    units = max(1, min(task.start if hint is None else hint, task.upper))
+    trials, guided_last, away = 0, False, 0
+    floor = None
     while True:
         row = probe(task.at(units))
         trials += 1
         if row["status"] == "ok":
             lo, fits[units] = max(lo, units), row
+            if floor is None:
+                floor = row.get("load_reserved_gib")
         elif row["status"] == "oom":
             hi = units if hi is None else min(hi, units)
         else:
@@ -124,13 +148,21 @@ def search(task: BoundaryTask, probe, cap_gib: float | None) -> dict:
         if hi is None and lo >= task.upper:
             break
         peaks = {u: r.get("peak_reserved_gib") for u, r in fits.items()}
-        predicted = _predict(peaks, cap_gib)
-        if hi is None:  # bracket from below: guided jump past the predicted boundary, or double
+        predicted = _predict(peaks, cap_gib, _number(floor))
+        if hint is not None and trials == 1:  # the hint's neighbour on the side it points to
+            units = units + 1 if hi is None else units - 1
+        elif hi is None:  # bracket from below: guided jump past the predicted boundary, or grow
             if predicted is not None and predicted > lo:
                 units = min(task.upper, predicted + 1, 4 * max(lo, 1))
+            elif hint is not None:
+                away += 1
+                units = min(task.upper, lo + 2**away)
             else:
                 units = min(task.upper, 2 * max(lo, 1)) if lo else 1
             units = max(units, lo + 1)
+        elif lo == 0 and hint is not None:  # below a hint that ran out of memory: step down, growing
+            away += 1
+            units = max(1, hi - 2**away)
         else:  # bisect, alternating a guided probe with the midpoint
             mid = (lo + hi) // 2
             use_guide = predicted is not None and lo < predicted < hi and not guided_last
@@ -138,30 +170,85 @@ def search(task: BoundaryTask, probe, cap_gib: float | None) -> dict:
     return {"lo": lo, "hi": hi, "fits": fits, "trials": trials}
 
 
+def _number(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
 HOST_HEADROOM_GIB = 16.0  # kept free on the host GPU: contexts, NVML's view, fragmentation
 CONTEXT_GIB = 0.6  # a CUDA context on the H200, outside the allocator cap
 
 
+def slot_gib(cfg: SweepConfig, plan: emulation.Plan, model: str, spares: int) -> float:
+    """Host GPU memory a search slot can hold: its capped worker and `spares` spares, each with
+    the model loaded (under the cap), each with a CUDA context."""
+    loaded = cfg.catalog[model].loaded_gib_estimate() if model in cfg.catalog else 0.0
+    return plan.cap_gib + CONTEXT_GIB + spares * (min(plan.cap_gib, loaded) + CONTEXT_GIB)
+
+
 def auto_parallel(cfg: SweepConfig, plan: emulation.Plan, host, models: set[str]) -> tuple[int, int]:
-    """(searches at once, preloading spares per search). Each slot holds its capped worker and
-    spares with the model loaded; all must fit the host GPU with headroom. Two spares keep a
-    fresh worker ready even after a quick OOM, unless the second would cost a slot. At most 8
-    slots, and at most one per 2 CPU cores."""
-    if cfg.device != "cuda" or host is None or plan.cap_gib is None:
+    """(search slots, preloading spares per slot), sized for the smallest model: a slot starts
+    a model's searches only when that model's slot_gib fits what the running ones leave of the
+    host GPU (GpuBudget), so larger models run fewer at once. Two spares keep a fresh worker
+    ready even after a quick OOM, unless the second would cost a slot. At most 8 slots, and at
+    most one per 2 CPU cores."""
+    if cfg.device != "cuda" or host is None or plan.cap_gib is None or not models:
         return 1, 1
-    loaded = max((cfg.catalog[m].loaded_gib_estimate() for m in models if m in cfg.catalog), default=0.0)
-    spare = min(plan.cap_gib, loaded) + CONTEXT_GIB
+    budget = host.total_gib - HOST_HEADROOM_GIB
+    smallest = min(models, key=lambda m: slot_gib(cfg, plan, m, 1))
 
     def slots(spares: int) -> int:
-        fits = int((host.total_gib - HOST_HEADROOM_GIB) // (plan.cap_gib + CONTEXT_GIB + spares * spare))
+        fits = int(budget // slot_gib(cfg, plan, smallest, spares))
         return max(1, min(8, (os.cpu_count() or 2) // 2, fits))
 
     return (slots(2), 2) if slots(2) >= slots(1) else (slots(1), 1)
 
 
+class GpuBudget:
+    """Host GPU memory shared by the slots: a slot takes its model's share before it starts
+    that model's searches and gives it back after (a share larger than the whole is clamped,
+    so one slot can always run)."""
+
+    def __init__(self, total_gib: float):
+        self.total = self.free = total_gib
+        self.cond = threading.Condition()
+
+    def take(self, gib: float) -> float:
+        gib = min(gib, self.total)
+        with self.cond:
+            while self.free < gib:
+                self.cond.wait()
+            self.free -= gib
+        return gib
+
+    def give(self, gib: float) -> None:
+        with self.cond:
+            self.free += gib
+            self.cond.notify_all()
+
+
+def _family(task: BoundaryTask) -> tuple[str, str]:
+    """The task with its LoRA rank left out: boundaries of one family differ only in rank."""
+    return task.axis, replace(task.base, lora_rank=0, lora_alpha=0).key
+
+
+def _seq_family(task: BoundaryTask) -> tuple[str, str]:
+    """The batch-1 sequence-length family of a batch task's setting."""
+    return "seq_len", replace(task.base, lora_rank=0, lora_alpha=0, seq_len=0, batch_size=1).key
+
+
 class BoundaryRun:
     def __init__(
-        self, cfg: SweepConfig, ref_seq_lens, axes, parallel: int | None, progress=None, time_budget=None
+        self,
+        cfg: SweepConfig,
+        ref_seq_lens,
+        axes,
+        parallel: int | None,
+        progress=None,
+        time_budget=None,
+        reverify: bool = False,
     ):
         from bench.envinfo import nvml_gpu
 
@@ -174,6 +261,7 @@ class BoundaryRun:
             cfg = replace(cfg, worker_threads=max(2, (os.cpu_count() or 2) // ((1 + self.spares) * parallel)))
         self.cfg = cfg
         self.time_budget = time_budget
+        self.reverify = reverify
 
         def path(stem, ext="csv"):
             return results_path(cfg.results_dir, cfg.profile, cfg.device, stem, ext)
@@ -182,6 +270,9 @@ class BoundaryRun:
         self.probes = ResultsFile(path("boundary-trials"), PROBE_FIELDNAMES)
         self.runs_log = path("boundary-runs", "jsonl")
         self.parallel = parallel
+        self.budget = None
+        if cfg.device == "cuda" and self.host is not None and self.plan.cap_gib is not None:
+            self.budget = GpuBudget(self.host.total_gib - HOST_HEADROOM_GIB)
         self.progress = progress
         self.lock = threading.Lock()
 
@@ -198,11 +289,22 @@ class BoundaryRun:
         done = set() if self.cfg.overwrite else self.store.keys()
         todo = [t for t in self.tasks if t.key not in done]
         self._prepare_weights({t.base.model for t in todo})
-        # A slot takes the searches that share one model together, so its spares' preloaded
-        # model is the one the next trial needs; the largest models first, so the slots end together.
+        self.found: dict[tuple, dict[int, int]] = {}  # family -> rank -> boundary units
+        by_key = {t.key: t for t in self.tasks}
+        for row in self.store.rows if not self.cfg.overwrite else []:
+            if row["boundary_key"] in by_key:
+                self._remember(by_key[row["boundary_key"]], row)
+        # A slot takes one model, precision and checkpointing setting at a time (its spares'
+        # preloaded model is then the one the next trial needs), ranks in ascending order and the
+        # sequence-length search before the batch searches, so that each search after the first
+        # starts from a sibling's boundary (_hint); the largest models first, so the slots end
+        # together. The hints come from the group alone, so a run's probes do not depend on timing.
         groups: dict[tuple, list[BoundaryTask]] = {}
         for task in todo:
-            groups.setdefault(replace(task.base, seq_len=0, batch_size=0).key, []).append(task)
+            group = replace(task.base, seq_len=0, batch_size=0, lora_rank=0, lora_alpha=0).key
+            groups.setdefault(group, []).append(task)
+        for group in groups.values():
+            group.sort(key=lambda t: (t.base.lora_rank, t.axis != "seq_len", t.base.seq_len))
         work: queue.Queue = queue.Queue()
         for group in sorted(groups.values(), key=lambda g: -self._size(g[0].base.model)):
             work.put(group)
@@ -245,31 +347,61 @@ class BoundaryRun:
         finally:
             pool.close()
 
+    def _remember(self, task: BoundaryTask, row: dict) -> None:
+        if row.get("status") == "ok" and str(row.get("max_value", "")) not in ("", "None"):
+            units = int(row["max_value"]) // task.step
+            self.found.setdefault(_family(task), {})[task.base.lora_rank] = units
+
+    def _hint(self, task: BoundaryTask) -> int | None:
+        """Where to start: the boundary of the same search at the nearest rank (the nearest
+        smaller one first: a larger rank never fits more, by more than noise), else, for a
+        batch search, the batch-1 sequence boundary's tokens over this length. None: no sibling."""
+        with self.lock:
+            ranks = dict(self.found.get(_family(task), {}))
+            seq = dict(self.found.get(_seq_family(task), {})) if task.axis == "batch_size" else {}
+        rank = task.base.lora_rank
+        if ranks:
+            nearest = min(ranks, key=lambda r: (r > rank, abs(r - rank)))
+            return ranks[nearest] or None
+        if seq:
+            nearest = min(seq, key=lambda r: (r != rank, abs(r - rank)))
+            tokens = seq[nearest] * SEQ_STEP
+            return max(1, tokens // task.base.seq_len) if tokens else None
+        return None
+
     def _size(self, model: str) -> int:
         config = self.cfg.catalog[model].config if model in self.cfg.catalog else {}
         return config.get("hidden_size", 0) * config.get("num_hidden_layers", 0)
 
     def _slot(self, work: queue.Queue, bar) -> None:
         cuda = self.cfg.device == "cuda"
-        pool = WorkerPool(spares=self.spares if cuda else 0, preload=cuda, fresh_each_trial=True)
-        try:
-            while True:
-                try:
-                    group = work.get_nowait()
-                except queue.Empty:
-                    return
+        while True:
+            try:
+                group = work.get_nowait()
+            except queue.Empty:
+                return
+            if self.deadline is not None and time.perf_counter() > self.deadline:
+                return
+            share = slot_gib(self.cfg, self.plan, group[0].base.model, self.spares) if self.budget else 0.0
+            held = self.budget.take(share) if self.budget else 0.0
+            # a pool per group: its spares preload this group's model and leave with the group
+            pool = WorkerPool(spares=self.spares if cuda else 0, preload=cuda, fresh_each_trial=True)
+            try:
                 for task in group:
                     if self.deadline is not None and time.perf_counter() > self.deadline:
                         return
                     row = self._boundary(task, pool)
                     with self.lock:
                         self.store.append(row, replace_key=self.cfg.overwrite)
+                        self._remember(task, row)
                         self.counts["boundaries"] += 1
                         self.counts["verified"] += row.get("verified") is True
                         if self.progress:
                             self.progress.advance(bar)
-        finally:
-            pool.close()
+            finally:
+                pool.close(graceful=False)
+                if self.budget:
+                    self.budget.give(held)
 
     def _probe(self, pool: WorkerPool, task: BoundaryTask, spec: TrialSpec, purpose: str) -> dict:
         t0 = time.perf_counter()
@@ -317,7 +449,8 @@ class BoundaryRun:
                 "timestamp_utc": utc_now(),
             }
         started = time.perf_counter()
-        found = search(task, lambda s: self._probe(pool, task, s, "search"), self.plan.cap_gib)
+        hint = self._hint(task)
+        found = search(task, lambda s: self._probe(pool, task, s, "search"), self.plan.cap_gib, hint)
         if "error" in found:
             out.update(status="error", reason=found["error"], search_trials=found["trials"])
         else:
@@ -331,9 +464,15 @@ class BoundaryRun:
                 peak_reserved_gib=at.get("peak_reserved_gib"),
                 nvml_process_max_gib=at.get("nvml_process_max_gib"),
                 search_trials=found["trials"],
+                search_hint=None if hint is None else hint * task.step,
             )
-            fit = self._probe(pool, task, task.at(lo), "verify")["status"] if lo else None
-            oom = self._probe(pool, task, task.at(hi), "verify")["status"] if hi is not None else None
+            # Both ends of the bracket ran, each in a fresh worker under the cap (nothing is
+            # inferred): they are the verification. --reverify runs them again in new workers.
+            fit = "ok" if lo else None
+            oom = "oom" if hi is not None else None
+            if self.reverify:
+                fit = self._probe(pool, task, task.at(lo), "verify")["status"] if lo else None
+                oom = self._probe(pool, task, task.at(hi), "verify")["status"] if hi is not None else None
             out.update(
                 verify_fit_status=fit,
                 verify_oom_status=oom,

@@ -220,6 +220,12 @@ def sweep(**options):
     default=None,
     help="Seconds after which no new search starts (those running finish); rerun to resume.",
 )
+@click.option(
+    "--reverify",
+    is_flag=True,
+    help="Run each boundary's fit and next step again in new fresh workers (a repeatability "
+    "check; the search's own probes at both ends already ran fresh and capped).",
+)
 @ALPHA_RATIO
 @OPTIMIZER
 @click.option("--warmup-steps", type=click.IntRange(1), default=1, show_default=True)

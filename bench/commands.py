@@ -193,7 +193,9 @@ def list_profiles_command() -> int:
 BOUNDARY_AXES = ("seq_len", "batch_size")
 
 
-def run_boundary_command(ref_seq_lens, boundary_axes, parallel, time_budget=None, **options) -> int:
+def run_boundary_command(
+    ref_seq_lens, boundary_axes, parallel, time_budget=None, reverify=False, **options
+) -> int:
     bad = [a for a in boundary_axes if a not in BOUNDARY_AXES]
     if bad:
         raise BenchUsageError(f"--axes: unknown {bad}; choose from {', '.join(BOUNDARY_AXES)}")
@@ -208,15 +210,15 @@ def run_boundary_command(ref_seq_lens, boundary_axes, parallel, time_budget=None
     )
     cfg = build_config(**{**defaults, **options})
     refs = ref_seq_lens or cfg.profile.grid.reference_seq_lens
-    _run_boundaries(cfg, refs, boundary_axes, parallel, Console(stderr=True), time_budget)
+    _run_boundaries(cfg, refs, boundary_axes, parallel, Console(stderr=True), time_budget, reverify)
     return 0
 
 
-def _run_boundaries(cfg, refs, boundary_axes, parallel, console, time_budget=None) -> None:
+def _run_boundaries(cfg, refs, boundary_axes, parallel, console, time_budget=None, reverify=False) -> None:
     from bench.boundary import BoundaryRun
 
     with _progress(console) as progress:
-        run = BoundaryRun(cfg, tuple(refs), tuple(boundary_axes), parallel, progress, time_budget)
+        run = BoundaryRun(cfg, tuple(refs), tuple(boundary_axes), parallel, progress, time_budget, reverify)
         summary = run.run()
     left = f"; {summary['left']} left for a rerun (time budget)" if summary["left"] else ""
     console.print(

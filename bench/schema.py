@@ -1,6 +1,6 @@
 """The result row: one documented schema, one CSV row per trial. GiB = 2**30 bytes."""
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 GIB = 2**30
 
 STATUSES = ("ok", "oom", "unsupported", "error", "timeout")
@@ -83,6 +83,7 @@ FIELDNAMES = [name for name, _ in COLUMNS]
 ADDED_IN = {
     2: ["workload", "format_success", "field_accuracy", "format_note"],
     3: ["model_load", "load_s"],
+    4: ["search_hint"],
 }
 # What an upgraded row gets in an added column when empty would be wrong.
 UPGRADE_VALUES = {"workload": "step"}
@@ -97,7 +98,7 @@ def fieldnames_at(fieldnames: list[str], version: int) -> list[str]:
 # Every probe of a boundary search is a trial row plus these columns (boundary-trials.csv).
 PROBE_COLUMNS: list[tuple[str, str]] = [
     ("boundary_key", "the boundary this trial searched or verified"),
-    ("purpose", "search (bisection probe) or verify (re-run in a fresh worker)"),
+    ("purpose", "search (a probe of the search) or verify (a --reverify re-run in a new fresh worker)"),
     ("probe_wall_s", "seconds from handing the trial to a worker to its result, as the sweep saw it"),
 ]
 PROBE_FIELDNAMES = FIELDNAMES + [name for name, _ in PROBE_COLUMNS]
@@ -128,11 +129,20 @@ BOUNDARY_COLUMNS: list[tuple[str, str]] = [
     ("peak_alloc_gib", "peak torch allocated at max_value"),
     ("peak_reserved_gib", "peak torch reserved at max_value"),
     ("nvml_process_max_gib", "NVML process memory at max_value, CUDA context included"),
-    ("search_trials", "trials the search took (verification not counted)"),
-    ("verify_fit_status", "status of max_value re-run in a fresh worker"),
-    ("verify_oom_status", "status of first_oom_value re-run in a fresh worker"),
-    ("verified", "true when the fit re-ran ok and the next step re-ran oom"),
-    ("search_wall_s", "wall time of the search and its verification"),
+    ("search_trials", "trials the search took (--reverify re-runs not counted)"),
+    (
+        "search_hint",
+        "where the search started: a sibling's boundary (another rank, or for a batch search the "
+        "batch-1 sequence boundary's tokens); empty: from the smallest value up",
+    ),
+    (
+        "verify_fit_status",
+        "status of max_value run in a fresh worker: the search's own probe, or with --reverify "
+        "(and schema 3 files) a re-run in a new one",
+    ),
+    ("verify_oom_status", "status of first_oom_value run in a fresh worker (as verify_fit_status)"),
+    ("verified", "true when max_value ran ok and max_value + step ran oom, neither inferred"),
+    ("search_wall_s", "wall time of the search (and its re-runs)"),
     ("gpu_name", "GPU name"),
     ("driver", "NVIDIA driver"),
     ("cuda", "CUDA runtime of torch"),

@@ -19,6 +19,7 @@ import multiprocessing as mp
 import os
 import signal
 import sys
+import threading
 import time
 
 from bench.spec import model_key
@@ -266,10 +267,15 @@ class Worker:
                 self.process.join(5)
                 return {"status": "error", "reason": _death_reason(self.process.exitcode)}
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = True) -> None:
+        """Kill the process; without `wait`, a thread reaps it while the caller goes on (the
+        driver's teardown of a CUDA context takes a moment nobody needs to wait for)."""
         if self.process.is_alive():
             self.process.kill()
-        self.process.join(10)
+        if wait:
+            self.process.join(10)
+        else:
+            threading.Thread(target=self.process.join, args=(10,), daemon=True).start()
         self.conn.close()
 
 
@@ -312,7 +318,7 @@ class WorkerPool:
         self._refill(payload)
         row = worker.run(payload, timeout)
         if row.get("status") != "ok" or self.fresh_each_trial:
-            worker.stop()
+            worker.stop(wait=False)
             self._current = None
         return row
 
@@ -353,13 +359,16 @@ class WorkerPool:
             self._current.stop()
             self._current = None
 
-    def close(self) -> None:
+    def close(self, graceful: bool = True) -> None:
+        """Stop every worker: asked to exit (up to 5 s each), or killed at once."""
         for worker in [self._current, *self._spare]:
-            if worker is not None:
+            if worker is None:
+                continue
+            if graceful:
                 try:
                     worker.conn.send(None)
                 except OSError:
                     pass
                 worker.process.join(5)
-                worker.stop()
+            worker.stop(wait=graceful)
         self._current, self._spare = None, []

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """How fast the boundary search was, from the files the run itself wrote.
 
-Per results/<profile>/: boundaries and trials (search + verification) per boundary; per-trial
+Per results/<profile>/: boundaries and trials per boundary (search, and --reverify re-runs where
+there are any), search trials of the searches that started from a sibling's boundary (hinted) and
+of those that started blind; per-trial
 overhead beyond the measured steps (probe wall time as the sweep saw it minus the timed steps;
 a probe that OOMed has no timed steps, so all of its time is overhead); how the model got into
 the worker (loaded during the trial, preloaded by a waiting spare, reused from the previous
@@ -26,11 +28,12 @@ def _steps(probe: dict) -> float:
 
 def main(results: Path) -> None:
     print(
-        "| profile | boundaries (searched) | trials / boundary (search + verify) | "
+        "| profile | boundaries (searched) | trials / boundary (search + re-run) | "
+        "search trials / boundary: hinted (n), blind (n) | "
         "overhead / trial, mean (median) s | model loaded / preloaded / reused | "
         "median load (s) | parallel | wall (min) |"
     )
-    print("|" + " --- |" * 8)
+    print("|" + " --- |" * 9)
     total_wall = total_trials = 0.0
     all_overhead: list[float] = []
     for path in sorted(results.glob("*/boundaries.csv")):
@@ -40,6 +43,9 @@ def main(results: Path) -> None:
             probes = list(csv.DictReader(f))
         searched = [b for b in bounds if b["status"] == "ok"]
         overhead = [float(p["probe_wall_s"]) - _steps(p) for p in probes]
+        reruns = sum(p["purpose"] == "verify" for p in probes)
+        hinted = [int(b["search_trials"]) for b in searched if b.get("search_hint")]
+        blind = [int(b["search_trials"]) for b in searched if not b.get("search_hint")]
         how = Counter(p["model_load"] for p in probes)
         loads = [float(p["load_s"]) for p in probes if p["model_load"] in ("loaded", "preloaded")]
         runs_file = path.with_name("boundary-runs.jsonl")
@@ -50,7 +56,8 @@ def main(results: Path) -> None:
         all_overhead += overhead
         print(
             f"| {path.parent.name} | {len(bounds)} ({len(searched)}) | "
-            f"{len(probes) / max(1, len(searched)):.1f} | "
+            f"{(len(probes) - reruns) / max(1, len(searched)):.1f} + {reruns / max(1, len(searched)):.1f} | "
+            f"{_mean(hinted)} ({len(hinted)}), {_mean(blind)} ({len(blind)}) | "
             f"{statistics.mean(overhead):.2f} ({statistics.median(overhead):.2f}) | "
             f"{how['loaded']} / {how['preloaded']} / {how['reused']} | "
             f"{statistics.median(loads):.1f} | "
@@ -58,10 +65,14 @@ def main(results: Path) -> None:
         )
     if all_overhead:
         print(
-            f"| all | | | {statistics.mean(all_overhead):.2f} "
+            f"| all | | | | {statistics.mean(all_overhead):.2f} "
             f"({statistics.median(all_overhead):.2f}) | | | | "
             f"{total_wall / 60:.1f} ({total_wall / total_trials:.2f} s wall per trial) |"
         )
+
+
+def _mean(values: list[int]) -> str:
+    return f"{statistics.mean(values):.1f}" if values else "-"
 
 
 def breakdown(results: Path) -> None:
@@ -84,9 +95,12 @@ def breakdown(results: Path) -> None:
             if p["purpose"] == "search" and v:
                 diff = [abs(float(p[c]) - float(v[c])) for c in ("peak_reserved_gib", "peak_alloc_gib")]
                 pairs.setdefault(p["model_load"], []).append(tuple(diff))
-        agree = "; ".join(
-            f"{how}: {len(d)}, {max(r for r, _ in d):.3f} / {max(a for _, a in d):.3f}"
-            for how, d in sorted(pairs.items())
+        agree = (
+            "; ".join(
+                f"{how}: {len(d)}, {max(r for r, _ in d):.3f} / {max(a for _, a in d):.3f}"
+                for how, d in sorted(pairs.items())
+            )
+            or "no re-runs"
         )
         print(
             f"| {path.parent.name} | "

@@ -68,9 +68,9 @@ def test_boundary_command_on_cpu_finds_verifies_and_resumes(tmp_path):
         "--device",
         "cpu",
         "--ranks",
-        "4",
+        "4,8",
         "--dtypes",
-        "fp16,bf16",
+        "fp16",
         "--grad-ckpt",
         "off",
         "--ref-seq-lens",
@@ -82,12 +82,28 @@ def test_boundary_command_on_cpu_finds_verifies_and_resumes(tmp_path):
     result = cli(*args, env=env)
     assert result.returncode == 0, result.stderr
     with open(tmp_path / "rtx3050-laptop" / "boundaries-cpu.csv", newline="") as f:
-        rows = {(r["axis"], r["dtype"]): r for r in csv.DictReader(f)}
+        rows = {(r["axis"], r["lora_rank"]): r for r in csv.DictReader(f)}
     assert len(rows) == 4
-    for dtype in ("fp16", "bf16"):
-        seq, batch = rows[("seq_len", dtype)], rows[("batch_size", dtype)]
+    for rank in ("4", "8"):
+        seq, batch = rows[("seq_len", rank)], rows[("batch_size", rank)]
         assert (seq["max_value"], seq["first_oom_value"], seq["verified"]) == ("960", "1024", "true")
         assert (batch["max_value"], batch["first_oom_value"], batch["verified"]) == ("3", "4", "true")
+    # rank 4's sequence search starts blind; its batch search starts at 960 // 256 = 3 tokens'
+    # worth, rank 8's searches at rank 4's boundaries: each of those settles in two trials
+    assert rows[("seq_len", "4")]["search_hint"] == ""
+    assert rows[("batch_size", "4")]["search_hint"] == "3"
+    assert (rows[("seq_len", "8")]["search_hint"], rows[("batch_size", "8")]["search_hint"]) == ("960", "3")
+    assert [
+        rows[k]["search_trials"] for k in [("batch_size", "4"), ("seq_len", "8"), ("batch_size", "8")]
+    ] == [
+        "2",
+        "2",
+        "2",
+    ]
+    with open(tmp_path / "rtx3050-laptop" / "boundary-trials-cpu.csv", newline="") as f:
+        probes = list(csv.DictReader(f))
+    assert {p["purpose"] for p in probes} == {"search"}
+    assert len(probes) == sum(int(r["search_trials"]) for r in rows.values())
     again = cli(*args, env=env)
     assert again.returncode == 0 and "0 boundaries" in again.stderr
 
@@ -125,3 +141,78 @@ def test_a_profile_run_can_end_with_its_boundaries(tmp_path):
         ("batch_size", "1024"): "0",
         ("batch_size", "2048"): "0",
     }
+
+
+@pytest.mark.parametrize("offset", [0, 1, -1, 7, -7, 90, -40])
+def test_a_hinted_search_finds_the_exact_boundary_and_a_good_hint_costs_two_trials(offset):
+    task = BoundaryTask("seq_len", BASE, 32768 // SEQ_STEP, SEQ_STEP, 512 // SEQ_STEP)
+    exact = max(u for u in range(1, 513) if memory(task.at(u)) <= CAP)
+    calls = []
+    found = search(task, fake_probe(calls), CAP, hint=exact + offset)
+    assert (found["lo"], found["hi"]) == (exact, exact + 1)
+    assert len({c.seq_len for c in calls}) == len(calls)
+    if offset in (0, 1):
+        assert found["trials"] == 2
+    # near hints settle in a few trials; a hint 2-3x off costs about what no hint costs
+    assert found["trials"] <= (8 if abs(offset) <= 7 else 16)
+
+
+def test_a_hint_past_either_end_is_clamped():
+    task = BoundaryTask("batch_size", TrialSpec("tiny", 1024, 0, 8, "fp16", True, 16), 256, 1, 1)
+    found = search(task, fake_probe([]), CAP, hint=10_000)
+    assert (found["lo"], found["hi"]) == (2, 3)
+    huge = BoundaryTask("batch_size", TrialSpec("tiny", 8192, 0, 8, "fp16", True, 16), 256, 1, 1)
+    calls = []
+    assert search(huge, fake_probe(calls), CAP, hint=0)["lo"] == 0 and len(calls) == 1
+
+
+def test_slots_are_sized_for_the_smallest_model_and_larger_models_run_fewer_at_once(monkeypatch):
+    """On the H200 (139.8 GiB by NVML) an l4 slot with one spare holds ~24 GiB for Qwen2.5-0.5B
+    and ~32 GiB for Llama-3.1-8B: five small-model searches at once (a second spare would cost a
+    slot), three 8B ones (the budget decides)."""
+    import threading
+
+    from bench import emulation
+    from bench.boundary import HOST_HEADROOM_GIB, GpuBudget, auto_parallel, slot_gib
+    from bench.commands import build_config
+    from bench.envinfo import HostGPU
+
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    host = HostGPU("NVIDIA H200", 139.8, (9, 0), "580")
+    cfg = build_config(
+        "l4",
+        "cuda",
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        2,
+        0.05,
+        "all-linear",
+        "adamw_torch",
+        1,
+        2,
+        None,
+        "results",
+        600,
+        False,
+        False,
+        None,
+    )
+    plan = emulation.plan(cfg.profile, "cuda", host)
+    parallel, spares = auto_parallel(cfg, plan, host, set(cfg.axes.models))
+    budget = host.total_gib - HOST_HEADROOM_GIB
+    assert (parallel, spares) == (int(budget // slot_gib(cfg, plan, "qwen2.5-0.5b", 1)), 1) == (5, 1)
+    assert int(budget // slot_gib(cfg, plan, "llama-3.1-8b", 1)) == 3
+
+    gpu = GpuBudget(10.0)
+    assert gpu.take(25.0) == 10.0  # larger than the whole: clamped, so it can run alone
+    waiter = threading.Thread(target=gpu.take, args=(4.0,))
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive()  # waits until the running one gives its share back
+    gpu.give(10.0)
+    waiter.join(5)
+    assert not waiter.is_alive() and gpu.free == 6.0
