@@ -32,6 +32,7 @@ from bench.results import ResultsFile
 from bench.schema import BOUNDARY_FIELDNAMES, PROBE_FIELDNAMES
 from bench.spec import TrialSpec
 from bench.sweep import SweepConfig, _env_columns, results_path, trial_payload
+from bench.wblog import WandbMirror
 from bench.worker import WorkerPool
 
 SEQ_STEP = 64
@@ -309,6 +310,9 @@ class BoundaryRun:
         for group in sorted(groups.values(), key=lambda g: -self._size(g[0].base.model)):
             work.put(group)
         self.counts = {"boundaries": 0, "trials": 0, "verified": 0}
+        self.mirror = WandbMirror(
+            self.cfg.wandb_mode, self.cfg.results_dir, self.cfg.profile.name, "boundary"
+        )
         self.deadline = started + self.time_budget if self.time_budget else None
         bar = self.progress.add_task("boundaries", total=len(todo)) if self.progress else None
         threads = [
@@ -319,6 +323,7 @@ class BoundaryRun:
             t.start()
         for t in threads:
             t.join()
+        self.mirror.finish(BOUNDARY_FIELDNAMES)
         summary = {
             **self.counts,
             "left": len(todo) - self.counts["boundaries"],
@@ -393,6 +398,7 @@ class BoundaryRun:
                     row = self._boundary(task, pool)
                     with self.lock:
                         self.store.append(row, replace_key=self.cfg.overwrite)
+                        self.mirror.log_row(self.store.rows[-1], task.key)
                         self._remember(task, row)
                         self.counts["boundaries"] += 1
                         self.counts["verified"] += row.get("verified") is True

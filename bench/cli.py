@@ -107,6 +107,16 @@ RESULTS_DIR = click.option(
     default=Path("results"),
     show_default=True,
 )
+WANDB = click.option(
+    "--wandb",
+    "wandb_mode",
+    type=click.Choice(["offline", "online", "off"]),
+    default="offline",
+    show_default=True,
+    help="Mirror each row to Weights & Biases after it is in the CSV: offline (no account; run "
+    "files under <results-dir>/wandb, `wandb sync` them later), online (needs WANDB_API_KEY), "
+    "off. A W&B failure is reported and turns it off; it never costs a row.",
+)
 TIMEOUT = click.option(
     "--timeout",
     "timeout_s",
@@ -151,6 +161,7 @@ TIMEOUT = click.option(
 )
 @RESULTS_DIR
 @TIMEOUT
+@WANDB
 @click.option("--overwrite", is_flag=True, help="Re-run points already recorded.")
 @click.option(
     "--no-skip-implied", is_flag=True, help="Run points that must OOM because a smaller one already did."
@@ -239,6 +250,7 @@ def sweep(**options):
 )
 @RESULTS_DIR
 @TIMEOUT
+@WANDB
 @click.option("--overwrite", is_flag=True, help="Search boundaries already recorded again.")
 def boundary(**options):
     """Find and verify OOM boundaries: longest sequence at batch 1, largest batch at reference lengths."""

@@ -83,6 +83,7 @@ def build_config(
     sft_steps=100,
     sft_lr=2e-4,
     sft_eval_samples=20,
+    wandb_mode="off",
     **_,
 ) -> SweepConfig:
     catalog = load_catalog()
@@ -131,6 +132,7 @@ def build_config(
         skip_implied=not no_skip_implied,
         timeout_s=timeout_s,
         spare_workers=(1 if device == "cuda" else 0) if spare_workers is None else spare_workers,
+        wandb_mode=wandb_mode,
     )
 
 

@@ -12,6 +12,7 @@ from bench.envinfo import HostGPU, git_commit, library_versions, nvml_gpu, utc_n
 from bench.profiles import Profile
 from bench.results import ResultsFile
 from bench.spec import Axes, TrialSpec, expand, implied_oom, spec_from_row
+from bench.wblog import WandbMirror
 from bench.worker import WorkerPool
 
 
@@ -29,6 +30,7 @@ class SweepConfig:
     timeout_s: float = 900.0
     spare_workers: int = 0
     worker_threads: int | None = None  # torch CPU threads per worker; None: torch's default
+    wandb_mode: str = "off"  # offline | online | off: mirror each row to W&B after the CSV
 
 
 def results_path(
@@ -112,6 +114,7 @@ def _run(cfg, store, plan, host, progress) -> Counter:
     ooms = [] if cfg.overwrite else [spec_from_row(r) for r in store.rows if r["status"] == "oom"]
     written: Counter = Counter()
     pool = WorkerPool(spares=cfg.spare_workers)
+    mirror = WandbMirror(cfg.wandb_mode, cfg.results_dir, cfg.profile.name, "trial")
     task = progress.add_task("sweep", total=len(todo)) if progress else None
     try:
         for item in todo:
@@ -141,9 +144,11 @@ def _run(cfg, store, plan, host, progress) -> Counter:
             if cfg.device == "cuda" and host is not None:  # the sweep's NVML view names the GPU
                 row.update(gpu_name=host.name, driver=host.driver)
             store.append(row, replace_key=cfg.overwrite)
+            mirror.log_row(store.rows[-1], spec.key)  # after the CSV: W&B never costs a row
             written[measured["status"]] += 1
             if progress:
                 progress.advance(task)
     finally:
         pool.close()
+        mirror.finish(store.fieldnames)
     return written
