@@ -279,6 +279,57 @@ def report(results_dir, output):
 
 
 @main.command()
+@click.argument("profiles", nargs=-1, required=True)
+@click.option("--model", "models", multiple=True, help="Only this model (repeatable); default: all measured.")
+@click.option(
+    "--ref-seq",
+    type=click.IntRange(1),
+    default=1024,
+    show_default=True,
+    help="Reference length for the largest batch.",
+)
+@click.option(
+    "--results-dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=Path("results"),
+    show_default=True,
+)
+def compare(profiles, models, ref_seq, results_dir):
+    """GPUs side by side from measured boundaries: `qlora-bench compare t4 l4 [--model qwen2.5-7b]`."""
+    _guard(_compare, profiles=list(profiles), models=list(models), ref_seq=ref_seq, results_dir=results_dir)
+
+
+def _compare(profiles, models, ref_seq, results_dir) -> int:
+    from analysis import compare as compare_module
+
+    compare_module.render(compare_module.compare(profiles, results_dir, models or None, ref_seq))
+    return 0
+
+
+@main.command()
+@click.option(
+    "--results-dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=Path("results"),
+    show_default=True,
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the PNGs (default: RESULTS_DIR/figures).",
+)
+def plot(results_dir, out):
+    """Seaborn figures (PNG) from the result CSVs: memory, boundaries, throughput, format success."""
+    from analysis.figures import make_all
+
+    made = make_all(results_dir, out)
+    if not made:
+        raise click.UsageError(f"no result CSVs with rows to plot under {results_dir}")
+    for path in made:
+        click.echo(path)
+
+
+@main.command()
 @click.option(
     "--profile",
     "profile_name",

@@ -1,0 +1,1 @@
+"""Analysis of the result CSVs: figures, GPU comparison, throughput projection, purchase summary."""

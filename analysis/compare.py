@@ -1,0 +1,100 @@
+"""`qlora-bench compare A B ...`: the measured OOM boundaries of GPUs side by side.
+
+Per model and setting (precision x checkpointing, at the smallest LoRA rank measured), per
+profile: the longest sequence that trains at batch 1 (0: nothing fits; `n/a`: no native bf16)
+and the largest batch at a reference length. Only measured boundaries are shown; a profile with
+none says so and how to measure it. Throughput is not shown for emulated profiles: their step
+times are the host GPU's, not the card's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from analysis.data import load, model_order
+from bench.catalog import load_catalog
+from bench.errors import BenchUsageError
+from bench.profiles import load_profile
+
+SETTINGS = [("fp16", True), ("fp16", False), ("bf16", True), ("bf16", False)]
+
+
+def compare(names: list[str], results_dir: Path, models: list[str] | None, ref_seq: int) -> dict:
+    """{profiles, missing: {name: why}, rows: [{model, setting, <profile>: (max_seq, max_batch)}]}"""
+    if len(names) < 2:
+        raise BenchUsageError("compare needs two or more profiles, e.g. `qlora-bench compare t4 l4`")
+    catalog = set(load_catalog())
+    profiles = [load_profile(n, catalog) for n in names]  # unknown names: a clear error
+    unknown = [m for m in models or [] if m not in catalog]
+    if unknown:
+        raise BenchUsageError(f"--model: unknown {unknown}; known: {sorted(catalog)}")
+    data = load(results_dir).boundaries
+    rows_of = {}
+    missing = {}
+    for p in profiles:
+        rows = data[(data.profile == p.name)] if not data.empty else data
+        if rows.empty:
+            missing[p.name] = (
+                f"no measured boundaries under {results_dir}/{p.name}/ "
+                f"(measure them: qlora-bench boundary --profile {p.name})"
+            )
+        rows_of[p.name] = rows
+    if len(missing) == len(profiles):
+        raise BenchUsageError("; ".join(f"{k}: {v}" for k, v in missing.items()))
+    present = set().union(*(set(r.model) for r in rows_of.values() if not r.empty))
+    wanted = [m for m in model_order() if m in (set(models) if models else present)]
+    table = []
+    for model in wanted:
+        for dtype, ckpt in SETTINGS:
+            line = {"model": model, "setting": f"{dtype}, {'ckpt' if ckpt else 'no ckpt'}"}
+            for p in profiles:
+                line[p.name] = _cell(rows_of[p.name], model, dtype, ckpt, ref_seq, p.name in missing)
+            if any(v not in ("not measured", "not in grid") for k, v in line.items() if k in rows_of):
+                table.append(line)
+    return {"profiles": [p.name for p in profiles], "missing": missing, "rows": table, "ref_seq": ref_seq}
+
+
+def _cell(rows, model, dtype, ckpt, ref_seq, missing) -> str:
+    if missing:
+        return "not measured"
+    rows = rows[(rows.model == model) & (rows.dtype == dtype) & (rows.grad_ckpt == ckpt)]
+    if rows.empty:
+        return "not in grid"
+    if (rows.status == "unsupported").all():
+        return "n/a (no bf16)"
+    rank = rows.lora_rank.min()
+    rows = rows[(rows.lora_rank == rank) & (rows.status == "ok")]
+    seq = rows[rows.axis == "seq_len"]
+    batch = rows[(rows.axis == "batch_size") & (rows.seq_len == ref_seq)]
+    seq_text = "?" if seq.empty else _value(seq.iloc[0])
+    batch_text = "?" if batch.empty else _value(batch.iloc[0])
+    return f"{seq_text} / {batch_text}"
+
+
+def _value(row) -> str:
+    value = int(row.max_value)
+    limit = int(row.upper_limit)
+    return f"≥{value}" if value >= limit else str(value)
+
+
+def render(result: dict, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(
+        title=f"Longest sequence at batch 1 / largest batch at {result['ref_seq']} tokens "
+        "(measured boundaries, smallest LoRA rank; 0: does not fit)"
+    )
+    table.add_column("model")
+    table.add_column("setting")
+    for name in result["profiles"]:
+        table.add_column(name, justify="right")
+    for line in result["rows"]:
+        table.add_row(line["model"], line["setting"], *(line[n] for n in result["profiles"]))
+    console.print(table)
+    for name, why in result["missing"].items():
+        console.print(f"{name}: {why}")
+    console.print(
+        "Throughput is not compared: emulated rows ran on a larger GPU, whose step time is not the card's."
+    )

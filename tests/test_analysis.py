@@ -1,0 +1,52 @@
+"""plot and compare on the committed results, as a user runs them from a fresh clone (no GPU)."""
+
+import csv
+from pathlib import Path
+
+from conftest import REPO, cli
+
+RESULTS = REPO / "results"
+
+
+def test_plot_makes_the_figures_from_the_csvs_alone(tmp_path):
+    result = cli("plot", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    made = sorted(Path(p).name for p in result.stdout.split())
+    assert made == ["boundaries.png", "memory.png", "throughput.png"]  # no SFT curves committed
+    for name in made:
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_with_nothing_to_plot_is_a_usage_error(tmp_path):
+    result = cli("plot", "--results-dir", str(tmp_path))
+    assert result.returncode == 2 and "no result CSVs" in result.stderr
+
+
+def test_compare_shows_the_measured_boundaries_side_by_side():
+    result = cli("compare", "t4", "l4", "--model", "qwen2.5-7b", env={"COLUMNS": "160"})
+    assert result.returncode == 0, result.stderr
+    with open(RESULTS / "l4" / "boundaries.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["model"] == "qwen2.5-7b" and r["lora_rank"] == "8"]
+    seq = next(
+        r for r in rows if r["axis"] == "seq_len" and r["dtype"] == "bf16" and r["grad_ckpt"] == "true"
+    )
+    batch = next(
+        r
+        for r in rows
+        if r["axis"] == "batch_size"
+        and r["seq_len"] == "1024"
+        and r["dtype"] == "bf16"
+        and r["grad_ckpt"] == "true"
+    )
+    line = next(li for li in result.stdout.splitlines() if "qwen2.5-7b" in li and "bf16, ckpt" in li)
+    assert "n/a (no bf16)" in line  # the T4 has no bf16
+    assert f"{seq['max_value']} / {batch['max_value']}" in line
+
+
+def test_compare_refuses_unknown_or_unmeasured_profiles():
+    unknown = cli("compare", "t4", "rtx9090")
+    assert unknown.returncode == 2 and "unknown profile 'rtx9090'" in unknown.stderr
+    unmeasured = cli("compare", "rtx3060-12gb", "rtx4060ti-16gb")
+    assert unmeasured.returncode == 2 and "qlora-bench boundary --profile rtx3060-12gb" in unmeasured.stderr
+    one = cli("compare", "t4")
+    assert one.returncode == 2 and "two or more" in one.stderr
