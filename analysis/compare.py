@@ -57,7 +57,7 @@ def compare(names: list[str], results_dir: Path, models: list[str] | None, ref_s
 def _cell(rows, model, dtype, ckpt, ref_seq, missing) -> str:
     if missing:
         return "not measured"
-    rows = rows[(rows.model == model) & (rows.dtype == dtype) & (rows.grad_ckpt == ckpt)]
+    rows = rows[(rows.model == model) & (rows["dtype"] == dtype) & (rows.grad_ckpt == ckpt)]
     if rows.empty:
         return "not in grid"
     if (rows.status == "unsupported").all():

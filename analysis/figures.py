@@ -34,7 +34,7 @@ def memory(data, out: Path) -> Path | None:
     rows = data.ok_trials()
     if rows.empty:
         return None
-    rows = rows[(rows.batch_size == 1) & (rows.dtype == "fp16") & (rows.lora_rank == 8)].copy()
+    rows = rows[(rows.batch_size == 1) & (rows["dtype"] == "fp16") & (rows.lora_rank == 8)].copy()
     if rows.empty:
         return None
     rows["checkpointing"] = _ckpt(rows)
@@ -86,7 +86,7 @@ def boundaries(data, out: Path) -> Path | None:
     rows = data.boundaries
     if rows.empty:
         return None
-    rows = rows[(rows.status == "ok") & (rows.axis == "seq_len") & (rows.dtype == "fp16")].copy()
+    rows = rows[(rows.status == "ok") & (rows.axis == "seq_len") & (rows["dtype"] == "fp16")].copy()
     if rows.empty:
         return None
     rows["setting"] = (
@@ -132,7 +132,7 @@ def throughput(data, out: Path) -> Path | None:
     rows = data.ok_trials(sweeps_only=True)
     if rows.empty:
         return None
-    rows = rows[(rows.batch_size == 1) & (rows.dtype == "fp16") & (rows.lora_rank == 8)].copy()
+    rows = rows[(rows.batch_size == 1) & (rows["dtype"] == "fp16") & (rows.lora_rank == 8)].copy()
     if rows.empty:
         return None
     rows["checkpointing"] = _ckpt(rows)

@@ -141,6 +141,10 @@ def render(results_dir: Path) -> str:
 
 
 def write(results_dir: Path, out: Path | None = None) -> Path:
+    """The boundary tables, and beside them (results_dir/purchase.md) the purchase summary."""
+    from analysis import summary
+
     out = out or Path(results_dir) / "boundaries.md"
     out.write_text(render(results_dir))
+    summary.write(results_dir)
     return out

@@ -135,3 +135,11 @@ def test_sequence_and_batch_searches_agree(path):
 
 def test_report_regenerates_the_published_tables_byte_for_byte():
     assert report.render(RESULTS) == (RESULTS / "boundaries.md").read_text()
+
+
+def test_report_regenerates_the_purchase_summary_byte_for_byte():
+    from analysis import summary
+
+    text = summary.render(RESULTS)
+    assert text == (RESULTS / "purchase.md").read_text()
+    assert "**projected**" in text and "not measured" in text  # a projection says what it is

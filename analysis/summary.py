@@ -1,0 +1,110 @@
+"""results/purchase.md: per profile, the largest model and context it can fine-tune with QLoRA at
+batch 1 (measured boundaries), and the projected time of a reference job. Written by
+`qlora-bench report` from the CSVs alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from analysis.data import load, profiles
+from analysis.projection import Projection
+from bench.profiles import load_profile
+
+EXAMPLES, TOKENS, EPOCHS = 5000, 512, 2
+STEPS = EXAMPLES * EPOCHS  # batch 1
+
+
+def render(results_dir: Path) -> str:
+    data = load(Path(results_dir))
+    sweeps = data.trials[data.trials.source == "sweep"] if not data.trials.empty else data.trials
+    bounds = data.boundaries
+    lines = [
+        "# Which GPU for QLoRA? A summary for buying one",
+        "",
+        "Made by `qlora-bench report` from `results/<profile>/boundaries.csv` and the trials CSVs. "
+        "Largest model: the largest catalogue model whose longest sequence at batch 1 (any "
+        "precision the card has, with or without gradient checkpointing, smallest LoRA rank) "
+        f"reaches {TOKENS} tokens; context: that longest sequence (measured, emulated on an H200). "
+        f"Reference job: {EXAMPLES} examples x {TOKENS} tokens x {EPOCHS} epochs at batch 1 "
+        f"({STEPS} steps), with the setting that gave the context. Its time is **projected** "
+        "(analysis/projection.py: launches + matmuls at a fitted share of the card's datasheet "
+        "TFLOPS + NF4 dequantisation at an assumed share of its bandwidth), not measured.",
+        "",
+    ]
+    if sweeps.empty or bounds.empty:
+        return "\n".join(lines + ["No measured results yet.", ""])
+    projection = Projection(sweeps, load_profile("h200"))
+    cal = projection.calibration()
+    lines += [
+        f"Projection against the H200's own {cal['rows']} measured steps: median error "
+        f"{cal['median_error_left_out']:.0%} (90th percentile {cal['p90_error_left_out']:.0%}) with "
+        f"each model left out of the fit; fitted compute efficiency {cal['eta_compute']:.2f} of "
+        f"datasheet, launch cost {cal['k_s_per_layer_pass'] * 1000:.1f} ms per layer and pass, "
+        f"bandwidth share assumed {cal['eta_memory_assumed']:.1f}. No card was measured natively, "
+        "so the projection's error on a small card is not known yet.",
+        "",
+        "| profile | usable VRAM (GiB) | largest model at batch 1 | its longest sequence (setting) "
+        "| projected reference job (h) | Qwen2.5-1.5B: longest sequence / projected job (h) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for profile in profiles():
+        rows = bounds[(bounds.profile == profile.name) & (bounds.status == "ok") & (bounds.axis == "seq_len")]
+        if rows.empty:
+            continue
+        best = _best_setting(rows)
+        fitting = best[best.max_value >= TOKENS]
+        big = max(fitting.model, key=_size) if not fitting.empty else None
+        cells = [profile.name, f"{profile.gpu.usable_vram_gib:g}"]
+        if big is None:
+            cells += ["none", "-", "-"]
+        else:
+            r = fitting[fitting.model == big].iloc[0]
+            cells += [big, f"{int(r.max_value)} ({_setting(r)})", _hours(projection, profile, r)]
+        small = best[best.model == "qwen2.5-1.5b"]
+        if small.empty:
+            cells.append("not in grid")
+        else:
+            r = small.iloc[0]
+            job = _hours(projection, profile, r) if r.max_value >= TOKENS else "does not fit"
+            cells.append(f"{int(r.max_value)} ({_setting(r)}) / {job}")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Profiles without measured boundaries are left out: `qlora-bench boundary --profile P` "
+        "measures them.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _size(model: str) -> float:
+    from analysis.projection import _params
+    from bench.catalog import load_catalog
+
+    linear, head, _ = _params(load_catalog()[model].config)
+    return linear + head
+
+
+def _best_setting(rows):
+    """Per model: the smallest rank, then the setting with the longest sequence (checkpointing
+    first on ties, then fp16)."""
+    rows = rows[rows.lora_rank == rows.groupby("model").lora_rank.transform("min")]
+    rows = rows.sort_values(
+        ["model", "max_value", "grad_ckpt", "dtype"], ascending=[True, False, False, False]
+    )
+    return rows.drop_duplicates("model")
+
+
+def _setting(row) -> str:
+    return f"{row['dtype']}, {'ckpt' if row.grad_ckpt else 'no ckpt'}, r{int(row.lora_rank)}"
+
+
+def _hours(projection, profile, row) -> str:
+    step = projection.step_s(profile, row.model, TOKENS, 1, bool(row.grad_ckpt), row["dtype"])
+    return f"{STEPS * step / 3600:.1f}"
+
+
+def write(results_dir: Path) -> Path:
+    out = Path(results_dir) / "purchase.md"
+    out.write_text(render(results_dir))
+    return out
