@@ -3,8 +3,8 @@
 Per model and setting (precision x checkpointing, at the smallest LoRA rank measured), per
 profile: the longest sequence that trains at batch 1 (0: nothing fits; `n/a`: no native bf16)
 and the largest batch at a reference length. Only measured boundaries are shown; a profile with
-none says so and how to measure it. Throughput is not shown for emulated profiles: their step
-times are the host GPU's, not the card's.
+none says so and how to measure it. Throughput is projected (analysis/projection.py) and
+labelled so: an emulated profile's step times are the host GPU's, not the card's.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from analysis.data import load, model_order
+from analysis.projection import Projection
 from bench.catalog import load_catalog
 from bench.errors import BenchUsageError
 from bench.profiles import load_profile
@@ -28,7 +29,10 @@ def compare(names: list[str], results_dir: Path, models: list[str] | None, ref_s
     unknown = [m for m in models or [] if m not in catalog]
     if unknown:
         raise BenchUsageError(f"--model: unknown {unknown}; known: {sorted(catalog)}")
-    data = load(results_dir).boundaries
+    results = load(results_dir)
+    data = results.boundaries
+    sweeps = results.ok_trials(sweeps_only=True)
+    projection = Projection(sweeps, load_profile("h200", catalog)) if not sweeps.empty else None
     rows_of = {}
     missing = {}
     for p in profiles:
@@ -49,6 +53,10 @@ def compare(names: list[str], results_dir: Path, models: list[str] | None, ref_s
             line = {"model": model, "setting": f"{dtype}, {'ckpt' if ckpt else 'no ckpt'}"}
             for p in profiles:
                 line[p.name] = _cell(rows_of[p.name], model, dtype, ckpt, ref_seq, p.name in missing)
+                first = line[p.name].split(" ")[0].lstrip("≥")
+                if projection is not None and first.isdigit() and int(first) >= 512:  # 512 fits
+                    step = projection.step_s(p, model, 512, 1, ckpt, dtype)
+                    line[p.name] += f" / ~{512 / step:,.0f}"
             if any(v not in ("not measured", "not in grid") for k, v in line.items() if k in rows_of):
                 table.append(line)
     return {"profiles": [p.name for p in profiles], "missing": missing, "rows": table, "ref_seq": ref_seq}
@@ -84,7 +92,8 @@ def render(result: dict, console=None) -> None:
     console = console or Console()
     table = Table(
         title=f"Longest sequence at batch 1 / largest batch at {result['ref_seq']} tokens "
-        "(measured boundaries, smallest LoRA rank; 0: does not fit)"
+        "(measured boundaries, smallest LoRA rank; 0: does not fit) / tokens/s at 512 tokens, "
+        "batch 1, PROJECTED (analysis/projection.py)"
     )
     table.add_column("model")
     table.add_column("setting")
@@ -96,5 +105,6 @@ def render(result: dict, console=None) -> None:
     for name, why in result["missing"].items():
         console.print(f"{name}: {why}")
     console.print(
-        "Throughput is not compared: emulated rows ran on a larger GPU, whose step time is not the card's."
+        "tokens/s are projected from the card's datasheet and the H200's measured steps, not "
+        "measured on the card (emulated rows ran on a larger GPU, whose step time is not the card's)."
     )

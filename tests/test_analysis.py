@@ -40,7 +40,17 @@ def test_compare_shows_the_measured_boundaries_side_by_side():
     )
     line = next(li for li in result.stdout.splitlines() if "qwen2.5-7b" in li and "bf16, ckpt" in li)
     assert "n/a (no bf16)" in line  # the T4 has no bf16
-    assert f"{seq['max_value']} / {batch['max_value']}" in line
+    assert f"{seq['max_value']} / {batch['max_value']} / ~" in line  # then projected tokens/s
+    assert "PROJECTED" in result.stdout and "not measured on the card" in result.stdout
+
+
+def test_format_success_curves_are_drawn_when_present(tmp_path):
+    run = tmp_path / "sft" / "qwen-run"
+    run.mkdir(parents=True)
+    (run / "curves.csv").write_text("step,format_success\n0,0.1\n50,0.6\n100,0.95\n")
+    result = cli("plot", "--results-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "figures" / "format_success.png").exists()
 
 
 def test_compare_refuses_unknown_or_unmeasured_profiles():
