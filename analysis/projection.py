@@ -25,20 +25,12 @@ import pandas as pd
 
 from bench.catalog import load_catalog
 
-
-def _params(config: dict) -> tuple[float, float, int]:
-    h, layers = config["hidden_size"], config["num_hidden_layers"]
-    heads = config["num_attention_heads"]
-    kv = config.get("num_key_value_heads", heads) * config.get("head_dim", h // heads)
-    linear = layers * (2 * h * h + 2 * h * kv + 3 * h * config["intermediate_size"])
-    return float(linear), float(config["vocab_size"] * h), layers
-
-
 ETA_MEMORY = 0.7  # assumed share of datasheet bandwidth a dequantisation kernel reaches
 
 
 def features(model: str, tokens: float, ckpt: bool, tflops: float, bandwidth_gbps: float) -> np.ndarray:
-    linear, head, layers = _params(load_catalog()[model].config)
+    arch = load_catalog()[model]
+    linear, head, layers = arch.linear_params(), arch.head_params(), arch.config["num_hidden_layers"]
     c = 1.0 if ckpt else 0.0
     return np.array(
         [

@@ -78,11 +78,10 @@ def render(results_dir: Path) -> str:
 
 
 def _size(model: str) -> float:
-    from analysis.projection import _params
     from bench.catalog import load_catalog
 
-    linear, head, _ = _params(load_catalog()[model].config)
-    return linear + head
+    arch = load_catalog()[model]
+    return arch.linear_params() + arch.head_params()
 
 
 def _best_setting(rows):

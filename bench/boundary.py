@@ -149,7 +149,7 @@ def search(task: BoundaryTask, probe, cap_gib: float | None, hint: int | None = 
         if hi is None and lo >= task.upper:
             break
         peaks = {u: r.get("peak_reserved_gib") for u, r in fits.items()}
-        predicted = _predict(peaks, cap_gib, _number(floor))
+        predicted = _predict(peaks, cap_gib, floor)
         if hint is not None and trials == 1:  # the hint's neighbour on the side it points to
             units = units + 1 if hi is None else units - 1
         elif hi is None:  # bracket from below: guided jump past the predicted boundary, or grow
@@ -169,13 +169,6 @@ def search(task: BoundaryTask, probe, cap_gib: float | None, hint: int | None = 
             use_guide = predicted is not None and lo < predicted < hi and not guided_last
             units, guided_last = (predicted, True) if use_guide else (mid, False)
     return {"lo": lo, "hi": hi, "fits": fits, "trials": trials}
-
-
-def _number(value) -> float | None:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
 
 
 HOST_HEADROOM_GIB = 16.0  # kept free on the host GPU: contexts, NVML's view, fragmentation

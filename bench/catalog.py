@@ -24,17 +24,23 @@ class ModelArch:
     def model_type(self) -> str:
         return self.config["model_type"]
 
+    def linear_params(self) -> int:
+        """Parameters of the decoder layers' linear projections: the weights NF4 quantises."""
+        c = self.config
+        h, heads = c["hidden_size"], c["num_attention_heads"]
+        kv = c.get("num_key_value_heads", heads) * c.get("head_dim", h // heads)
+        return c["num_hidden_layers"] * (2 * h * h + 2 * h * kv + 3 * h * c["intermediate_size"])
+
+    def head_params(self) -> int:
+        """Parameters of the LM head (vocab x hidden), tied to the embeddings or not."""
+        return self.config["vocab_size"] * self.config["hidden_size"]
+
     def loaded_gib_estimate(self) -> float:
         """Rough GPU memory of the loaded QLoRA model, for scheduling only (never reported):
         NF4 linear layers at ~4.2 bits, embeddings and an untied head cast to fp32 by
         prepare_model_for_kbit_training, plus 30% for LoRA, norms and allocator rounding."""
-        c = self.config
-        h, layers, vocab = c["hidden_size"], c["num_hidden_layers"], c["vocab_size"]
-        heads = c["num_attention_heads"]
-        kv = c.get("num_key_value_heads", heads) * c.get("head_dim", h // heads)
-        linear = layers * (2 * h * h + 2 * h * kv + 3 * h * c["intermediate_size"])
-        embeddings = vocab * h * (1 if c.get("tie_word_embeddings") else 2)
-        return 1.3 * (linear * 4.2 / 8 + embeddings * 4) / 2**30
+        embeddings = self.head_params() * (1 if self.config.get("tie_word_embeddings") else 2)
+        return 1.3 * (self.linear_params() * 4.2 / 8 + embeddings * 4) / 2**30
 
 
 def load_catalog(path: Path | None = None) -> dict[str, ModelArch]:

@@ -107,6 +107,12 @@ RESULTS_DIR = click.option(
     default=Path("results"),
     show_default=True,
 )
+RESULTS_IN = click.option(  # commands that read results: the folder must exist
+    "--results-dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=Path("results"),
+    show_default=True,
+)
 WANDB = click.option(
     "--wandb",
     "wandb_mode",
@@ -260,12 +266,7 @@ def boundary(**options):
 
 
 @main.command()
-@click.option(
-    "--results-dir",
-    type=click.Path(file_okay=False, exists=True, path_type=Path),
-    default=Path("results"),
-    show_default=True,
-)
+@RESULTS_IN
 @click.option(
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -288,12 +289,7 @@ def report(results_dir, output):
     show_default=True,
     help="Reference length for the largest batch.",
 )
-@click.option(
-    "--results-dir",
-    type=click.Path(file_okay=False, exists=True, path_type=Path),
-    default=Path("results"),
-    show_default=True,
-)
+@RESULTS_IN
 def compare(profiles, models, ref_seq, results_dir):
     """GPUs side by side from measured boundaries: `qlora-bench compare t4 l4 [--model qwen2.5-7b]`."""
     _guard(_compare, profiles=list(profiles), models=list(models), ref_seq=ref_seq, results_dir=results_dir)
@@ -307,12 +303,7 @@ def _compare(profiles, models, ref_seq, results_dir) -> int:
 
 
 @main.command()
-@click.option(
-    "--results-dir",
-    type=click.Path(file_okay=False, exists=True, path_type=Path),
-    default=Path("results"),
-    show_default=True,
-)
+@RESULTS_IN
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),

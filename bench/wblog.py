@@ -106,10 +106,6 @@ class WandbMirror:
             self.failed = f"{what} failed: {type(exc).__name__}: {first}"
             print(f"qlora-bench: W&B {self.failed}; rows go to the CSV only from here on", file=sys.stderr)
 
-    @property
-    def active(self) -> bool:
-        return self.mode != "off" and self.wandb is not None and self.failed is None
-
     def _init(self, name: str, job_type: str, config: dict):
         self.dir.mkdir(parents=True, exist_ok=True)
         return self.wandb.init(
