@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from analysis.data import load, model_order
-from analysis.projection import Projection
+from analysis.projection import calibrated
 from bench.catalog import load_catalog
 from bench.errors import BenchUsageError
 from bench.profiles import load_profile
@@ -31,8 +31,7 @@ def compare(names: list[str], results_dir: Path, models: list[str] | None, ref_s
         raise BenchUsageError(f"--model: unknown {unknown}; known: {sorted(catalog)}")
     results = load(results_dir)
     data = results.boundaries
-    sweeps = results.ok_trials(sweeps_only=True)
-    projection = Projection(sweeps, load_profile("h200", catalog)) if not sweeps.empty else None
+    projection = calibrated(results)
     rows_of = {}
     missing = {}
     for p in profiles:
@@ -52,9 +51,8 @@ def compare(names: list[str], results_dir: Path, models: list[str] | None, ref_s
         for dtype, ckpt in SETTINGS:
             line = {"model": model, "setting": f"{dtype}, {'ckpt' if ckpt else 'no ckpt'}"}
             for p in profiles:
-                line[p.name] = _cell(rows_of[p.name], model, dtype, ckpt, ref_seq, p.name in missing)
-                first = line[p.name].split(" ")[0].lstrip("≥")
-                if projection is not None and first.isdigit() and int(first) >= 512:  # 512 fits
+                line[p.name], longest = _cell(rows_of[p.name], model, dtype, ckpt, ref_seq, p.name in missing)
+                if projection is not None and longest is not None and longest >= 512:  # 512 fits
                     step = projection.step_s(p, model, 512, 1, ckpt, dtype)
                     line[p.name] += f" / ~{512 / step:,.0f}"
             if any(v not in ("not measured", "not in grid") for k, v in line.items() if k in rows_of):
@@ -62,21 +60,22 @@ def compare(names: list[str], results_dir: Path, models: list[str] | None, ref_s
     return {"profiles": [p.name for p in profiles], "missing": missing, "rows": table, "ref_seq": ref_seq}
 
 
-def _cell(rows, model, dtype, ckpt, ref_seq, missing) -> str:
+def _cell(rows, model, dtype, ckpt, ref_seq, missing) -> tuple[str, int | None]:
+    """The cell's text, and the longest sequence at batch 1 (None: not measured)."""
     if missing:
-        return "not measured"
+        return "not measured", None
     rows = rows[(rows.model == model) & (rows["dtype"] == dtype) & (rows.grad_ckpt == ckpt)]
     if rows.empty:
-        return "not in grid"
+        return "not in grid", None
     if (rows.status == "unsupported").all():
-        return "n/a (no bf16)"
+        return "n/a (no bf16)", None
     rank = rows.lora_rank.min()
     rows = rows[(rows.lora_rank == rank) & (rows.status == "ok")]
     seq = rows[rows.axis == "seq_len"]
     batch = rows[(rows.axis == "batch_size") & (rows.seq_len == ref_seq)]
     seq_text = "?" if seq.empty else _value(seq.iloc[0])
     batch_text = "?" if batch.empty else _value(batch.iloc[0])
-    return f"{seq_text} / {batch_text}"
+    return f"{seq_text} / {batch_text}", None if seq.empty else int(seq.iloc[0].max_value)
 
 
 def _value(row) -> str:

@@ -59,12 +59,10 @@ def load(results_dir: Path) -> Results:
         else pd.DataFrame()
     )
     bounds = _read(sorted(root.glob("*/boundaries.csv")))
+    curve_files = sorted(root.glob("sft/*/curves.csv"))
     curves = (
-        pd.concat(
-            [pd.read_csv(p).assign(run=p.parent.name) for p in sorted(root.glob("sft/*/curves.csv"))],
-            ignore_index=True,
-        )
-        if list(root.glob("sft/*/curves.csv"))
+        pd.concat([pd.read_csv(p).assign(run=p.parent.name) for p in curve_files], ignore_index=True)
+        if curve_files
         else pd.DataFrame()
     )
     caps = {}

@@ -26,40 +26,48 @@ from analysis.data import PROFILE_ORDER, load, model_order  # noqa: E402
 DPI = 110
 
 
-def _ckpt(frame: pd.DataFrame) -> pd.Series:
-    return frame["grad_ckpt"].map({True: "checkpointing", False: "no checkpointing"})
-
-
-def memory(data, out: Path) -> Path | None:
-    rows = data.ok_trials()
+def _batch1(rows: pd.DataFrame) -> pd.DataFrame:
+    """The fitting runs at batch 1, fp16, LoRA r8, labelled by checkpointing."""
     if rows.empty:
-        return None
+        return rows
     rows = rows[(rows.batch_size == 1) & (rows["dtype"] == "fp16") & (rows.lora_rank == 8)].copy()
-    if rows.empty:
-        return None
-    rows["checkpointing"] = _ckpt(rows)
-    rows = rows.drop_duplicates(["profile", "model", "seq_len", "checkpointing"])
+    rows["checkpointing"] = rows["grad_ckpt"].map({True: "checkpointing", False: "no checkpointing"})
+    return rows
+
+
+def _by_length(rows: pd.DataFrame, y: str, **options):
+    """A line per model (and checkpointing) against sequence length, a panel per profile."""
     profiles = [p for p in PROFILE_ORDER if p in set(rows.profile)]
     grid = sns.relplot(
         data=rows,
         x="seq_len",
-        y="peak_reserved_gib",
+        y=y,
         hue="model",
         hue_order=[m for m in model_order() if m in set(rows.model)],
         style="checkpointing",
         col="profile",
         col_order=profiles,
-        col_wrap=3,
         kind="line",
         marker="o",
-        markersize=4,
         height=3.2,
         aspect=1.25,
-        facet_kws={"sharex": False, "sharey": False},
+        **options,
+    )
+    for ax in grid.axes.flat:
+        _tokens_axis(ax)
+    return grid, profiles
+
+
+def memory(data, out: Path) -> Path | None:
+    rows = _batch1(data.ok_trials())
+    if rows.empty:
+        return None
+    rows = rows.drop_duplicates(["profile", "model", "seq_len", "checkpointing"])
+    grid, profiles = _by_length(
+        rows, "peak_reserved_gib", col_wrap=3, markersize=4, facet_kws={"sharex": False, "sharey": False}
     )
     for ax, profile in zip(grid.axes.flat, profiles, strict=False):
         cap = data.caps.get(profile)
-        _tokens_axis(ax)
         if cap:
             ax.axhline(cap, color="black", linestyle=":", linewidth=1.2)
             low, _ = ax.get_ylim()
@@ -129,30 +137,10 @@ def boundaries(data, out: Path) -> Path | None:
 
 
 def throughput(data, out: Path) -> Path | None:
-    rows = data.ok_trials(sweeps_only=True)
+    rows = _batch1(data.ok_trials(sweeps_only=True))
     if rows.empty:
         return None
-    rows = rows[(rows.batch_size == 1) & (rows["dtype"] == "fp16") & (rows.lora_rank == 8)].copy()
-    if rows.empty:
-        return None
-    rows["checkpointing"] = _ckpt(rows)
-    profiles = [p for p in PROFILE_ORDER if p in set(rows.profile)]
-    grid = sns.relplot(
-        data=rows,
-        x="seq_len",
-        y="tokens_per_s",
-        hue="model",
-        hue_order=[m for m in model_order() if m in set(rows.model)],
-        style="checkpointing",
-        col="profile",
-        col_order=profiles,
-        kind="line",
-        marker="o",
-        height=3.2,
-        aspect=1.25,
-    )
-    for ax in grid.axes.flat:
-        _tokens_axis(ax)
+    grid, _ = _by_length(rows, "tokens_per_s")
     grid.set_axis_labels("sequence length (tokens, batch 1)", "tokens / s (measured on the H200)")
     grid.set_titles("{col_name} grid")
     grid.figure.suptitle(

@@ -62,6 +62,14 @@ def _nnls(x: np.ndarray, y: np.ndarray, scale: np.ndarray) -> np.ndarray:
         active = [i for i in active if coef[i] > 0]
 
 
+def calibrated(results) -> Projection | None:
+    """The projection fitted on the step times the sweeps measured on the H200; None without."""
+    from bench.profiles import load_profile
+
+    sweeps = results.ok_trials(sweeps_only=True)
+    return Projection(sweeps, load_profile("h200")) if not sweeps.empty else None
+
+
 class Projection:
     def __init__(self, measured: pd.DataFrame, host):
         """measured: ok rows with step_time_p50_s measured on `host` (a profile: its datasheet)."""

@@ -7,8 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from analysis.data import load, profiles
-from analysis.projection import Projection
-from bench.profiles import load_profile
+from analysis.projection import calibrated
 
 EXAMPLES, TOKENS, EPOCHS = 5000, 512, 2
 STEPS = EXAMPLES * EPOCHS  # batch 1
@@ -16,8 +15,8 @@ STEPS = EXAMPLES * EPOCHS  # batch 1
 
 def render(results_dir: Path) -> str:
     data = load(Path(results_dir))
-    sweeps = data.trials[data.trials.source == "sweep"] if not data.trials.empty else data.trials
     bounds = data.boundaries
+    projection = calibrated(data)
     lines = [
         "# Which GPU for QLoRA? A summary for buying one",
         "",
@@ -31,9 +30,8 @@ def render(results_dir: Path) -> str:
         "TFLOPS + NF4 dequantisation at an assumed share of its bandwidth), not measured.",
         "",
     ]
-    if sweeps.empty or bounds.empty:
+    if projection is None or bounds.empty:
         return "\n".join(lines + ["No measured results yet.", ""])
-    projection = Projection(sweeps, load_profile("h200"))
     cal = projection.calibration()
     lines += [
         f"Projection against the H200's own {cal['rows']} measured steps: median error "
