@@ -21,7 +21,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import queue
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -182,28 +181,28 @@ def slot_gib(cfg: SweepConfig, plan: emulation.Plan, model: str, spares: int) ->
     return plan.cap_gib + CONTEXT_GIB + spares * (min(plan.cap_gib, loaded) + CONTEXT_GIB)
 
 
-def auto_parallel(cfg: SweepConfig, plan: emulation.Plan, host, models: set[str]) -> tuple[int, int]:
-    """(search slots, preloading spares per slot), sized for the smallest model: a slot starts
-    a model's searches only when that model's slot_gib fits what the running ones leave of the
-    host GPU (GpuBudget), so larger models run fewer at once. Two spares keep a fresh worker
-    ready even after a quick OOM, unless the second would cost a slot. At most 8 slots, and at
-    most one per 2 CPU cores."""
-    if cfg.device != "cuda" or host is None or plan.cap_gib is None or not models:
+def auto_parallel(entries, host) -> tuple[int, int]:
+    """(search slots, preloading spares per slot) for `entries` of (cfg, plan, model), sized for
+    the smallest slot among them: a slot starts a group's searches only when that model's
+    slot_gib fits what the running ones leave of the host GPU (GpuBudget), so larger models
+    run fewer at once. Two spares keep a fresh worker ready even after a quick OOM, unless the
+    second would cost a slot. At most 8 slots, and at most one per 2 CPU cores."""
+    entries = [e for e in entries if e[0].device == "cuda" and e[1].cap_gib is not None]
+    if host is None or not entries:
         return 1, 1
     budget = host.total_gib - HOST_HEADROOM_GIB
-    smallest = min(models, key=lambda m: slot_gib(cfg, plan, m, 1))
 
     def slots(spares: int) -> int:
-        fits = int(budget // slot_gib(cfg, plan, smallest, spares))
-        return max(1, min(8, (os.cpu_count() or 2) // 2, fits))
+        smallest = min(slot_gib(cfg, plan, model, spares) for cfg, plan, model in entries)
+        return max(1, min(8, (os.cpu_count() or 2) // 2, int(budget // smallest)))
 
     return (slots(2), 2) if slots(2) >= slots(1) else (slots(1), 1)
 
 
 class GpuBudget:
-    """Host GPU memory shared by the slots: a slot takes its model's share before it starts
-    that model's searches and gives it back after (a share larger than the whole is clamped,
-    so one slot can always run)."""
+    """Host GPU memory shared by the slots: a slot takes the first waiting group whose share
+    fits what is free, and gives the share back after the group (a share larger than the whole
+    is clamped, so one group can always run)."""
 
     def __init__(self, total_gib: float):
         self.total = self.free = total_gib
@@ -216,6 +215,20 @@ class GpuBudget:
                 self.cond.wait()
             self.free -= gib
         return gib
+
+    def take_first(self, waiting: list, share) -> tuple[object, float] | None:
+        """Remove and return the first of `waiting` whose `share(item)` fits, with the share
+        taken; wait while none fits; None when nothing is waiting. A large group at the head
+        of the queue does not hold back smaller ones that fit beside the running groups."""
+        with self.cond:
+            while waiting:
+                for i, item in enumerate(waiting):
+                    gib = min(share(item), self.total)
+                    if gib <= self.free:
+                        self.free -= gib
+                        return waiting.pop(i), gib
+                self.cond.wait()
+        return None
 
     def give(self, gib: float) -> None:
         with self.cond:
@@ -233,28 +246,93 @@ def _seq_family(task: BoundaryTask) -> tuple[str, str]:
     return "seq_len", replace(task.base, lora_rank=0, lora_alpha=0, seq_len=0, batch_size=1).key
 
 
+def run_boundaries(runs: list[BoundaryRun], parallel: int | None = None, progress=None, time_budget=None):
+    """Search the boundaries of one or more profiles' runs together: their model groups share
+    the slots and the host GPU's memory budget, so one profile's small models fill what another
+    profile's large ones leave free, and no profile's tail leaves slots idle. Returns each run's
+    summary."""
+    started, started_utc = time.perf_counter(), utc_now()
+    host = runs[0].host
+    auto, spares = auto_parallel([(r.cfg, r.plan, t.base.model) for r in runs for t in r.tasks], host)
+    parallel = parallel or auto
+    cuda = runs[0].cfg.device == "cuda"
+    budget = GpuBudget(host.total_gib - HOST_HEADROOM_GIB) if cuda and host is not None else None
+    entered: list[BoundaryRun] = []
+    try:
+        for run in runs:
+            run.begin(parallel, spares, progress)
+            entered.append(run)
+    except BaseException:  # e.g. another run holds a profile's results: nothing was searched
+        for run in entered:
+            run.store.unlock()
+        raise
+    try:
+        _prepare_weights(runs)
+        waiting = [(run, group) for run in runs for group in run.groups()]
+        # the longest groups first (larger model, larger cap, more searches), so the slots end together
+        waiting.sort(key=lambda item: -item[0].cost(item[1]))
+        deadline = started + time_budget if time_budget else None
+        slot_budget = budget or GpuBudget(float("inf"))
+
+        def share(item) -> float:
+            run, group = item
+            return slot_gib(run.cfg, run.plan, group[0].base.model, spares) if budget else 0.0
+
+        def slot() -> None:
+            while deadline is None or time.perf_counter() < deadline:
+                taken = slot_budget.take_first(waiting, share)
+                if taken is None:
+                    return
+                (run, group), held = taken
+                try:
+                    run.search_group(group, spares if cuda else 0, deadline)
+                finally:
+                    slot_budget.give(held)
+
+        n_groups = len(waiting)
+        threads = [threading.Thread(target=slot, daemon=True) for _ in range(max(1, min(parallel, n_groups)))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        wall = round(time.perf_counter() - started, 1)
+        together = [r.cfg.profile.name for r in runs]
+        summaries = [run.end(wall, started_utc, together) for run in entered]
+    return summaries
+
+
+def _prepare_weights(runs: list[BoundaryRun]) -> None:
+    """Build each random-weight checkpoint once, before the slots race to build it."""
+    needed = {}
+    for run in runs:
+        if not run.cfg.weights_path:
+            for model in {t.base.model for t in run.todo}:
+                needed[model] = run.cfg
+    if not needed:
+        return
+    pool = WorkerPool()
+    try:
+        for model, cfg in sorted(needed.items()):
+            payload = ("prepare", model, cfg.catalog[model].config, cfg.device)
+            row = pool.run(payload, cfg.timeout_s)
+            if row["status"] != "ok":
+                raise RuntimeError(f"could not build random weights for {model}: {row.get('reason')}")
+    finally:
+        pool.close()
+
+
 class BoundaryRun:
-    def __init__(
-        self,
-        cfg: SweepConfig,
-        ref_seq_lens,
-        axes,
-        parallel: int | None,
-        progress=None,
-        time_budget=None,
-        reverify: bool = False,
-    ):
+    """One profile's boundaries: its tasks, its files, the hints its searches share. Run it
+    with run_boundaries (alone or with other profiles)."""
+
+    def __init__(self, cfg: SweepConfig, ref_seq_lens, axes, reverify: bool = False):
         from bench.envinfo import nvml_gpu
 
         self.host = nvml_gpu() if cfg.device == "cuda" else None
         self.plan = emulation.plan(cfg.profile, cfg.device, self.host)
         self.tasks = plan_tasks(cfg, ref_seq_lens, axes)
-        auto, self.spares = auto_parallel(cfg, self.plan, self.host, {t.base.model for t in self.tasks})
-        parallel = parallel or auto
-        if cfg.worker_threads is None:  # a slot's worker and its loading spares share the cores
-            cfg = replace(cfg, worker_threads=max(2, (os.cpu_count() or 2) // ((1 + self.spares) * parallel)))
         self.cfg = cfg
-        self.time_budget = time_budget
         self.reverify = reverify
 
         def path(stem, ext="csv"):
@@ -263,87 +341,100 @@ class BoundaryRun:
         self.store = ResultsFile(path("boundaries"), BOUNDARY_FIELDNAMES, "boundary_key")
         self.probes = ResultsFile(path("boundary-trials"), PROBE_FIELDNAMES)
         self.runs_log = path("boundary-runs", "jsonl")
-        self.parallel = parallel
-        self.budget = None
-        if cfg.device == "cuda" and self.host is not None and self.plan.cap_gib is not None:
-            self.budget = GpuBudget(self.host.total_gib - HOST_HEADROOM_GIB)
-        self.progress = progress
         self.lock = threading.Lock()
 
-    def run(self) -> dict:
+    def run(self, parallel: int | None = None, progress=None, time_budget=None) -> dict:
+        return run_boundaries([self], parallel, progress, time_budget)[0]
+
+    def begin(self, parallel: int, spares: int, progress) -> None:
+        """Take the results lock and read what is recorded (the boundaries still to search)."""
         self.store.lock()
         try:
-            return self._run()
-        finally:
+            self._begin(parallel, spares, progress)
+        except BaseException:
             self.store.unlock()
+            raise
 
-    def _run(self) -> dict:
-        started = time.perf_counter()
+    def _begin(self, parallel: int, spares: int, progress) -> None:
+        self.parallel, self.spares, self.progress = parallel, spares, progress
+        if self.cfg.worker_threads is None:  # the slots' workers and loading spares share the cores
+            threads = max(2, (os.cpu_count() or 2) // ((1 + spares) * parallel))
+            self.cfg = replace(self.cfg, worker_threads=threads)
         self.env = _env_columns(self.cfg, self.plan, self.host)
         done = set() if self.cfg.overwrite else self.store.keys()
-        todo = [t for t in self.tasks if t.key not in done]
-        self._prepare_weights({t.base.model for t in todo})
+        self.todo = [t for t in self.tasks if t.key not in done]
         self.found: dict[tuple, dict[int, int]] = {}  # family -> rank -> boundary units
         by_key = {t.key: t for t in self.tasks}
         for row in self.store.rows if not self.cfg.overwrite else []:
             if row["boundary_key"] in by_key:
                 self._remember(by_key[row["boundary_key"]], row)
-        # A slot takes one model, precision and checkpointing setting at a time (its spares'
-        # preloaded model is then the one the next trial needs), ranks in ascending order and the
-        # sequence-length search before the batch searches, so that each search after the first
-        # starts from a sibling's boundary (_hint); the largest models first, so the slots end
-        # together. The hints come from the group alone, so a run's probes do not depend on timing.
-        groups: dict[tuple, list[BoundaryTask]] = {}
-        for task in todo:
-            group = replace(task.base, seq_len=0, batch_size=0, lora_rank=0, lora_alpha=0).key
-            groups.setdefault(group, []).append(task)
-        for group in groups.values():
-            group.sort(key=lambda t: (t.base.lora_rank, t.axis != "seq_len", t.base.seq_len))
-        work: queue.Queue = queue.Queue()
-        for group in sorted(groups.values(), key=lambda g: -self._size(g[0].base.model)):
-            work.put(group)
         self.counts = {"boundaries": 0, "trials": 0, "verified": 0}
         self.mirror = WandbMirror(
             self.cfg.wandb_mode, self.cfg.results_dir, self.cfg.profile.name, "boundary"
         )
-        self.deadline = started + self.time_budget if self.time_budget else None
-        bar = self.progress.add_task("boundaries", total=len(todo)) if self.progress else None
-        threads = [
-            threading.Thread(target=self._slot, args=(work, bar), daemon=True)
-            for _ in range(max(1, min(self.parallel, len(todo))))
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        self.mirror.finish(BOUNDARY_FIELDNAMES)
-        summary = {
-            **self.counts,
-            "left": len(todo) - self.counts["boundaries"],
-            "profile": self.cfg.profile.name,
-            "parallel": self.parallel,
-            "spares": self.spares,
-            "wall_s": round(time.perf_counter() - started, 1),
-            "git_commit": self.env["git_commit"],
-            "finished_utc": utc_now(),
-        }
-        with open(self.runs_log, "a") as f:
-            f.write(json.dumps(summary) + "\n")
-        return summary
+        self.bar = progress.add_task(self.cfg.profile.name, total=len(self.todo)) if progress else None
 
-    def _prepare_weights(self, models: set[str]) -> None:
-        """Build each random-weight checkpoint once, before the slots race to build it."""
-        if self.cfg.weights_path:
-            return
-        pool = WorkerPool()
+    def groups(self) -> list[list[BoundaryTask]]:
+        """The searches still to do, one group per model, precision and checkpointing setting.
+        A slot takes a group at a time (its spares' preloaded model is then the one the next
+        trial needs), ranks in ascending order and the sequence-length search before the batch
+        searches, so that each search after the first starts from a sibling's boundary (_hint).
+        The hints come from the group alone, so a run's probes do not depend on timing."""
+        groups: dict[str, list[BoundaryTask]] = {}
+        for task in self.todo:
+            group = replace(task.base, seq_len=0, batch_size=0, lora_rank=0, lora_alpha=0).key
+            groups.setdefault(group, []).append(task)
+        for group in groups.values():
+            group.sort(key=lambda t: (t.base.lora_rank, t.axis != "seq_len", t.base.seq_len))
+        return list(groups.values())
+
+    def cost(self, group: list[BoundaryTask]) -> float:
+        """A rough order of a group's search time: model size x cap x searches."""
+        return self._size(group[0].base.model) * (self.plan.cap_gib or 1.0) * len(group)
+
+    def end(self, wall_s: float, started_utc: str, together: list[str]) -> dict:
+        """Release the results and log the invocation (profiles run together share its wall
+        time and started_utc, by which the speed script counts the invocation once)."""
         try:
-            for model in sorted(models):
-                payload = ("prepare", model, self.cfg.catalog[model].config, self.cfg.device)
-                row = pool.run(payload, self.cfg.timeout_s)
-                if row["status"] != "ok":
-                    raise RuntimeError(f"could not build random weights for {model}: {row.get('reason')}")
+            self.mirror.finish(BOUNDARY_FIELDNAMES)
+            summary = {
+                **self.counts,
+                "left": len(self.todo) - self.counts["boundaries"],
+                "profile": self.cfg.profile.name,
+                "parallel": self.parallel,
+                "spares": self.spares,
+                "wall_s": wall_s,
+                "started_utc": started_utc,
+                "together_with": [p for p in together if p != self.cfg.profile.name],
+                "git_commit": self.env["git_commit"],
+                "finished_utc": utc_now(),
+            }
+            with open(self.runs_log, "a") as f:
+                f.write(json.dumps(summary) + "\n")
+            return summary
         finally:
-            pool.close()
+            self.store.unlock()
+
+    def search_group(self, group: list[BoundaryTask], spares: int, deadline: float | None) -> None:
+        """One group's searches in order, in a worker pool of the group (its spares preload the
+        group's model and leave with it)."""
+        cuda = self.cfg.device == "cuda"
+        pool = WorkerPool(spares=spares, preload=cuda, fresh_each_trial=True)
+        try:
+            for task in group:
+                if deadline is not None and time.perf_counter() > deadline:
+                    return
+                row = self._boundary(task, pool)
+                with self.lock:
+                    self.store.append(row, replace_key=self.cfg.overwrite)
+                    self.mirror.log_row(self.store.rows[-1], task.key)
+                    self._remember(task, row)
+                    self.counts["boundaries"] += 1
+                    self.counts["verified"] += row.get("verified") is True
+                    if self.progress:
+                        self.progress.advance(self.bar)
+        finally:
+            pool.close(graceful=False)
 
     def _remember(self, task: BoundaryTask, row: dict) -> None:
         if row.get("status") == "ok" and str(row.get("max_value", "")) not in ("", "None"):
@@ -370,37 +461,6 @@ class BoundaryRun:
     def _size(self, model: str) -> int:
         config = self.cfg.catalog[model].config if model in self.cfg.catalog else {}
         return config.get("hidden_size", 0) * config.get("num_hidden_layers", 0)
-
-    def _slot(self, work: queue.Queue, bar) -> None:
-        cuda = self.cfg.device == "cuda"
-        while True:
-            try:
-                group = work.get_nowait()
-            except queue.Empty:
-                return
-            if self.deadline is not None and time.perf_counter() > self.deadline:
-                return
-            share = slot_gib(self.cfg, self.plan, group[0].base.model, self.spares) if self.budget else 0.0
-            held = self.budget.take(share) if self.budget else 0.0
-            # a pool per group: its spares preload this group's model and leave with the group
-            pool = WorkerPool(spares=self.spares if cuda else 0, preload=cuda, fresh_each_trial=True)
-            try:
-                for task in group:
-                    if self.deadline is not None and time.perf_counter() > self.deadline:
-                        return
-                    row = self._boundary(task, pool)
-                    with self.lock:
-                        self.store.append(row, replace_key=self.cfg.overwrite)
-                        self.mirror.log_row(self.store.rows[-1], task.key)
-                        self._remember(task, row)
-                        self.counts["boundaries"] += 1
-                        self.counts["verified"] += row.get("verified") is True
-                        if self.progress:
-                            self.progress.advance(bar)
-            finally:
-                pool.close(graceful=False)
-                if self.budget:
-                    self.budget.give(held)
 
     def _probe(self, pool: WorkerPool, task: BoundaryTask, spec: TrialSpec, purpose: str) -> dict:
         t0 = time.perf_counter()

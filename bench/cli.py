@@ -204,7 +204,14 @@ def sweep(**options):
 
 
 @main.command()
-@PROFILE
+@click.option(
+    "--profile",
+    "profile_names",
+    required=True,
+    multiple=True,
+    help="Profile name or YAML path; repeat it to search several profiles together (they share "
+    "the slots and the host GPU, which finishes sooner than one after another).",
+)
 @DEVICE
 @MODELS
 @RANKS

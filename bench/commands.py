@@ -165,7 +165,7 @@ def run_sweep_command(dry_run: bool, boundaries: bool = False, **options) -> int
     summary = ", ".join(f"{n} {status}" for status, n in sorted(written.items())) or "nothing to do"
     console.print(f"{cfg.profile.name}: {summary} -> {target}")
     if boundaries:
-        _run_boundaries(cfg, cfg.profile.grid.reference_seq_lens, BOUNDARY_AXES, None, console)
+        _run_boundaries([(cfg, cfg.profile.grid.reference_seq_lens)], BOUNDARY_AXES, None, console)
     return 1 if written.get("error") else 0
 
 
@@ -196,7 +196,7 @@ BOUNDARY_AXES = ("seq_len", "batch_size")
 
 
 def run_boundary_command(
-    ref_seq_lens, boundary_axes, parallel, time_budget=None, reverify=False, **options
+    profile_names, ref_seq_lens, boundary_axes, parallel, time_budget=None, reverify=False, **options
 ) -> int:
     bad = [a for a in boundary_axes if a not in BOUNDARY_AXES]
     if bad:
@@ -210,24 +210,29 @@ def run_boundary_command(
         no_skip_implied=False,
         spare_workers=None,
     )
-    cfg = build_config(**{**defaults, **options})
-    refs = ref_seq_lens or cfg.profile.grid.reference_seq_lens
-    _run_boundaries(cfg, refs, boundary_axes, parallel, Console(stderr=True), time_budget, reverify)
+    cfgs = {}
+    for name in profile_names:  # one run of several profiles shares the slots and the GPU
+        cfg = build_config(profile_name=name, **{**defaults, **options})
+        cfgs.setdefault(cfg.profile.name, cfg)  # an alias named twice runs once
+    jobs = [(cfg, ref_seq_lens or cfg.profile.grid.reference_seq_lens) for cfg in cfgs.values()]
+    _run_boundaries(jobs, boundary_axes, parallel, Console(stderr=True), time_budget, reverify)
     return 0
 
 
-def _run_boundaries(cfg, refs, boundary_axes, parallel, console, time_budget=None, reverify=False) -> None:
-    from bench.boundary import BoundaryRun
+def _run_boundaries(jobs, boundary_axes, parallel, console, time_budget=None, reverify=False) -> None:
+    """`jobs`: (config, reference lengths) per profile, searched together."""
+    from bench.boundary import BoundaryRun, run_boundaries
 
+    runs = [BoundaryRun(cfg, tuple(refs), tuple(boundary_axes), reverify) for cfg, refs in jobs]
     with _progress(console) as progress:
-        run = BoundaryRun(cfg, tuple(refs), tuple(boundary_axes), parallel, progress, time_budget, reverify)
-        summary = run.run()
-    left = f"; {summary['left']} left for a rerun (time budget)" if summary["left"] else ""
-    console.print(
-        f"{cfg.profile.name}: {summary['boundaries']} boundaries ({summary['verified']} verified), "
-        f"{summary['trials']} trials in {summary['wall_s']} s with {summary['parallel']} at once"
-        f"{left} -> {run.store.path}"
-    )
+        summaries = run_boundaries(runs, parallel, progress, time_budget)
+    for run, summary in zip(runs, summaries, strict=True):
+        left = f"; {summary['left']} left for a rerun (time budget)" if summary["left"] else ""
+        console.print(
+            f"{run.cfg.profile.name}: {summary['boundaries']} boundaries ({summary['verified']} "
+            f"verified), {summary['trials']} trials in {summary['wall_s']} s with "
+            f"{summary['parallel']} at once{left} -> {run.store.path}"
+        )
 
 
 def run_sft_command(

@@ -1,6 +1,6 @@
 """The result row: one documented schema, one CSV row per trial. GiB = 2**30 bytes."""
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 GIB = 2**30
 
 STATUSES = ("ok", "oom", "unsupported", "error", "timeout")
@@ -55,6 +55,11 @@ COLUMNS: list[tuple[str, str]] = [
     ("format_note", "why format_success is empty, or what it was measured after"),
     ("trial_wall_s", "wall time of the trial in the worker, load included when it loaded"),
     (
+        "warmup_s",
+        "seconds of the warm-up steps (in a fresh worker the first CUDA step also loads its "
+        "kernels and libraries)",
+    ),
+    (
         "model_load",
         "loaded (during this trial) or preloaded (by this fresh worker just before the trial "
         "arrived, under the same cap: the same load, done while the previous trial ran)",
@@ -73,6 +78,7 @@ COLUMNS: list[tuple[str, str]] = [
     ("accelerate", "version"),
     ("python", "version"),
     ("git_commit", "qlora-bench commit (+dirty when the tree had changes)"),
+    ("image", "container image that ran it (QLORA_BENCH_IMAGE, set in the image); empty outside one"),
     ("timestamp_utc", "when the trial ended, ISO 8601"),
 ]
 
@@ -84,6 +90,7 @@ ADDED_IN = {
     2: ["workload", "format_success", "field_accuracy", "format_note"],
     3: ["model_load", "load_s"],
     4: ["search_hint"],
+    5: ["warmup_s", "image"],
 }
 # What an upgraded row gets in an added column when empty would be wrong.
 UPGRADE_VALUES = {"workload": "step"}
@@ -151,6 +158,7 @@ BOUNDARY_COLUMNS: list[tuple[str, str]] = [
     ("peft", "version"),
     ("bitsandbytes", "version"),
     ("git_commit", "qlora-bench commit"),
+    ("image", "container image that ran it; empty outside one"),
     ("timestamp_utc", "when the boundary was recorded"),
 ]
 BOUNDARY_FIELDNAMES = [name for name, _ in BOUNDARY_COLUMNS]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +96,7 @@ def _env_columns(cfg: SweepConfig, plan: emulation.Plan, host: HostGPU | None) -
         "sdpa_backends": ",".join(plan.sdpa_backends),
         "cuda": torch.version.cuda or "",
         "git_commit": git_commit(),
+        "image": os.environ.get("QLORA_BENCH_IMAGE", ""),
         **library_versions(),
     }
     if host is not None:

@@ -301,6 +301,7 @@ def _measure(spec: dict, plan: dict, model_source: dict, row: dict, slot: Preloa
 
     losses = []
     probe.reset_peak()
+    warm_started = time.perf_counter()
     losses.append(step())
     probe.sync()
     first_peak = probe.peak()
@@ -311,6 +312,7 @@ def _measure(spec: dict, plan: dict, model_source: dict, row: dict, slot: Preloa
         losses.append(step())
         probe.sample_nvml()
     probe.sync()
+    row["warmup_s"] = time.perf_counter() - warm_started
     if spec["warmup_steps"] > 1:
         warm_peak = probe.peak()
 

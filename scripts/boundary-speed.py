@@ -7,8 +7,10 @@ of those that started blind; per-trial
 overhead beyond the measured steps (probe wall time as the sweep saw it minus the timed steps;
 a probe that OOMed has no timed steps, so all of its time is overhead); how the model got into
 the worker (loaded during the trial, preloaded by a waiting spare, reused from the previous
-fitting trial); and the wall time of the runs (boundary-runs.jsonl, one line per invocation,
-so a profile finished over several time-limited invocations adds up).
+fitting trial); and the wall time of the runs (boundary-runs.jsonl, one line per profile and
+invocation, so a profile finished over several time-limited invocations adds up; profiles
+searched together in one invocation share its wall time, marked "joint", and the total counts
+each invocation once).
 Then, per profile, where a probe's overhead goes and how far each searched boundary point's
 peaks are from its re-run in a fresh worker.
 Usage: scripts/boundary-speed.py [RESULTS_DIR]
@@ -34,7 +36,8 @@ def main(results: Path) -> None:
         "median load (s) | parallel | wall (min) |"
     )
     print("|" + " --- |" * 9)
-    total_wall = total_trials = 0.0
+    total_trials = 0.0
+    invocations: dict[str, float] = {}
     all_overhead: list[float] = []
     for path in sorted(results.glob("*/boundaries.csv")):
         with open(path, newline="") as f:
@@ -51,7 +54,9 @@ def main(results: Path) -> None:
         runs_file = path.with_name("boundary-runs.jsonl")
         runs = [json.loads(line) for line in runs_file.read_text().splitlines()] if runs_file.exists() else []
         wall = sum(r["wall_s"] for r in runs)
-        total_wall += wall
+        joint = any(r.get("together_with") for r in runs)
+        for r in runs:
+            invocations[r.get("started_utc") or f"{path}:{r['finished_utc']}"] = r["wall_s"]
         total_trials += len(probes)
         all_overhead += overhead
         print(
@@ -61,13 +66,16 @@ def main(results: Path) -> None:
             f"{statistics.mean(overhead):.2f} ({statistics.median(overhead):.2f}) | "
             f"{how['loaded']} / {how['preloaded']} / {how['reused']} | "
             f"{statistics.median(loads):.1f} | "
-            f"{','.join(sorted({str(r['parallel']) for r in runs}))} | {wall / 60:.1f} |"
+            f"{','.join(sorted({str(r['parallel']) for r in runs}))} | "
+            f"{wall / 60:.1f}{' joint' if joint else ''} |"
         )
+    total_wall = sum(invocations.values())
     if all_overhead:
         print(
             f"| all | | | | {statistics.mean(all_overhead):.2f} "
             f"({statistics.median(all_overhead):.2f}) | | | | "
-            f"{total_wall / 60:.1f} ({total_wall / total_trials:.2f} s wall per trial) |"
+            f"{total_wall / 60:.1f} in {len(invocations)} invocations "
+            f"({total_wall / total_trials:.2f} s wall per trial) |"
         )
 
 

@@ -143,6 +143,26 @@ def test_a_profile_run_can_end_with_its_boundaries(tmp_path):
     }
 
 
+@pytest.mark.slow
+def test_several_profiles_are_searched_together_each_into_its_own_files(tmp_path):
+    """`--profile` repeated: one run, the profiles' groups sharing the slots; each profile's
+    rows land in its own folder, and its run log names the profiles it ran with. An alias of
+    a profile already named runs once."""
+    import json
+
+    args = ["boundary", "--profile", "rtx3050", "--profile", "gtx1650", "--profile", "rtx3050-laptop"]
+    args += ["--device", "cpu", "--ranks", "4", "--dtypes", "fp16", "--grad-ckpt", "off"]
+    args += ["--axes", "seq_len", "--results-dir", str(tmp_path)]
+    result = cli(*args, env={"QLORA_BENCH_INJECT": "tokens>1000:oom"})
+    assert result.returncode == 0, result.stderr
+    for name, other in (("rtx3050-laptop", "gtx1650"), ("gtx1650", "rtx3050-laptop")):
+        with open(tmp_path / name / "boundaries-cpu.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert [(r["profile"], r["max_value"], r["verified"]) for r in rows] == [(name, "960", "true")]
+        runs = (tmp_path / name / "boundary-runs-cpu.jsonl").read_text().splitlines()
+        assert [json.loads(line)["together_with"] for line in runs] == [[other]]
+
+
 @pytest.mark.parametrize("offset", [0, 1, -1, 7, -7, 90, -40])
 def test_a_hinted_search_finds_the_exact_boundary_and_a_good_hint_costs_two_trials(offset):
     task = BoundaryTask("seq_len", BASE, 32768 // SEQ_STEP, SEQ_STEP, 512 // SEQ_STEP)
@@ -202,7 +222,7 @@ def test_slots_are_sized_for_the_smallest_model_and_larger_models_run_fewer_at_o
         None,
     )
     plan = emulation.plan(cfg.profile, "cuda", host)
-    parallel, spares = auto_parallel(cfg, plan, host, set(cfg.axes.models))
+    parallel, spares = auto_parallel([(cfg, plan, m) for m in cfg.axes.models], host)
     budget = host.total_gib - HOST_HEADROOM_GIB
     assert (parallel, spares) == (int(budget // slot_gib(cfg, plan, "qwen2.5-0.5b", 1)), 1) == (5, 1)
     assert int(budget // slot_gib(cfg, plan, "llama-3.1-8b", 1)) == 3
@@ -216,3 +236,12 @@ def test_slots_are_sized_for_the_smallest_model_and_larger_models_run_fewer_at_o
     gpu.give(10.0)
     waiter.join(5)
     assert not waiter.is_alive() and gpu.free == 6.0
+
+    # a large group at the head of the queue does not hold back a smaller one that fits
+    waiting = ["big", "small"]
+    assert gpu.take_first(waiting, {"big": 8.0, "small": 5.0}.get) == ("small", 5.0)
+    assert waiting == ["big"] and gpu.free == 1.0
+    gpu.give(5.0)
+    gpu.give(4.0)
+    assert gpu.take_first(waiting, {"big": 8.0}.get) == ("big", 8.0) and gpu.free == 2.0
+    assert gpu.take_first([], {}.get) is None
