@@ -13,7 +13,7 @@ searched together in one invocation share its wall time, marked "joint", and the
 each invocation once).
 Then, per profile, where a probe's overhead goes and how far each searched boundary point's
 peaks are from its re-run in a fresh worker.
-Usage: scripts/boundary-speed.py [RESULTS_DIR]
+Usage: scripts/boundary-speed.py [RESULTS_DIR [PROFILE...]]  (default: every profile there)
 """
 
 import csv
@@ -28,7 +28,7 @@ def _steps(probe: dict) -> float:
     return sum(map(float, probe["step_times_s"].split(";"))) if probe["step_times_s"] else 0.0
 
 
-def main(results: Path) -> None:
+def main(results: Path, profiles: list[str]) -> None:
     print(
         "| profile | boundaries (searched) | trials / boundary (search + re-run) | "
         "search trials / boundary: hinted (n), blind (n) | "
@@ -39,7 +39,7 @@ def main(results: Path) -> None:
     total_trials = 0.0
     invocations: dict[str, float] = {}
     all_overhead: list[float] = []
-    for path in sorted(results.glob("*/boundaries.csv")):
+    for path in _files(results, profiles, "boundaries.csv"):
         with open(path, newline="") as f:
             bounds = list(csv.DictReader(f))
         with open(path.with_name("boundary-trials.csv"), newline="") as f:
@@ -79,19 +79,31 @@ def main(results: Path) -> None:
         )
 
 
+def _warmup(ok: list[dict]) -> str:
+    times = [float(p["warmup_s"]) for p in ok if p.get("warmup_s")]
+    return f" ({statistics.mean(times):.2f})" if times else ""
+
+
+def _files(results: Path, profiles: list[str], name: str) -> list[Path]:
+    if not profiles:
+        return sorted(results.glob(f"*/{name}"))
+    return [results / p / name for p in sorted(profiles)]
+
+
 def _mean(values: list[int]) -> str:
     return f"{statistics.mean(values):.1f}" if values else "-"
 
 
-def breakdown(results: Path) -> None:
+def breakdown(results: Path, profiles: list[str]) -> None:
     """Where a probe's overhead goes, and whether a search probe and its fresh re-run agree."""
     print(
-        "\n| profile | fitting probe: in the worker beyond steps, mean s | fitting probe: waiting "
+        "\n| profile | fitting probe: in the worker beyond steps, mean s (of which the warm-up "
+        "step, where recorded) | fitting probe: waiting "
         "for a worker, mean s | OOM probe wall, mean s | probes that OOMed | search/verify pairs "
         "by the search probe's model_load: pairs, max abs diff reserved / allocated GiB |"
     )
     print("|" + " --- |" * 6)
-    for path in sorted(results.glob("*/boundary-trials.csv")):
+    for path in _files(results, profiles, "boundary-trials.csv"):
         with open(path, newline="") as f:
             probes = list(csv.DictReader(f))
         ok = [p for p in probes if p["status"] == "ok"]
@@ -112,7 +124,7 @@ def breakdown(results: Path) -> None:
         )
         print(
             f"| {path.parent.name} | "
-            f"{statistics.mean(float(p['trial_wall_s']) - _steps(p) for p in ok):.2f} | "
+            f"{statistics.mean(float(p['trial_wall_s']) - _steps(p) for p in ok):.2f}{_warmup(ok)} | "
             f"{statistics.mean(float(p['probe_wall_s']) - float(p['trial_wall_s']) for p in ok):.2f} | "
             f"{statistics.mean(float(p['probe_wall_s']) for p in oom):.2f} | "
             f"{len(oom) / len(probes):.0%} | {agree} |"
@@ -121,5 +133,5 @@ def breakdown(results: Path) -> None:
 
 if __name__ == "__main__":
     where = Path(sys.argv[1] if len(sys.argv) > 1 else "results")
-    main(where)
-    breakdown(where)
+    main(where, sys.argv[2:])
+    breakdown(where, sys.argv[2:])

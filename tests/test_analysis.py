@@ -56,7 +56,17 @@ def test_format_success_curves_are_drawn_when_present(tmp_path):
 def test_compare_refuses_unknown_or_unmeasured_profiles():
     unknown = cli("compare", "t4", "rtx9090")
     assert unknown.returncode == 2 and "unknown profile 'rtx9090'" in unknown.stderr
-    unmeasured = cli("compare", "rtx3060-12gb", "rtx4060ti-16gb")
-    assert unmeasured.returncode == 2 and "qlora-bench boundary --profile rtx3060-12gb" in unmeasured.stderr
+    unmeasured = cli("compare", "a100-40gb", "h100-sxm")
+    assert unmeasured.returncode == 2 and "qlora-bench boundary --profile a100-40gb" in unmeasured.stderr
     one = cli("compare", "t4")
     assert one.returncode == 2 and "two or more" in one.stderr
+
+
+def test_the_issues_example_3060_against_4060ti_answers_from_measured_boundaries():
+    """The 16 GB card fits what the 12 GB one does not: Qwen2.5-7B with checkpointing at 1024
+    tokens and batch 2 (measured on the H200, emulated; results/rtx*/boundaries.csv)."""
+    result = cli("compare", "rtx3060-12gb", "rtx4060ti-16gb", "--model", "qwen2.5-7b")
+    assert result.returncode == 0, result.stderr
+    line = next(li for li in result.stdout.splitlines() if "qwen2.5-7b" in li and "fp16, ckpt" in li)
+    cells = [c.strip() for c in line.split("│")[3:5]]
+    assert cells[0].startswith("960 / 0") and cells[1].startswith("2688 / 2 / ~"), cells
