@@ -116,12 +116,16 @@ RESULTS_IN = click.option(  # commands that read results: the folder must exist
 WANDB = click.option(
     "--wandb",
     "wandb_mode",
-    type=click.Choice(["offline", "online", "off"]),
+    type=click.Choice(["offline", "online", "off", "disabled"]),
     default="offline",
     show_default=True,
+    envvar="WANDB_MODE",
+    show_envvar=True,
+    callback=lambda ctx, param, value: "off" if value == "disabled" else value,
     help="Mirror each row to Weights & Biases after it is in the CSV: offline (no account; run "
     "files under <results-dir>/wandb, `wandb sync` them later), online (needs WANDB_API_KEY), "
-    "off. A W&B failure is reported and turns it off; it never costs a row.",
+    "off (or W&B's own 'disabled'). A W&B failure is reported and turns it off; it never costs "
+    "a row.",
 )
 TIMEOUT = click.option(
     "--timeout",
