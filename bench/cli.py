@@ -202,9 +202,7 @@ TIMEOUT = click.option(
 )
 def sweep(**options):
     """Sweep a hardware profile's grid; one CSV row per configuration."""
-    from bench.commands import run_sweep_command
-
-    _guard(run_sweep_command, **options)
+    _guard("run_sweep_command", **options)
 
 
 @main.command()
@@ -271,9 +269,7 @@ def sweep(**options):
 @click.option("--overwrite", is_flag=True, help="Search boundaries already recorded again.")
 def boundary(**options):
     """Find and verify OOM boundaries: longest sequence at batch 1, largest batch at reference lengths."""
-    from bench.commands import run_boundary_command
-
-    _guard(run_boundary_command, **options)
+    _guard("run_boundary_command", **options)
 
 
 @main.command()
@@ -383,17 +379,13 @@ def plot(results_dir, out):
 @click.option("--fresh", is_flag=True, help="Start over instead of resuming from --out's checkpoint.")
 def sft(**options):
     """QLoRA SFT on JSON extraction; format success before, during and after."""
-    from bench.commands import run_sft_command
-
-    _guard(run_sft_command, **options)
+    _guard("run_sft_command", **options)
 
 
 @main.command("profiles")
 def list_profiles():
     """List the shipped hardware profiles."""
-    from bench.commands import list_profiles_command
-
-    _guard(list_profiles_command)
+    _guard("list_profiles_command")
 
 
 @main.command("schema")
@@ -405,7 +397,13 @@ def schema():
 
 
 def _guard(fn, **kwargs):
+    """Run a command: a usage error is its message and exit 2, Ctrl-C exit 130 (even while
+    torch & co. are still importing). `fn` may name a function of bench.commands."""
     try:
+        if isinstance(fn, str):
+            from bench import commands
+
+            fn = getattr(commands, fn)
         code = fn(**kwargs)
     except BenchUsageError as exc:
         click.echo(f"qlora-bench: error: {exc}", err=True)

@@ -6,6 +6,7 @@ import datetime as dt
 import os
 import platform
 import subprocess
+import sys
 from dataclasses import dataclass
 from importlib import metadata
 
@@ -62,14 +63,19 @@ class HostGPU:
     driver: str
 
 
+NVML_LOST = "driver, nvml_process_max_gib and nvml_device_used_max_gib stay empty"
+
+
 def nvml_gpu(index: int = 0) -> HostGPU | None:
-    """The host GPU as NVML sees it, or None when there is no driver or no GPU."""
+    """The host GPU as NVML sees it; without NVML (a broken or missing driver library) but with
+    a GPU torch can use, torch's view of it with the driver unknown, said once on stderr; None
+    when there is no GPU."""
     try:
         import pynvml
 
         pynvml.nvmlInit()
-    except Exception:
-        return None
+    except Exception as exc:
+        return _torch_gpu(index, f"{type(exc).__name__}: {exc}")
     try:
         if pynvml.nvmlDeviceGetCount() <= index:
             return None
@@ -88,3 +94,20 @@ def nvml_gpu(index: int = 0) -> HostGPU | None:
             pynvml.nvmlShutdown()
         except Exception:
             pass
+
+
+def _torch_gpu(index: int, why: str) -> HostGPU | None:
+    try:
+        import torch
+
+        if not torch.cuda.is_available() or torch.cuda.device_count() <= index:
+            return None
+        props = torch.cuda.get_device_properties(index)
+    except Exception:
+        return None
+    print(
+        f"qlora-bench: NVML unavailable ({why}); GPU from torch instead: {NVML_LOST}; torch's "
+        "memory figures are measured as usual",
+        file=sys.stderr,
+    )
+    return HostGPU(props.name, props.total_memory / 2**30, (props.major, props.minor), "")

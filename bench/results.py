@@ -8,13 +8,25 @@ never half a row. A lock file keeps two sweeps from writing the same CSV at once
 from __future__ import annotations
 
 import csv
+import errno
 import fcntl
 import io
 import os
+import shutil
+import sys
+import time
 from pathlib import Path
 
 from bench.errors import BenchUsageError
 from bench.schema import FIELDNAMES, SCHEMA_VERSION, UPGRADE_VALUES, fieldnames_at
+
+DISK_FULL_AT = "QLORA_BENCH_DISK_FULL_AT"  # test hook: writing this many rows or more fails ENOSPC
+
+
+def _simulated_disk_full(rows: int) -> None:
+    at = os.environ.get(DISK_FULL_AT)
+    if at and rows >= int(at):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 def _format(value) -> str:
@@ -32,6 +44,7 @@ class ResultsFile:
         self.path = Path(path)
         self.fieldnames = fieldnames
         self.key = key
+        self.torn = ""  # a cut-short last line found on read (not trusted)
         self.rows: list[dict] = self._read() if self.path.exists() else []
         self._lock_fd: int | None = None
 
@@ -43,6 +56,15 @@ class ResultsFile:
             raise BenchUsageError(f"cannot read results file {self.path}: {exc}") from exc
         if not text.strip():
             return []
+        self.torn = ""
+        if not text.endswith("\n"):  # every write ends its last row: this one was cut short
+            text, _, self.torn = text.rpartition("\n")
+            text += "\n"
+            print(
+                f"qlora-bench: {self.path}: the last line is torn (a crash while writing it); "
+                f"it is not trusted: ignored, that trial runs again",
+                file=sys.stderr,
+            )
         reader = csv.DictReader(io.StringIO(text, newline=""))
         # Schema versions whose columns this header is: older ones are upgraded on read.
         versions = range(1, SCHEMA_VERSION + 1)
@@ -96,6 +118,15 @@ class ResultsFile:
         # Another sweep may have written since this object read the file: read it again, under
         # the lock, so appends never drop its rows.
         self.rows = self._read() if self.path.exists() else []
+        if self.torn:  # repair: keep the file as it was beside it, write it back without the torn line
+            backup = self.path.with_name(f"{self.path.name}.torn-{int(time.time())}")
+            try:
+                shutil.copy2(self.path, backup)
+            except OSError as exc:
+                raise BenchUsageError(f"cannot keep a copy of {self.path} to repair it: {exc}") from exc
+            self._write(self.rows)
+            print(f"qlora-bench: {self.path} repaired; the file as it was is {backup}", file=sys.stderr)
+            self.torn = ""
 
     def unlock(self) -> None:
         if self._lock_fd is not None:
@@ -120,12 +151,17 @@ class ResultsFile:
     def _write_atomically(self, rows: list[dict]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.fieldnames, lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=self.fieldnames, lineterminator="\n")
+                writer.writeheader()
+                writer.writerows(rows)
+                f.flush()
+                _simulated_disk_full(len(rows))
+                os.fsync(f.fileno())
+        except BaseException:  # a full disk, Ctrl-C: the file itself was never touched
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, self.path)
         dir_fd = os.open(self.path.parent, os.O_RDONLY)
         try:

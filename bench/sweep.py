@@ -150,6 +150,9 @@ def _run(cfg, store, plan, host, progress) -> Counter:
             written[measured["status"]] += 1
             if progress:
                 progress.advance(task)
+    except BaseException:  # Ctrl-C or a failed write: stop the workers now, not after their trials
+        pool.close(graceful=False)
+        raise
     finally:
         pool.close()
         mirror.finish(store.fieldnames)

@@ -282,6 +282,8 @@ def _measure(spec: dict, plan: dict, model_source: dict, row: dict, slot: Preloa
     load_peak = slot.load["peak"]
     probe.sample_nvml()
 
+    if spec.get("inject") == "nan":  # test hook (worker QLORA_BENCH_INJECT); the model dies with the trial
+        model.get_input_embeddings().register_forward_hook(lambda m, i, out: out * float("inf"))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _optimizer(spec["optimizer"], params)
     dtype = DTYPES[spec["dtype"]]
@@ -346,9 +348,10 @@ def _measure(spec: dict, plan: dict, model_source: dict, row: dict, slot: Preloa
         loss_last=losses[-1],
         trial_wall_s=time.perf_counter() - started,
     )
-    if bad:
+    if bad:  # not a valid run: its step times are no throughput
         row["status"] = "error"
         row["reason"] = f"non-finite loss at step {bad[0] + 1} ({losses[bad[0]]}); throughput not valid"
+        row.update(tokens_per_s=None, step_time_p50_s=None, step_time_p90_s=None)
     else:
         row["status"] = "ok"
         row["reason"] = ""

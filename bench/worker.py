@@ -10,7 +10,8 @@ context until it runs a trial.
 Test hook: QLORA_BENCH_INJECT="<substring of trial_key>:<fault>[,...]" makes the worker fail on
 matching trials; "tokens>N:<fault>" matches trials with batch x seq above N (a simulated memory
 limit for CPU tests of boundary search). Faults: oom (a real allocation far past the device),
-segfault, abort, hang, raise.
+segfault, abort, hang, raise, sigkill (the worker kills itself, as the OS's OOM killer would),
+nan (the model's embeddings output inf, so the loss is not finite, as in an fp16 overflow).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def _context(method: str):
 
 
 BAD_FORK_EXIT = 3
-FAULTS = ("oom", "segfault", "abort", "hang", "raise")
+FAULTS = ("oom", "segfault", "abort", "hang", "raise", "sigkill", "nan")
 
 
 def _die_with_parent() -> None:
@@ -59,7 +60,9 @@ def _die_with_parent() -> None:
         pass
 
 
-def _inject(spec: dict, device: str) -> None:
+def _inject(spec: dict, device: str) -> dict:
+    """Fail as QLORA_BENCH_INJECT asks for this trial; returns the spec (with `inject` set for
+    faults the trial itself carries out: nan)."""
     rules = os.environ.get("QLORA_BENCH_INJECT", "")
     for item in filter(None, rules.split(",")):
         needle, _, fault = item.rpartition(":")
@@ -83,6 +86,11 @@ def _inject(spec: dict, device: str) -> None:
                 time.sleep(10**6)
             elif fault == "raise":
                 raise RuntimeError(f"injected failure for {key}")
+            elif fault == "sigkill":  # the OS's OOM killer, or a user's kill -9
+                os.kill(os.getpid(), signal.SIGKILL)
+            elif fault == "nan":  # the model's forward overflows, as fp16 can
+                spec = {**spec, "inject": "nan"}
+    return spec
 
 
 def _runtime_info(device: str) -> dict:
@@ -101,6 +109,9 @@ def _runtime_info(device: str) -> dict:
 
 def worker_main(conn) -> None:
     _die_with_parent()
+    # Ctrl-C reaches the whole process group: the sweep stops and kills its workers; a worker
+    # must not turn it into a failed trial's row first.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     import torch
 
     if torch.cuda._is_in_bad_fork():  # the zygote initialised CUDA: this process cannot use it
@@ -149,7 +160,7 @@ def worker_main(conn) -> None:
         device = plan["device"]
         row: dict = {}
         try:
-            _inject(spec, device)
+            spec = _inject(spec, device)
             trial.measure(spec, plan, source, row, slot)
             if spec.get("workload", "step") != "step" and row.get("status") == "ok":
                 trial.run_sft_workload(spec, plan, source, row)

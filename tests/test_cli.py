@@ -3,8 +3,6 @@
 import pytest
 from conftest import cli
 
-from bench.results import ResultsFile
-
 
 def _has_gpu():
     from bench.envinfo import nvml_gpu
@@ -56,39 +54,11 @@ def test_dry_run_prints_the_grid_and_writes_nothing(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_results_file_with_other_schema_is_refused_untouched(tmp_path):
-    path = tmp_path / "t4" / "trials-cpu.csv"
-    path.parent.mkdir(parents=True)
-    path.write_text("schema_version,foo\n0,bar\n")
-    result = cli("--profile", "t4", "--device", "cpu", "--results-dir", str(tmp_path))
-    assert result.returncode == 2 and "schema version" in result.stderr
-    assert path.read_text() == "schema_version,foo\n0,bar\n"
-
-
-def test_second_sweep_on_same_results_refuses(tmp_path):
-    holder = ResultsFile(tmp_path / "t4" / "trials-cpu.csv")
-    holder.lock()
-    try:
-        result = cli("--profile", "t4", "--device", "cpu", "--seq-lens", "64", "--results-dir", str(tmp_path))
-    finally:
-        holder.unlock()
-    assert result.returncode == 2 and "another sweep" in result.stderr
-    assert not (tmp_path / "t4" / "trials-cpu.csv").exists()
-
-
 def test_profiles_and_schema_commands():
     listed = cli("profiles")
     assert listed.returncode == 0 and "rtx3050-laptop" in listed.stdout
     schema = cli("schema")
     assert schema.returncode == 0 and "peak_reserved_gib" in schema.stdout
-
-
-def test_unwritable_results_dir_exits_2(tmp_path):
-    blocker = tmp_path / "t4"  # a file where the profile's results folder should be
-    blocker.write_text("not a directory")
-    result = cli("--profile", "t4", "--device", "cpu", "--seq-lens", "64", "--results-dir", str(tmp_path))
-    assert result.returncode == 2 and "cannot write results" in result.stderr
-    assert blocker.read_text() == "not a directory"
 
 
 def test_seq_len_past_the_model_context_is_unsupported(tmp_path):
