@@ -208,14 +208,6 @@ class GpuBudget:
         self.total = self.free = total_gib
         self.cond = threading.Condition()
 
-    def take(self, gib: float) -> float:
-        gib = min(gib, self.total)
-        with self.cond:
-            while self.free < gib:
-                self.cond.wait()
-            self.free -= gib
-        return gib
-
     def take_first(self, waiting: list, share) -> tuple[object, float] | None:
         """Remove and return the first of `waiting` whose `share(item)` fits, with the share
         taken; wait while none fits; None when nothing is waiting. A large group at the head

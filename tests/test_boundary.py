@@ -228,14 +228,16 @@ def test_slots_are_sized_for_the_smallest_model_and_larger_models_run_fewer_at_o
     assert int(budget // slot_gib(cfg, plan, "llama-3.1-8b", 1)) == 3
 
     gpu = GpuBudget(10.0)
-    assert gpu.take(25.0) == 10.0  # larger than the whole: clamped, so it can run alone
-    waiter = threading.Thread(target=gpu.take, args=(4.0,))
+    huge = ["huge"]
+    assert gpu.take_first(huge, {"huge": 25.0}.get) == ("huge", 10.0)  # clamped: it can run alone
+    waiting = ["small"]
+    waiter = threading.Thread(target=gpu.take_first, args=(waiting, {"small": 4.0}.get))
     waiter.start()
     waiter.join(0.2)
     assert waiter.is_alive()  # waits until the running one gives its share back
     gpu.give(10.0)
     waiter.join(5)
-    assert not waiter.is_alive() and gpu.free == 6.0
+    assert not waiter.is_alive() and gpu.free == 6.0 and waiting == []
 
     # a large group at the head of the queue does not hold back a smaller one that fits
     waiting = ["big", "small"]
