@@ -248,7 +248,8 @@ def run_boundaries(runs: list[BoundaryRun], parallel: int | None = None, progres
     auto, spares = auto_parallel([(r.cfg, r.plan, t.base.model) for r in runs for t in r.tasks], host)
     parallel = parallel or auto
     cuda = runs[0].cfg.device == "cuda"
-    budget = GpuBudget(host.total_gib - HOST_HEADROOM_GIB) if cuda and host is not None else None
+    budgeted = cuda and host is not None  # else no host GPU memory to share: every share is 0
+    budget = GpuBudget(host.total_gib - HOST_HEADROOM_GIB if budgeted else float("inf"))
     entered: list[BoundaryRun] = []
     try:
         for run in runs:
@@ -264,22 +265,21 @@ def run_boundaries(runs: list[BoundaryRun], parallel: int | None = None, progres
         # the longest groups first (larger model, larger cap, more searches), so the slots end together
         waiting.sort(key=lambda item: -item[0].cost(item[1]))
         deadline = started + time_budget if time_budget else None
-        slot_budget = budget or GpuBudget(float("inf"))
 
         def share(item) -> float:
             run, group = item
-            return slot_gib(run.cfg, run.plan, group[0].base.model, spares) if budget else 0.0
+            return slot_gib(run.cfg, run.plan, group[0].base.model, spares) if budgeted else 0.0
 
         def slot() -> None:
             while deadline is None or time.perf_counter() < deadline:
-                taken = slot_budget.take_first(waiting, share)
+                taken = budget.take_first(waiting, share)
                 if taken is None:
                     return
                 (run, group), held = taken
                 try:
                     run.search_group(group, spares if cuda else 0, deadline)
                 finally:
-                    slot_budget.give(held)
+                    budget.give(held)
 
         n_groups = len(waiting)
         threads = [threading.Thread(target=slot, daemon=True) for _ in range(max(1, min(parallel, n_groups)))]
@@ -334,9 +334,6 @@ class BoundaryRun:
         self.probes = ResultsFile(path("boundary-trials"), PROBE_FIELDNAMES)
         self.runs_log = path("boundary-runs", "jsonl")
         self.lock = threading.Lock()
-
-    def run(self, parallel: int | None = None, progress=None, time_budget=None) -> dict:
-        return run_boundaries([self], parallel, progress, time_budget)[0]
 
     def begin(self, parallel: int, spares: int, progress) -> None:
         """Take the results lock and read what is recorded (the boundaries still to search)."""

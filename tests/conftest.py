@@ -1,3 +1,4 @@
+import csv
 import os
 import subprocess
 import sys
@@ -46,3 +47,11 @@ def cli(*args, env=None, timeout=600, **kwargs) -> subprocess.CompletedProcess:
         timeout=timeout,
         **kwargs,
     )
+
+
+def read_rows(path: Path) -> list[dict]:
+    """Every row of a results CSV, parsed strictly: a row with missing or extra fields fails."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert all(None not in r and None not in r.values() for r in rows), f"{path} has a malformed row"
+    return rows

@@ -3,7 +3,6 @@ reaches the CLI as a user types it, the compose file asks for what a GPU job nee
 image installs the versions CI tests. (hadolint and `docker-compose config` also run in .ci/run.)"""
 
 import configparser
-import csv
 import json
 import re
 import shutil
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, read_rows
 
 DOCKERFILE = (REPO / "Dockerfile").read_text()
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
@@ -150,6 +149,5 @@ def test_rows_record_the_image_they_ran_in(tmp_path):
     result = cli(*args, env={"QLORA_BENCH_IMAGE": "qlora-bench:1.2.3", "WANDB_MODE": "disabled"})
     assert result.returncode == 0, result.stderr
     assert not (tmp_path / "wandb").exists()
-    with open(tmp_path / "rtx3050-laptop" / "trials-cpu.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_rows(tmp_path / "rtx3050-laptop" / "trials-cpu.csv")
     assert rows and {r["image"] for r in rows} == {"qlora-bench:1.2.3"}

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, cli
+from conftest import REPO, cli, read_rows
 
 pytestmark = pytest.mark.slow
 
@@ -59,14 +59,6 @@ def tally(fault: str, outcome: str, exit_code: int | None = None, lost=0, double
         entry["exit"].add(exit_code)
 
 
-def rows_of(path: Path) -> list[dict]:
-    """Every row, parsed strictly: a row with missing or extra fields fails the test."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    assert all(None not in r and None not in r.values() for r in rows), f"{path} has a malformed row"
-    return rows
-
-
 def snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -98,7 +90,7 @@ def test_faults_inside_trials_each_give_one_row_and_the_sweep_goes_on(tmp_path):
         str(tmp_path),
         env={"QLORA_BENCH_INJECT": inject},
     )
-    rows = {int(r["seq_len"]): r for r in rows_of(tmp_path / "rtx3050-laptop" / "trials-cpu.csv")}
+    rows = {int(r["seq_len"]): r for r in read_rows(tmp_path / "rtx3050-laptop" / "trials-cpu.csv")}
     assert result.returncode == 1, result.stderr  # errors were recorded: exit 1
     assert sorted(rows) == [*faults, 512]  # one row per point
     assert rows[512]["status"] == "ok", rows[512]["reason"]  # the sweep went on
@@ -111,7 +103,7 @@ def test_faults_inside_trials_each_give_one_row_and_the_sweep_goes_on(tmp_path):
 
 
 def _pending(path: Path) -> list[dict]:
-    return rows_of(path) if path.exists() else []
+    return read_rows(path) if path.exists() else []
 
 
 def test_sweep_killed_or_interrupted_at_random_moments_loses_and_doubles_nothing(tmp_path):
@@ -164,7 +156,7 @@ def test_sweep_killed_or_interrupted_at_random_moments_loses_and_doubles_nothing
             )
     before = _pending(path)
     result = cli(*args)
-    after = rows_of(path)
+    after = read_rows(path)
     assert result.returncode == 0, result.stderr
     assert [r["seq_len"] for r in after if r["status"] == "ok"] and after[: len(before)] == before
     assert sorted(int(r["seq_len"]) for r in after) == sorted(2 * [int(s) for s in seqs.split(",")])
@@ -182,7 +174,7 @@ def test_a_torn_last_line_is_detected_kept_aside_and_run_again(tmp_path):
     assert "last line is torn" in result.stderr and "repaired" in result.stderr
     (backup,) = path.parent.glob("trials-cpu.csv.torn-*")
     assert backup.read_text() == torn  # the file as it was, kept
-    rows = rows_of(path)
+    rows = read_rows(path)
     assert [r["seq_len"] for r in rows] == ["64", "128"]  # the torn trial ran again, once
     assert rows[0] == next(csv.DictReader(whole.splitlines()))
     tally(
@@ -203,7 +195,7 @@ def test_two_sweeps_at_once_one_refuses_and_no_row_is_interleaved(tmp_path):
     assert codes == [0, 2], outs
     refused = outs[[p.returncode for p in procs].index(2)]
     assert "another sweep (pid" in refused and "is writing" in refused
-    rows = rows_of(tmp_path / "rtx3050-laptop" / "trials-cpu.csv")
+    rows = read_rows(tmp_path / "rtx3050-laptop" / "trials-cpu.csv")
     assert [r["seq_len"] for r in rows] == ["64", "128", "192"]
     tally("two sweeps at once on one results file", "one runs; the other exits 2 naming the holder's pid", 2)
 
@@ -241,7 +233,7 @@ def test_bf16_on_a_card_without_it_is_recorded_unsupported(tmp_path):
         *args, "--dtypes", "bf16", "--grad-ckpt", "off", "--wandb", "off", "--results-dir", str(tmp_path)
     )
     assert result.returncode == 0, result.stderr
-    (row,) = rows_of(tmp_path / "t4" / "trials-cpu.csv")
+    (row,) = read_rows(tmp_path / "t4" / "trials-cpu.csv")
     assert row["status"] == "unsupported" and "bf16" in row["reason"]
     tally(
         "bf16 on a card without native bf16", "a row with status `unsupported`, reason says why; not run", 0
@@ -280,12 +272,12 @@ def test_a_full_disk_stops_the_sweep_and_keeps_every_recorded_row(tmp_path):
     # the disk fills when the third row is written (simulated ENOSPC at the write)
     result = cli(*args, env={"QLORA_BENCH_DISK_FULL_AT": "3"})
     assert result.returncode == 2 and "No space left on device" in result.stderr, result.stderr
-    rows = rows_of(path)
+    rows = read_rows(path)
     assert [r["seq_len"] for r in rows] == ["64", "128"]
     assert not list(path.parent.glob(".*.tmp"))  # no half-written temporary left behind
     again = cli(*args)  # space again: the rerun finishes the grid
-    assert again.returncode == 0 and [r["seq_len"] for r in rows_of(path)] == ["64", "128", "192"]
-    assert rows_of(path)[:2] == rows
+    assert again.returncode == 0 and [r["seq_len"] for r in read_rows(path)] == ["64", "128", "192"]
+    assert read_rows(path)[:2] == rows
     tally(
         "disk full while writing a row",
         "exit 2 with the OS's message; every earlier row intact; the rerun completes",
@@ -299,7 +291,7 @@ def test_wandb_unreachable_costs_no_row(tmp_path):
     result = cli(*args, "--seq-lens", "64,128", "--wandb", "online", "--results-dir", str(tmp_path), env=env)
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("W&B") == 1 and "CSV only" in result.stderr
-    assert len(rows_of(tmp_path / "rtx3050-laptop" / "trials-cpu.csv")) == 2
+    assert len(read_rows(tmp_path / "rtx3050-laptop" / "trials-cpu.csv")) == 2
     tally(
         "W&B online, unreachable, no key",
         "said once on stderr; W&B off, every row in the CSV",

@@ -11,11 +11,11 @@ t4 Qwen2.5-0.5B r16 6144 vs r8 5824 tokens, +5.5%), and a sequence boundary belo
 that also fit is marked ‡ in the tables.
 """
 
-import csv
 from itertools import pairwise
 from pathlib import Path
 
 import pytest
+from conftest import read_rows
 
 from bench import report
 
@@ -27,13 +27,8 @@ FAMILIES = [
 ]
 
 
-def _rows(path):
-    with open(path, newline="") as f:
-        return [r for r in csv.DictReader(f)]
-
-
 def _ok(path):
-    return [r for r in _rows(path) if r["status"] == "ok"]
+    return [r for r in read_rows(path) if r["status"] == "ok"]
 
 
 def _noise(row) -> int:
@@ -49,7 +44,7 @@ def test_every_boundary_has_its_verifying_fit_and_oom_rows(path):
     """The fit at max_value and the OOM at max_value + step both ran (fresh workers, capped):
     the search's own probes, and where a --reverify re-run exists (schema <= 3 files have one
     for every boundary) it agrees with the verify_* columns."""
-    probes = _rows(path.with_name("boundary-trials.csv"))
+    probes = read_rows(path.with_name("boundary-trials.csv"))
     ran = {(p["boundary_key"], p[_axis_col(p["boundary_key"])], p["status"]) for p in probes}
     rerun = {
         (p["boundary_key"], p[_axis_col(p["boundary_key"])]): p["status"]

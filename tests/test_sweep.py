@@ -1,17 +1,11 @@
 """The sweep on CPU with the tiny model: real QLoRA trials, faults, resume after SIGKILL."""
 
-import csv
 from pathlib import Path
 
 import pytest
-from conftest import REPO, cli
+from conftest import REPO, cli, read_rows
 
 pytestmark = pytest.mark.slow
-
-
-def read_rows(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def test_real_qlora_trial_on_cpu(tmp_path):

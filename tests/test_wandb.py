@@ -1,10 +1,8 @@
 """W&B for real, offline (no mock, no account): the run files hold the rows the CSV holds, and a
 W&B that cannot work costs no row and does not stop the sweep."""
 
-import csv
-
 import pytest
-from conftest import cli
+from conftest import cli, read_rows
 
 from bench.results import _format
 from bench.wblog import CONFIG_COLUMNS, read_offline_run
@@ -29,11 +27,6 @@ SWEEP = [
 ]
 
 
-def _csv_rows(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def _same(logged, written: str) -> bool:
     """A W&B value against the CSV's text of it."""
     if isinstance(logged, bool):
@@ -46,7 +39,7 @@ def _same(logged, written: str) -> bool:
 def test_offline_runs_hold_every_csv_row(tmp_path):
     result = cli(*SWEEP, "--results-dir", str(tmp_path))  # W&B offline is the default
     assert result.returncode == 0, result.stderr
-    rows = {r["trial_key"]: r for r in _csv_rows(tmp_path / "t4" / "trials-cpu.csv")}
+    rows = {r["trial_key"]: r for r in read_rows(tmp_path / "t4" / "trials-cpu.csv")}
     assert len(rows) == 4 and {r["status"] for r in rows.values()} == {"ok", "unsupported"}
     runs = [read_offline_run(d) for d in sorted((tmp_path / "wandb").glob("offline-run-*"))]
     trials = {r["config"]["trial_key"]: r for r in runs if r["job_type"] == "trial"}
