@@ -1,15 +1,19 @@
 """OOM boundaries: the largest sequence length (batch 1) and the largest batch at reference
-lengths that fit, found by guided bisection; every probe runs in a fresh worker under the cap.
+lengths that fit, found by guided bisection; every probe runs under the cap in a worker whose
+allocator is in the state a fresh load leaves.
 
 Memory grows with sequence length and batch size, so the search brackets the boundary (from a
 sibling's boundary when one is known: the same search at another LoRA rank, or the batch-1
 sequence boundary for a batch search; else from below, by a line of peak reserved memory
 against the cap), then bisects, alternating fit-guided and midpoint probes so that a poor fit
 never costs more than twice plain bisection. It ends only when the boundary ran and fit and
-boundary + one step ran and ran out of memory, each in a fresh worker that loaded its model and
-did nothing else: those two runs are the verification (none of it is inferred). Re-running them
-in new workers gave the same peaks to the byte for all 268 boundaries of the ba44807 run
-(results/README.md), so that re-run is optional (--reverify).
+boundary + one step ran and ran out of memory: those two runs are the verification (none of it
+is inferred). Each probe runs in a worker that just loaded its model or kept it from its last
+probe, the latter only when the caching allocator came back, segment for segment and block for
+block, to the state the load left (trial.ModelSlot.restore); a worker whose allocator did not,
+or whose probe failed otherwise, is replaced by a new process.
+Re-running the two ends in new workers gave the same peaks to the byte for all 268 boundaries of
+the ba44807 run (results/README.md), so that re-run is optional (--reverify).
 
 Searches are independent, so several run at once (`parallel` slots, each with its own worker
 pool). Each worker's allocator cap is per process, so concurrent searches do not change each
@@ -174,29 +178,25 @@ HOST_HEADROOM_GIB = 16.0  # kept free on the host GPU: contexts, NVML's view, fr
 CONTEXT_GIB = 0.6  # a CUDA context on the H200, outside the allocator cap
 
 
-def slot_gib(cfg: SweepConfig, plan: emulation.Plan, model: str, spares: int) -> float:
-    """Host GPU memory a search slot can hold: its capped worker and `spares` spares, each with
-    the model loaded (under the cap), each with a CUDA context."""
-    loaded = cfg.catalog[model].loaded_gib_estimate() if model in cfg.catalog else 0.0
-    return plan.cap_gib + CONTEXT_GIB + spares * (min(plan.cap_gib, loaded) + CONTEXT_GIB)
+def slot_gib(plan: emulation.Plan) -> float:
+    """Host GPU memory a search slot can hold: its worker's allocator cap and CUDA context (its
+    spare holds no CUDA context until it replaces the worker)."""
+    return plan.cap_gib + CONTEXT_GIB
 
 
-def auto_parallel(entries, host) -> tuple[int, int]:
-    """(search slots, preloading spares per slot) for `entries` of (cfg, plan, model), sized for
-    the smallest slot among them: a slot starts a group's searches only when that model's
-    slot_gib fits what the running ones leave of the host GPU (GpuBudget), so larger models
-    run fewer at once. Two spares keep a fresh worker ready even after a quick OOM, unless the
-    second would cost a slot. At most 8 slots, and at most one per 2 CPU cores."""
+SPARES = 1  # an imported worker per slot, ready to replace one discarded after a failed trial
+
+
+def auto_parallel(entries, host) -> int:
+    """Search slots for `entries` of (cfg, plan): as many as the host GPU holds of the smallest
+    slot among them (a slot starts a group's searches only when its slot_gib fits what the
+    running ones leave, GpuBudget, so larger caps run fewer at once); at most 8, and at most
+    one per 2 CPU cores."""
     entries = [e for e in entries if e[0].device == "cuda" and e[1].cap_gib is not None]
     if host is None or not entries:
-        return 1, 1
-    budget = host.total_gib - HOST_HEADROOM_GIB
-
-    def slots(spares: int) -> int:
-        smallest = min(slot_gib(cfg, plan, model, spares) for cfg, plan, model in entries)
-        return max(1, min(8, (os.cpu_count() or 2) // 2, int(budget // smallest)))
-
-    return (slots(2), 2) if slots(2) >= slots(1) else (slots(1), 1)
+        return 1
+    smallest = min(slot_gib(plan) for _, plan in entries)
+    return max(1, min(8, (os.cpu_count() or 2) // 2, int((host.total_gib - HOST_HEADROOM_GIB) // smallest)))
 
 
 class GpuBudget:
@@ -245,15 +245,14 @@ def run_boundaries(runs: list[BoundaryRun], parallel: int | None = None, progres
     summary."""
     started, started_utc = time.perf_counter(), utc_now()
     host = runs[0].host
-    auto, spares = auto_parallel([(r.cfg, r.plan, t.base.model) for r in runs for t in r.tasks], host)
-    parallel = parallel or auto
+    parallel = parallel or auto_parallel([(r.cfg, r.plan) for r in runs], host)
     cuda = runs[0].cfg.device == "cuda"
     budgeted = cuda and host is not None  # else no host GPU memory to share: every share is 0
     budget = GpuBudget(host.total_gib - HOST_HEADROOM_GIB if budgeted else float("inf"))
     entered: list[BoundaryRun] = []
     try:
         for run in runs:
-            run.begin(parallel, spares, progress)
+            run.begin(parallel, progress)
             entered.append(run)
     except BaseException:  # e.g. another run holds a profile's results: nothing was searched
         for run in entered:
@@ -268,18 +267,24 @@ def run_boundaries(runs: list[BoundaryRun], parallel: int | None = None, progres
 
         def share(item) -> float:
             run, group = item
-            return slot_gib(run.cfg, run.plan, group[0].base.model, spares) if budgeted else 0.0
+            return slot_gib(run.plan) if budgeted else 0.0
 
         def slot() -> None:
-            while deadline is None or time.perf_counter() < deadline:
-                taken = budget.take_first(waiting, share)
-                if taken is None:
-                    return
-                (run, group), held = taken
-                try:
-                    run.search_group(group, spares if cuda else 0, deadline)
-                finally:
-                    budget.give(held)
+            # One worker pool per slot: its worker goes from group to group, loading each one's
+            # model into an emptied allocator (no new process, no new CUDA context).
+            pool = WorkerPool(spares=SPARES if cuda else 0)
+            try:
+                while deadline is None or time.perf_counter() < deadline:
+                    taken = budget.take_first(waiting, share)
+                    if taken is None:
+                        return
+                    (run, group), held = taken
+                    try:
+                        run.search_group(group, pool, deadline)
+                    finally:
+                        budget.give(held)
+            finally:
+                pool.close(graceful=False)
 
         n_groups = len(waiting)
         threads = [threading.Thread(target=slot, daemon=True) for _ in range(max(1, min(parallel, n_groups)))]
@@ -335,19 +340,19 @@ class BoundaryRun:
         self.runs_log = path("boundary-runs", "jsonl")
         self.lock = threading.Lock()
 
-    def begin(self, parallel: int, spares: int, progress) -> None:
+    def begin(self, parallel: int, progress) -> None:
         """Take the results lock and read what is recorded (the boundaries still to search)."""
         self.store.lock()
         try:
-            self._begin(parallel, spares, progress)
+            self._begin(parallel, progress)
         except BaseException:
             self.store.unlock()
             raise
 
-    def _begin(self, parallel: int, spares: int, progress) -> None:
-        self.parallel, self.spares, self.progress = parallel, spares, progress
-        if self.cfg.worker_threads is None:  # the slots' workers and loading spares share the cores
-            threads = max(2, (os.cpu_count() or 2) // ((1 + spares) * parallel))
+    def _begin(self, parallel: int, progress) -> None:
+        self.parallel, self.progress = parallel, progress
+        if self.cfg.worker_threads is None:  # the slots' workers share the cores
+            threads = max(2, (os.cpu_count() or 2) // parallel)
             self.cfg = replace(self.cfg, worker_threads=threads)
         self.env = _env_columns(self.cfg, self.plan, self.host)
         done = set() if self.cfg.overwrite else self.store.keys()
@@ -365,8 +370,8 @@ class BoundaryRun:
 
     def groups(self) -> list[list[BoundaryTask]]:
         """The searches still to do, one group per model, precision and checkpointing setting.
-        A slot takes a group at a time (its spares' preloaded model is then the one the next
-        trial needs), ranks in ascending order and the sequence-length search before the batch
+        A slot takes a group at a time (its worker keeps the model from search to search),
+        ranks in ascending order and the sequence-length search before the batch
         searches, so that each search after the first starts from a sibling's boundary (_hint).
         The hints come from the group alone, so a run's probes do not depend on timing."""
         groups: dict[str, list[BoundaryTask]] = {}
@@ -391,7 +396,7 @@ class BoundaryRun:
                 "left": len(self.todo) - self.counts["boundaries"],
                 "profile": self.cfg.profile.name,
                 "parallel": self.parallel,
-                "spares": self.spares,
+                "spares": SPARES if self.cfg.device == "cuda" else 0,
                 "wall_s": wall_s,
                 "started_utc": started_utc,
                 "together_with": [p for p in together if p != self.cfg.profile.name],
@@ -404,26 +409,20 @@ class BoundaryRun:
         finally:
             self.store.unlock()
 
-    def search_group(self, group: list[BoundaryTask], spares: int, deadline: float | None) -> None:
-        """One group's searches in order, in a worker pool of the group (its spares preload the
-        group's model and leave with it)."""
-        cuda = self.cfg.device == "cuda"
-        pool = WorkerPool(spares=spares, preload=cuda, fresh_each_trial=True)
-        try:
-            for task in group:
-                if deadline is not None and time.perf_counter() > deadline:
-                    return
-                row = self._boundary(task, pool)
-                with self.lock:
-                    self.store.append(row, replace_key=self.cfg.overwrite)
-                    self.mirror.log_row(self.store.rows[-1], task.key)
-                    self._remember(task, row)
-                    self.counts["boundaries"] += 1
-                    self.counts["verified"] += row.get("verified") is True
-                    if self.progress:
-                        self.progress.advance(self.bar)
-        finally:
-            pool.close(graceful=False)
+    def search_group(self, group: list[BoundaryTask], pool: WorkerPool, deadline: float | None) -> None:
+        """One group's searches in order, in the slot's worker pool."""
+        for task in group:
+            if deadline is not None and time.perf_counter() > deadline:
+                return
+            row = self._boundary(task, pool)
+            with self.lock:
+                self.store.append(row, replace_key=self.cfg.overwrite)
+                self.mirror.log_row(self.store.rows[-1], task.key)
+                self._remember(task, row)
+                self.counts["boundaries"] += 1
+                self.counts["verified"] += row.get("verified") is True
+                if self.progress:
+                    self.progress.advance(self.bar)
 
     def _remember(self, task: BoundaryTask, row: dict) -> None:
         if row.get("status") == "ok" and str(row.get("max_value", "")) not in ("", "None"):
@@ -514,12 +513,15 @@ class BoundaryRun:
                 search_trials=found["trials"],
                 search_hint=None if hint is None else hint * task.step,
             )
-            # Both ends of the bracket ran, each in a fresh worker under the cap (nothing is
-            # inferred): they are the verification. --reverify runs them again in new workers.
+            # Both ends of the bracket ran under the cap, each from a fresh load's allocator state
+            # (nothing is inferred): they are the verification. --reverify runs them again,
+            # each in a new worker.
             fit = "ok" if lo else None
             oom = "oom" if hi is not None else None
             if self.reverify:
+                pool.retire()
                 fit = self._probe(pool, task, task.at(lo), "verify")["status"] if lo else None
+                pool.retire()
                 oom = self._probe(pool, task, task.at(hi), "verify")["status"] if hi is not None else None
             out.update(
                 verify_fit_status=fit,

@@ -237,8 +237,8 @@ def sweep(**options):
     callback=lambda ctx, param, value: _parallel(value),
     default="auto",
     show_default=True,
-    help="Searches run at once (each its own capped workers). auto: as many as the host GPU "
-    "holds with a preloading spare each, at most 8; 1 on CPU or a native card.",
+    help="Searches run at once (each its own capped worker). auto: as many as the host GPU "
+    "holds, at most 8 and one per 2 CPU cores; 1 on CPU or a native card.",
 )
 @click.option(
     "--time-budget",

@@ -33,7 +33,11 @@ COLUMNS: list[tuple[str, str]] = [
     ("total_params", "all parameters, 4-bit weights counted as unpacked values"),
     ("mem_cap_gib", "allocator cap applied (reserved memory limit); empty when not emulated"),
     ("load_alloc_gib", "torch allocated after model load, LoRA and prepare (steady weights)"),
-    ("load_reserved_gib", "torch reserved after load"),
+    (
+        "load_reserved_gib",
+        "torch reserved after load, once what the load left cached is freed, as transformers' "
+        "Trainer does before its first step",
+    ),
     ("first_step_peak_alloc_gib", "peak torch allocated during the first step"),
     ("first_step_peak_reserved_gib", "peak torch reserved during the first step"),
     ("steady_peak_alloc_gib", "peak torch allocated over the measured steps"),
@@ -56,13 +60,14 @@ COLUMNS: list[tuple[str, str]] = [
     ("trial_wall_s", "wall time of the trial in the worker, load included when it loaded"),
     (
         "warmup_s",
-        "seconds of the warm-up steps (in a fresh worker the first CUDA step also loads its "
-        "kernels and libraries)",
+        "seconds of the warm-up steps (each model's load ends with one short step of its own, "
+        "so these are steps as the trial ran them)",
     ),
     (
         "model_load",
-        "loaded (during this trial) or preloaded (by this fresh worker just before the trial "
-        "arrived, under the same cap: the same load, done while the previous trial ran)",
+        "loaded (during this trial), reused (kept from this worker's previous trial of the same "
+        "model, after the allocator came back, block for block, to the state the load left) or, "
+        "in rows of earlier commits, preloaded (by a spare worker before the trial arrived)",
     ),
     ("load_s", "seconds spent loading, quantising and wrapping the model"),
     ("sdpa_backends", "SDPA backends allowed (the target card's)"),

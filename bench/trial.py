@@ -2,7 +2,8 @@
 
 NF4 base with double quant -> prepare_model_for_kbit_training -> LoRA on all linear layers ->
 train mode (from_pretrained returns eval mode, and gradient checkpointing is a silent no-op
-there) -> warm-up steps -> timed steps with device synchronisation. fp16 runs autocast with a
+there) -> free what the load left cached (gc + empty_cache, as Trainer does before training) ->
+warm-up steps -> timed steps with device synchronisation. fp16 runs autocast with a
 GradScaler, bf16 plain autocast, as transformers' Trainer does through accelerate.
 """
 
@@ -193,44 +194,123 @@ def load_qlora_model(spec: dict, source: str, device: str):
     return model
 
 
-def measure(
-    spec: dict, plan: dict, model_source: dict, row: dict, slot: PreloadedModel | None = None
-) -> dict:
+def measure(spec: dict, plan: dict, model_source: dict, row: dict, slot: ModelSlot | None = None) -> dict:
     """Run the trial, filling `row` as phases complete (so an OOM row keeps what was measured
     before it). The SDPA restriction covers forward, backward and checkpoint recomputation.
-    A model preloaded into `slot` for this trial is used, then dropped."""
-    slot = slot or PreloadedModel()
+    The model comes from `slot` when it holds this trial's (kept from the worker's last trial)
+    and stays there: the caller drops it, or restores it for the next trial."""
+    slot = slot or ModelSlot()
     with _sdpa_context(plan["sdpa_backends"], plan["device"]):
         _measure(spec, plan, model_source, row, slot)
-    slot.drop(plan["device"])
     return row
 
 
-class PreloadedModel:
-    """A model a fresh worker loaded before its trial arrived (preload), used by that trial only.
+def allocator_state(device: str) -> list | None:
+    """The caching allocator's segments with their blocks (address, size, state). Two equal
+    states answer the same allocation requests the same way. None off CUDA."""
+    if device != "cuda":
+        return None
+    return [
+        (
+            seg["address"],
+            seg["total_size"],
+            seg["stream"],
+            seg.get("segment_type"),
+            [(block.get("address"), block["size"], block["state"]) for block in seg["blocks"]],
+        )
+        for seg in torch.cuda.memory_snapshot()
+    ]
 
-    Loading and quantising is most of a short trial's cost; a spare worker loading the next
-    trial's model while the current trial runs hides it. Measured on the H200, a preloaded trial
-    peaks exactly where a trial that loads for itself does. A model is never kept from one
-    trial for the next: one reused after a fitting trial peaked up to 0.25 GiB reserved away
-    from a fresh load (the allocator's segments keep the earlier trial's layout), which is the
-    size of a boundary step.
+
+class ModelSlot:
+    """The model a worker holds for its next trial, and the allocator state it starts from.
+
+    Loading and quantising is most of a short trial's cost, so a worker keeps its model for the
+    next trial of the same model, but only when `restore` brings the caching allocator back to
+    the state the load left, segment for segment and block for block: then nothing left from
+    the earlier trial (a fit or an OOM) can change what the next one measures. (Kept without
+    that check, a model reused after a fitting trial peaked up to 0.25 GiB reserved away from a
+    fresh load: the earlier trial's cached segments were still there.)
     """
 
     def __init__(self):
         self.key: str | None = None
         self.model = None
         self.load: dict = {}
+        self.baseline: list | None = None  # allocator_state() a trial starts from
 
     def drop(self, device: str) -> None:
-        self.key, self.model, self.load = None, None, {}
+        self.key, self.model, self.load, self.baseline = None, None, {}, None
+        try:  # bitsandbytes keeps the map of its first double-quantised load on the device
+            import bitsandbytes.functional as bnb_functional
+
+            bnb_functional.name2qmap.clear()
+        except (ImportError, AttributeError):
+            pass
         free_memory(device)
 
+    def release(self, device: str, collect: bool = True) -> None:
+        """Free the gradients, cuBLAS's workspaces (kept per handle in the allocator) and every
+        cached block: what is left is the model."""
+        for param in self.model.parameters():
+            param.grad = None
+        if collect:
+            gc.collect()
+        if device == "cuda":
+            torch.cuda.synchronize()
+            clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+            if clear is not None:
+                clear()
+            torch.cuda.empty_cache()
 
-def load_into(slot: PreloadedModel, spec: dict, plan: dict, model_source: dict, probe: MemoryProbe) -> None:
-    """Load (quantise, wrap) under the allocator cap into `slot`, recording the load's memory."""
+    def restore(self, device: str) -> bool:
+        """After a trial: True when the allocator is back in the state the load left (then the
+        model can serve another trial as if just loaded)."""
+        if self.model is None:
+            return False
+        for collect in (False, True):  # a garbage collection only when plain freeing fell short
+            self.release(device, collect)
+            if allocator_state(device) == self.baseline:
+                if device == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                return True
+        return False
+
+
+class NotFresh(RuntimeError):
+    """The allocator still holds memory from an earlier model: this process cannot load the
+    trial's model as a fresh one would (the pool runs the trial in a new worker instead)."""
+
+
+WARM_TOKENS = 64
+
+
+def _warm_up(model, spec: dict, device: str) -> None:
+    """One short forward and backward, which every trial's model gets right after its load.
+    It does once what a model's first step does besides the step itself: CUDA loads kernels
+    and libraries, and bitsandbytes casts each quantised layer's bias to the compute dtype, in
+    place, for good (Qwen2's q/k/v projections have biases); without it, a model that served a
+    trial would start the next one from another allocator state than a fresh load. It consumes
+    no random numbers of the trial's."""
+    rng = torch.random.get_rng_state(), torch.cuda.get_rng_state() if device == "cuda" else None
+    tokens = torch.zeros((1, WARM_TOKENS), dtype=torch.long, device=device)
+    with torch.autocast(device_type=device, dtype=DTYPES[spec["dtype"]]):
+        loss = model(input_ids=tokens, labels=tokens).loss
+    loss.backward()
+    torch.random.set_rng_state(rng[0])
+    if rng[1] is not None:
+        torch.cuda.set_rng_state(rng[1])
+
+
+def load_into(slot: ModelSlot, spec: dict, plan: dict, model_source: dict, probe: MemoryProbe) -> None:
+    """Load (quantise, wrap) under the allocator cap into `slot`, recording the load's memory;
+    warm it up (_warm_up); then free all but the model, as transformers' Trainer does before its
+    first step (accelerator.free_memory(): gc.collect and torch.cuda.empty_cache)."""
     device = plan["device"]
     slot.drop(device)
+    left = allocator_state(device)
+    if left:  # the model before this one left memory behind: this load would not start fresh
+        raise NotFresh(f"{len(left)} allocator segments still held before loading the model")
     if model_source.get("path"):
         source = model_source["path"]
     else:
@@ -242,15 +322,12 @@ def load_into(slot: PreloadedModel, spec: dict, plan: dict, model_source: dict, 
     model = load_qlora_model(spec, source, device)
     assert model.training, "model must be in train mode for gradient checkpointing to act"
     probe.sync()
-    slot.load = {"load_s": time.perf_counter() - t0, "now": probe.now(), "peak": probe.peak()}
+    load_s, peak = time.perf_counter() - t0, probe.peak()
     slot.key, slot.model = model_key(spec, plan, model_source), model
-
-
-def preload(spec: dict, plan: dict, model_source: dict, slot: PreloadedModel) -> None:
-    """Load the model a trial will need before it arrives (a fresh worker waiting its turn)."""
-    with _sdpa_context(plan["sdpa_backends"], plan["device"]):
-        _prepare_device(plan)
-        load_into(slot, spec, plan, model_source, MemoryProbe(plan["device"]))
+    _warm_up(model, spec, device)
+    slot.release(device)
+    slot.load = {"load_s": load_s, "now": probe.now(), "peak": peak}
+    slot.baseline = allocator_state(device)
 
 
 def _prepare_device(plan: dict) -> None:
@@ -262,13 +339,13 @@ def _prepare_device(plan: dict) -> None:
         torch.backends.cudnn.allow_tf32 = plan["allow_tf32"]
 
 
-def _measure(spec: dict, plan: dict, model_source: dict, row: dict, slot: PreloadedModel) -> dict:
+def _measure(spec: dict, plan: dict, model_source: dict, row: dict, slot: ModelSlot) -> dict:
     device = plan["device"]
     started = time.perf_counter()
     _prepare_device(plan)
     probe = MemoryProbe(device)
-    if slot.key == model_key(spec, plan, model_source):  # preloaded for this trial
-        row["model_load"] = "preloaded"
+    if slot.key == model_key(spec, plan, model_source):  # kept from this worker's last trial
+        row["model_load"] = "reused"
         if device == "cuda":
             apply_cap(plan["cap_gib"])
     else:

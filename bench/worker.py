@@ -1,17 +1,22 @@
 """Worker processes: a trial runs in a child that cannot take the sweep down with it.
 
 A worker imports torch & co. once (~10 s on a GPU host) and then runs trials sent over a pipe.
-After any trial that did not end `ok` the worker is discarded, so no allocator state from an
-OOM or a crash leaks into the next trial. Segfaults, aborts and the OS killing the worker show
-up as a dead pipe; hangs as a timeout, after which the worker is killed. A spare worker can be
-started in the background so that replacing one costs no import time; it creates no CUDA
-context until it runs a trial.
+So that no allocator state from one trial leaks into the next, a worker goes on after a trial
+only when the caching allocator is back, segment for segment and block for block, in the state
+its model's load left (trial.ModelSlot.restore: checked after every trial that fit or ran out
+of memory); it then keeps the model for the next trial of that model. Any other outcome
+(an error, a crash, an allocator that did not come back) discards the worker. Segfaults, aborts
+and the OS killing the worker show up as a dead pipe; hangs as a timeout, after which the
+worker is killed. A spare worker can be started in the background so that replacing one costs
+no import time; it creates no CUDA context until it runs a trial.
 
 Test hook: QLORA_BENCH_INJECT="<substring of trial_key>:<fault>[,...]" makes the worker fail on
 matching trials; "tokens>N:<fault>" matches trials with batch x seq above N (a simulated memory
 limit for CPU tests of boundary search). Faults: oom (a real allocation far past the device),
 segfault, abort, hang, raise, sigkill (the worker kills itself, as the OS's OOM killer would),
-nan (the model's embeddings output inf, so the loss is not finite, as in an fp16 overflow).
+nan (the model's embeddings output inf, so the loss is not finite, as in an fp16 overflow),
+unclean (after the trial the allocator is taken not to be back in its state after the load),
+stale (a worker that held a model finds its allocator not empty before loading this one).
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ def _context(method: str):
 
 
 BAD_FORK_EXIT = 3
-FAULTS = ("oom", "segfault", "abort", "hang", "raise", "sigkill", "nan")
+FAULTS = ("oom", "segfault", "abort", "hang", "raise", "sigkill", "nan", "unclean", "stale")
 
 
 def _die_with_parent() -> None:
@@ -88,8 +93,8 @@ def _inject(spec: dict, device: str) -> dict:
                 raise RuntimeError(f"injected failure for {key}")
             elif fault == "sigkill":  # the OS's OOM killer, or a user's kill -9
                 os.kill(os.getpid(), signal.SIGKILL)
-            elif fault == "nan":  # the model's forward overflows, as fp16 can
-                spec = {**spec, "inject": "nan"}
+            elif fault in ("nan", "unclean", "stale"):  # carried out by the trial / around it
+                spec = {**spec, "inject": fault}
     return spec
 
 
@@ -130,7 +135,7 @@ def worker_main(conn) -> None:
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     conn.send(("ready", os.getpid()))
-    slot = trial.PreloadedModel()  # a model preloaded for the next trial
+    slot = trial.ModelSlot()  # the model kept from the last trial, for the next
     while True:
         try:
             message = conn.recv()
@@ -148,31 +153,38 @@ def worker_main(conn) -> None:
             finally:
                 trial.cleanup(device)
             continue
-        if message[0] == "preload":  # load the next trial's model while waiting for it
-            _, spec, plan, source = message
-            try:
-                trial.preload(spec, plan, source, slot)
-                conn.send(("preloaded", {"status": "ok"}))
-            except BaseException as exc:  # this worker is not clean any more: the pool drops it
-                conn.send(("preloaded", {"status": "oom" if trial.is_oom(exc) else "error"}))
-            continue
-        spec, plan, source = message
+        spec, plan, source, keep = (*message, False)[:4]
         device = plan["device"]
         row: dict = {}
         try:
             spec = _inject(spec, device)
+            if spec.get("inject") == "stale" and slot.key not in (None, model_key(spec, plan, source)):
+                raise trial.NotFresh("injected: allocator segments held before loading the model")
             trial.measure(spec, plan, source, row, slot)
             if spec.get("workload", "step") != "step" and row.get("status") == "ok":
+                keep = False  # the SFT run loaded and trained a model of its own
                 trial.run_sft_workload(spec, plan, source, row)
+        except trial.NotFresh as exc:  # not this trial's failure: the pool runs it elsewhere
+            conn.send(("result", {"status": "error", "reason": str(exc), NOT_FRESH: True}))
+            return
         except BaseException as exc:  # classified into a row; the parent decides what is fatal
             _classify(exc, row, plan)
             del exc
-        finally:
-            trial.cleanup(device)
         row.update(_runtime_info(device))
-        conn.send(("result", row))
+        if spec.get("inject") == "unclean":  # test hook: as if the allocator kept a segment more
+            slot.baseline = ("unclean",)
+        # Keep the model (after a fit or an OOM) only when the allocator is back in the state
+        # the load left, block for block: then no allocator state leaks into the next trial.
+        row[KEPT] = bool(keep and row.get("status") in ("ok", "oom") and slot.restore(device))
+        conn.send(("result", row))  # before cleaning up: the parent may retire this worker
+        if not row[KEPT]:
+            slot.drop(device)
+            trial.cleanup(device)
 
 
+# A row's notes to the pool (never written): the worker kept its model, clean; the worker could
+# not load the trial's model into an empty allocator and stopped (the trial did not run).
+KEPT, NOT_FRESH = "_kept", "_not_fresh"
 HOST_FULL_GIB = 1.0
 
 
@@ -219,8 +231,6 @@ class Worker:
         self.process.start()
         child.close()
         self.ready = False
-        self.preloaded: str | None = None  # model key of a preload sent to this worker
-        self.preload_pending = False
 
     def wait_ready(self, timeout: float) -> None:
         if self.ready:
@@ -237,27 +247,6 @@ class Worker:
             raise RuntimeError(f"worker failed to start: {_death_reason(self.process.exitcode)}") from None
         assert kind == "ready"
         self.ready = True
-
-    def preload(self, payload: tuple) -> None:
-        """Have this (fresh) worker load the payload's model now, before it gets a trial."""
-        spec, plan, source = payload
-        self.conn.send(("preload", spec, plan, source))
-        self.preloaded = model_key(spec, plan, source)
-        self.preload_pending = True
-
-    def settle(self, timeout: float) -> bool:
-        """Wait for a preload to end; False when it failed (the worker is then not clean)."""
-        if not self.preload_pending:
-            return True
-        self.preload_pending = False
-        try:
-            self.wait_ready(timeout)
-            if not self.conn.poll(timeout):
-                return False
-            kind, answer = self.conn.recv()
-        except (EOFError, OSError, RuntimeError):
-            return False
-        return kind == "preloaded" and answer["status"] == "ok"
 
     def run(self, payload: tuple, timeout: float) -> dict:
         self.conn.send(payload)
@@ -295,64 +284,45 @@ class BadFork(RuntimeError):
 
 
 class WorkerPool:
-    """Hands out a warm worker, replaces it after any trial that did not end ok.
+    """Hands out a warm worker, and keeps it while its trials leave the allocator clean.
 
-    `spares` workers import in the background so a replacement is ready at once. With
-    `preload`, each spare also loads the model of the trial just handed out, so that when the
-    next trial needs a fresh worker, one is waiting with that model loaded under the cap and
-    nothing else run. A spare holding another model is not used. `fresh_each_trial` retires
-    the worker after every trial: each trial then sees a process that loaded its model and
-    did nothing else (the boundary search runs so).
+    After each trial that fit or ran out of memory, the worker frees all but its model and
+    compares the caching allocator with its state right after the load, segment for segment and
+    block for block (trial.ModelSlot.restore). When they are equal it keeps the model: the next
+    trial of that model runs on it as on a fresh load; a trial of another model makes it drop
+    the model and load the other into an allocator that must then be empty. A worker whose
+    allocator did not come back, or whose trial failed otherwise (error, crash, timeout), is
+    replaced by a new process. `spares` workers import in the background so that a replacement
+    is ready at once; they create no CUDA context until they run a trial.
     """
 
-    def __init__(
-        self, spares: int = 0, startup_timeout: float = 600.0, preload: bool = False, fresh_each_trial=False
-    ):
+    def __init__(self, spares: int = 0, startup_timeout: float = 600.0):
         self.spares = spares
         self.startup_timeout = startup_timeout
-        self.preload = preload
-        self.fresh_each_trial = fresh_each_trial
         self.method = _start_method()
         self._current: Worker | None = None
         self._spare: list[Worker] = []
 
-    def run(self, payload: tuple, timeout: float) -> dict:
-        key = None if isinstance(payload[0], str) else model_key(*payload)  # str: a command
+    def run(self, payload: tuple, timeout: float, fresh: bool = False) -> dict:
+        command = isinstance(payload[0], str)  # e.g. ("prepare", ...): no trial, no model kept
         if self._current is None:
-            self._current = self._take_spare(key, timeout)
+            self._current = self._spare.pop(0) if self._spare else Worker(self.method)
         worker = self._current
         try:
             worker.wait_ready(self.startup_timeout)
         except BadFork:
             self._fall_back_to_spawn()
-            return self.run(payload, timeout)
-        self._refill(payload)
-        row = worker.run(payload, timeout)
-        if row.get("status") != "ok" or self.fresh_each_trial:
-            worker.stop(wait=False)
-            self._current = None
-        return row
-
-    def _take_spare(self, key: str, timeout: float) -> Worker:
-        while self._spare:
-            worker = self._spare.pop(0)
-            if worker.preloaded in (None, key) and worker.settle(timeout):
-                return worker
-            worker.stop()
-        return Worker(self.method)
-
-    def _refill(self, payload: tuple) -> None:
-        preload = self.preload and not isinstance(payload[0], str)
-        if preload:  # a spare holding another model is no use for what comes next
-            key = model_key(*payload)
-            for worker in [w for w in self._spare if w.preloaded not in (None, key)]:
-                worker.stop()
-                self._spare.remove(worker)
+            return self.run(payload, timeout, fresh)
         while len(self._spare) < self.spares:
             self._spare.append(Worker(self.method))
-        for worker in self._spare:
-            if preload and worker.preloaded is None:
-                worker.preload(payload)
+        row = worker.run(payload if command else (*payload, True), timeout)
+        kept = row.pop(KEPT, False)
+        if not (kept or (command and row.get("status") == "ok")):
+            worker.stop(wait=False)
+            self._current = None
+        if row.pop(NOT_FRESH, False) and not fresh:
+            return self.run(payload, timeout, fresh=True)  # a new worker's allocator is empty
+        return row
 
     def _fall_back_to_spawn(self) -> None:
         print(

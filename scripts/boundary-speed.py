@@ -3,11 +3,13 @@
 
 Per results/<profile>/: boundaries and trials per boundary (search, and --reverify re-runs where
 there are any), search trials of the searches that started from a sibling's boundary (hinted) and
-of those that started blind; per-trial
-overhead beyond the measured steps (probe wall time as the sweep saw it minus the timed steps;
-a probe that OOMed has no timed steps, so all of its time is overhead); how the model got into
-the worker (loaded during the trial, preloaded by a waiting spare, reused from the previous
-fitting trial); and the wall time of the runs (boundary-runs.jsonl, one line per profile and
+of those that started blind; per-trial overhead beyond the steps: the probe's wall time as the
+search saw it minus the time of every step it ran (warm-up and timed) at its steady step time
+(the median timed step), so a first step slowed by loading kernels counts as overhead, and a
+probe that ran out of memory is all overhead; the same beyond the timed steps only (warm-up steps
+counted as overhead, as earlier runs reported it); how the model got into the worker (loaded
+during the trial, preloaded by a waiting spare, reused from the worker's previous probe of the
+same model, which fit); and the wall time of the runs (boundary-runs.jsonl, one line per profile and
 invocation, so a profile finished over several time-limited invocations adds up; profiles
 searched together in one invocation share its wall time, marked "joint", and the total counts
 each invocation once).
@@ -28,24 +30,34 @@ def _steps(probe: dict) -> float:
     return sum(map(float, probe["step_times_s"].split(";"))) if probe["step_times_s"] else 0.0
 
 
+def _all_steps(probe: dict) -> float:
+    """Every step the probe ran, warm-up included, at its median timed step time."""
+    if not probe["step_times_s"]:
+        return 0.0
+    times = sorted(map(float, probe["step_times_s"].split(";")))
+    return statistics.median(times) * (int(probe["warmup_steps"]) + len(times))
+
+
 def main(results: Path, profiles: list[str]) -> None:
     print(
         "| profile | boundaries (searched) | trials / boundary (search + re-run) | "
         "search trials / boundary: hinted (n), blind (n) | "
-        "overhead / trial, mean (median) s | model loaded / preloaded / reused | "
-        "median load (s) | parallel | wall (min) |"
+        "overhead / trial beyond the steps, mean (median) s | beyond the timed steps, mean (median) s | "
+        "model loaded / preloaded / reused | median load (s) | parallel | wall (min) |"
     )
-    print("|" + " --- |" * 9)
+    print("|" + " --- |" * 10)
     total_trials = 0.0
     invocations: dict[str, float] = {}
     all_overhead: list[float] = []
+    all_beyond_timed: list[float] = []
     for path in _files(results, profiles, "boundaries.csv"):
         with open(path, newline="") as f:
             bounds = list(csv.DictReader(f))
         with open(path.with_name("boundary-trials.csv"), newline="") as f:
             probes = list(csv.DictReader(f))
         searched = [b for b in bounds if b["status"] == "ok"]
-        overhead = [float(p["probe_wall_s"]) - _steps(p) for p in probes]
+        overhead = [float(p["probe_wall_s"]) - _all_steps(p) for p in probes]
+        beyond_timed = [float(p["probe_wall_s"]) - _steps(p) for p in probes]
         reruns = sum(p["purpose"] == "verify" for p in probes)
         hinted = [int(b["search_trials"]) for b in searched if b.get("search_hint")]
         blind = [int(b["search_trials"]) for b in searched if not b.get("search_hint")]
@@ -59,11 +71,12 @@ def main(results: Path, profiles: list[str]) -> None:
             invocations[r.get("started_utc") or f"{path}:{r['finished_utc']}"] = r["wall_s"]
         total_trials += len(probes)
         all_overhead += overhead
+        all_beyond_timed += beyond_timed
         print(
             f"| {path.parent.name} | {len(bounds)} ({len(searched)}) | "
             f"{(len(probes) - reruns) / max(1, len(searched)):.1f} + {reruns / max(1, len(searched)):.1f} | "
             f"{_mean(hinted)} ({len(hinted)}), {_mean(blind)} ({len(blind)}) | "
-            f"{statistics.mean(overhead):.2f} ({statistics.median(overhead):.2f}) | "
+            f"{_mean_median(overhead)} | {_mean_median(beyond_timed)} | "
             f"{how['loaded']} / {how['preloaded']} / {how['reused']} | "
             f"{statistics.median(loads):.1f} | "
             f"{','.join(sorted({str(r['parallel']) for r in runs}))} | "
@@ -72,11 +85,14 @@ def main(results: Path, profiles: list[str]) -> None:
     total_wall = sum(invocations.values())
     if all_overhead:
         print(
-            f"| all | | | | {statistics.mean(all_overhead):.2f} "
-            f"({statistics.median(all_overhead):.2f}) | | | | "
+            f"| all | | | | {_mean_median(all_overhead)} | {_mean_median(all_beyond_timed)} | | | | "
             f"{total_wall / 60:.1f} in {len(invocations)} invocations "
             f"({total_wall / total_trials:.2f} s wall per trial) |"
         )
+
+
+def _mean_median(values: list[float]) -> str:
+    return f"{statistics.mean(values):.2f} ({statistics.median(values):.2f})"
 
 
 def _warmup(ok: list[dict]) -> str:

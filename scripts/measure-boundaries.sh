@@ -2,9 +2,9 @@
 # Find and verify the OOM boundaries of the design-card profiles on one large GPU (how
 # results/<profile>/boundaries.csv was made; see results/README.md), then write the tables.
 # The profiles are searched together in one run (their model groups share the slots and the
-# host GPU's memory, `--parallel auto`: as many capped workers with preloading spares as the
-# host GPU holds, at most 8). Resumable: boundaries already recorded are skipped, so a run cut
-# short is finished by running the same command again.
+# host GPU's memory, `--parallel auto`: as many capped workers as the host GPU holds, at most
+# 8). Resumable: boundaries already recorded are skipped, so a run cut short is finished by
+# running the same command again.
 # Usage: [BUDGET_S=seconds] [RESULTS_DIR=results] scripts/measure-boundaries.sh [PROFILE...]
 # BUDGET_S: start no new search after that many seconds (for time-limited machines).
 set -euo pipefail

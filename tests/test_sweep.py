@@ -50,15 +50,18 @@ def test_real_qlora_trial_on_cpu(tmp_path):
         assert row["sdpa_backends"] == "efficient,math" and row["profile"] == "t4"
 
 
-def test_spares_preload_the_next_model_and_no_model_outlives_its_trial():
-    """A warm worker loads again for every trial; a preloading spare is a fresh process that
-    loaded the model before its trial came; a spare holding another model is not used."""
+def test_a_worker_keeps_its_model_while_the_allocator_restores_and_is_replaced_otherwise(monkeypatch):
+    """A worker keeps its model after a trial that fit or ran out of memory, for the next trial
+    of that model, and loads another model in place. It is replaced by a new process (a spare)
+    when its allocator did not come back to its state after the load (the `unclean` fault) or
+    its trial failed otherwise."""
     from dataclasses import replace
 
     from bench.catalog import load_catalog
     from bench.spec import TrialSpec
     from bench.worker import WorkerPool
 
+    monkeypatch.setenv("QLORA_BENCH_INJECT", "s=96|:unclean,s=160|:raise,s=224|:oom,b=2|:stale")
     plan = {"device": "cpu", "cap_gib": None, "sdpa_backends": ["math"], "allow_tf32": False, "threads": 1}
     source = {"config": load_catalog()["tiny"].config}
     first = TrialSpec("tiny", 64, 1, 4, "fp16", False, 8, warmup_steps=1, measured_steps=1)
@@ -67,22 +70,52 @@ def test_spares_preload_the_next_model_and_no_model_outlives_its_trial():
     def run(pool, spec):
         return pool.run(({**spec.to_row(), "key": spec.key}, plan, source), timeout=300)
 
-    warm = WorkerPool(spares=1, preload=True)
-    fresh = WorkerPool(spares=1, preload=True, fresh_each_trial=True)
+    pool = WorkerPool(spares=1)
     try:
-        rows = [run(warm, first), run(warm, replace(first, seq_len=128)), run(warm, other_lora)]
-        warm.retire()  # the next trial needs a fresh process: the spare has other_lora's model
-        rows.append(run(warm, replace(other_lora, batch_size=2)))
-        each = [run(fresh, replace(first, seq_len=s)) for s in (64, 96, 128)]
+        rows = [run(pool, replace(first, seq_len=s)) for s in (64, 128, 224, 128, 96, 128, 160, 128)]
+        rows += [run(pool, other_lora), run(pool, replace(other_lora, batch_size=2))]
+        # the next model finds memory of the last one: it runs in a new worker instead
+        rows.append(run(pool, replace(first, batch_size=2)))
     finally:
-        warm.close()
-        fresh.close()
-    assert [r["status"] for r in rows + each] == ["ok"] * 7, rows + each
-    assert [r["model_load"] for r in rows] == ["loaded", "loaded", "loaded", "preloaded"]
-    assert [r["model_load"] for r in each] == ["loaded", "preloaded", "preloaded"]
-    assert all(r["load_s"] > 0 for r in rows + each)
-    assert rows[0]["trainable_params"] == rows[1]["trainable_params"] < rows[2]["trainable_params"]
-    assert rows[2]["trainable_params"] == rows[3]["trainable_params"]
+        pool.close()
+    statuses = ["ok", "ok", "oom", "ok", "ok", "ok", "error", "ok", "ok", "ok", "ok"]
+    assert [r["status"] for r in rows] == statuses, rows
+    assert [r.get("model_load") for r in rows] == [
+        "loaded",
+        "reused",
+        None,  # an OOM (here before the step): the model is kept
+        "reused",
+        "reused",  # ... after which the allocator did not come back: the worker is replaced
+        "loaded",
+        None,  # raised before its step: the worker is replaced
+        "loaded",
+        "loaded",  # another model, loaded in place
+        "reused",
+        "loaded",  # in a new worker
+    ]
+    assert all(r["load_s"] > 0 for r in rows if "model_load" in r)
+    assert rows[0]["trainable_params"] == rows[1]["trainable_params"] < rows[8]["trainable_params"]
+    assert rows[8]["trainable_params"] == rows[9]["trainable_params"]
+
+
+def test_a_kept_model_is_released_unless_the_allocator_is_back_where_the_load_left_it(monkeypatch):
+    """ModelSlot.restore frees the trial's gradients and answers whether the allocator's state
+    equals the one right after the load (here a stand-in for CUDA's snapshot)."""
+    import torch
+
+    from bench import trial
+
+    state = {"now": "after load"}
+    monkeypatch.setattr(trial, "allocator_state", lambda device: state["now"])
+    slot = trial.ModelSlot()
+    assert not slot.restore("cpu")  # nothing held
+    slot.model, slot.baseline = torch.nn.Linear(4, 4), "after load"
+    slot.model(torch.ones(1, 4)).sum().backward()
+    assert slot.model.weight.grad is not None
+    assert slot.restore("cpu")
+    assert slot.model.weight.grad is None
+    state["now"] = "a segment more"
+    assert not slot.restore("cpu")
 
 
 SWEEP = [
