@@ -178,13 +178,13 @@ HOST_HEADROOM_GIB = 16.0  # kept free on the host GPU: contexts, NVML's view, fr
 CONTEXT_GIB = 0.6  # a CUDA context on the H200, outside the allocator cap
 
 
+SPARES = 1  # a started worker per slot, ready to take over for another model or after a failure
+
+
 def slot_gib(plan: emulation.Plan) -> float:
-    """Host GPU memory a search slot can hold: its worker's allocator cap and CUDA context (its
-    spare holds no CUDA context until it replaces the worker)."""
-    return plan.cap_gib + CONTEXT_GIB
-
-
-SPARES = 1  # an imported worker per slot, ready to replace one discarded after a failed trial
+    """Host GPU memory a search slot can hold: its worker's allocator cap, and its worker's and
+    spare's CUDA contexts (the spare holds no allocator memory until it takes over)."""
+    return plan.cap_gib + (1 + SPARES) * CONTEXT_GIB
 
 
 def auto_parallel(entries, host) -> int:
@@ -270,9 +270,9 @@ def run_boundaries(runs: list[BoundaryRun], parallel: int | None = None, progres
             return slot_gib(run.plan) if budgeted else 0.0
 
         def slot() -> None:
-            # One worker pool per slot: its worker goes from group to group, loading each one's
-            # model into an emptied allocator (no new process, no new CUDA context).
-            pool = WorkerPool(spares=SPARES if cuda else 0)
+            # One worker pool per slot, from group to group: a spare with its CUDA context
+            # already created takes over for each new model.
+            pool = WorkerPool(spares=SPARES if cuda else 0, cuda=cuda)
             try:
                 while deadline is None or time.perf_counter() < deadline:
                     taken = budget.take_first(waiting, share)
@@ -370,7 +370,7 @@ class BoundaryRun:
 
     def groups(self) -> list[list[BoundaryTask]]:
         """The searches still to do, one group per model, precision and checkpointing setting.
-        A slot takes a group at a time (its worker keeps the model from search to search),
+        A slot takes a group at a time (a worker keeps its model from search to search),
         ranks in ascending order and the sequence-length search before the batch
         searches, so that each search after the first starts from a sibling's boundary (_hint).
         The hints come from the group alone, so a run's probes do not depend on timing."""

@@ -115,7 +115,7 @@ def _run(cfg, store, plan, host, progress) -> Counter:
     env = _env_columns(cfg, plan, host)
     ooms = [] if cfg.overwrite else [spec_from_row(r) for r in store.rows if r["status"] == "oom"]
     written: Counter = Counter()
-    pool = WorkerPool(spares=cfg.spare_workers)
+    pool = WorkerPool(spares=cfg.spare_workers, cuda=cfg.device == "cuda")
     mirror = WandbMirror(cfg.wandb_mode, cfg.results_dir, cfg.profile.name, "trial")
     task = progress.add_task("sweep", total=len(todo)) if progress else None
     try:

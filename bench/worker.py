@@ -5,18 +5,18 @@ So that no allocator state from one trial leaks into the next, a worker goes on 
 only when the caching allocator is back, segment for segment and block for block, in the state
 its model's load left (trial.ModelSlot.restore: checked after every trial that fit or ran out
 of memory); it then keeps the model for the next trial of that model. Any other outcome
-(an error, a crash, an allocator that did not come back) discards the worker. Segfaults, aborts
+(an error, a crash, an allocator that did not come back) discards the worker, and so does a
+trial of another model (a worker loads one model in its life). Segfaults, aborts
 and the OS killing the worker show up as a dead pipe; hangs as a timeout, after which the
 worker is killed. A spare worker can be started in the background so that replacing one costs
-no import time; it creates no CUDA context until it runs a trial.
+no import time (and, asked to, its CUDA context: no allocator memory).
 
 Test hook: QLORA_BENCH_INJECT="<substring of trial_key>:<fault>[,...]" makes the worker fail on
 matching trials; "tokens>N:<fault>" matches trials with batch x seq above N (a simulated memory
 limit for CPU tests of boundary search). Faults: oom (a real allocation far past the device),
 segfault, abort, hang, raise, sigkill (the worker kills itself, as the OS's OOM killer would),
 nan (the model's embeddings output inf, so the loss is not finite, as in an fp16 overflow),
-unclean (after the trial the allocator is taken not to be back in its state after the load),
-stale (a worker that held a model finds its allocator not empty before loading this one).
+unclean (after the trial the allocator is taken not to be back in its state after the load).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def _context(method: str):
 
 
 BAD_FORK_EXIT = 3
-FAULTS = ("oom", "segfault", "abort", "hang", "raise", "sigkill", "nan", "unclean", "stale")
+FAULTS = ("oom", "segfault", "abort", "hang", "raise", "sigkill", "nan", "unclean")
 
 
 def _die_with_parent() -> None:
@@ -93,7 +93,7 @@ def _inject(spec: dict, device: str) -> dict:
                 raise RuntimeError(f"injected failure for {key}")
             elif fault == "sigkill":  # the OS's OOM killer, or a user's kill -9
                 os.kill(os.getpid(), signal.SIGKILL)
-            elif fault in ("nan", "unclean", "stale"):  # carried out by the trial / around it
+            elif fault in ("nan", "unclean"):  # carried out by the trial / after it
                 spec = {**spec, "inject": fault}
     return spec
 
@@ -143,6 +143,12 @@ def worker_main(conn) -> None:
             return
         if message is None:
             return
+        if message[0] == "cuda":  # a spare: create the CUDA context now, not in its first trial
+            import torch
+
+            torch.cuda.init()
+            torch.cuda.synchronize()
+            continue
         if message[0] == "prepare":  # build a random-weight checkpoint, nothing measured
             _, name, config, device = message
             try:
@@ -158,15 +164,10 @@ def worker_main(conn) -> None:
         row: dict = {}
         try:
             spec = _inject(spec, device)
-            if spec.get("inject") == "stale" and slot.key not in (None, model_key(spec, plan, source)):
-                raise trial.NotFresh("injected: allocator segments held before loading the model")
             trial.measure(spec, plan, source, row, slot)
             if spec.get("workload", "step") != "step" and row.get("status") == "ok":
                 keep = False  # the SFT run loaded and trained a model of its own
                 trial.run_sft_workload(spec, plan, source, row)
-        except trial.NotFresh as exc:  # not this trial's failure: the pool runs it elsewhere
-            conn.send(("result", {"status": "error", "reason": str(exc), NOT_FRESH: True}))
-            return
         except BaseException as exc:  # classified into a row; the parent decides what is fatal
             _classify(exc, row, plan)
             del exc
@@ -182,9 +183,7 @@ def worker_main(conn) -> None:
             trial.cleanup(device)
 
 
-# A row's notes to the pool (never written): the worker kept its model, clean; the worker could
-# not load the trial's model into an empty allocator and stopped (the trial did not run).
-KEPT, NOT_FRESH = "_kept", "_not_fresh"
+KEPT = "_kept"  # a row's note to the pool (never written): the worker kept its model, clean
 HOST_FULL_GIB = 1.0
 
 
@@ -286,42 +285,47 @@ class BadFork(RuntimeError):
 class WorkerPool:
     """Hands out a warm worker, and keeps it while its trials leave the allocator clean.
 
-    After each trial that fit or ran out of memory, the worker frees all but its model and
-    compares the caching allocator with its state right after the load, segment for segment and
-    block for block (trial.ModelSlot.restore). When they are equal it keeps the model: the next
-    trial of that model runs on it as on a fresh load; a trial of another model makes it drop
-    the model and load the other into an allocator that must then be empty. A worker whose
-    allocator did not come back, or whose trial failed otherwise (error, crash, timeout), is
-    replaced by a new process. `spares` workers import in the background so that a replacement
-    is ready at once; they create no CUDA context until they run a trial.
+    A worker loads one model in its life. After each trial that fit or ran out of memory it
+    frees all but the model and compares the caching allocator with its state right after the
+    load, segment for segment and block for block (trial.ModelSlot.restore); when they are
+    equal, the next trial of that model runs on it as on a fresh load. A trial of another model,
+    an allocator that did not come back, or a trial that failed otherwise (error, crash,
+    timeout) hands over to a new worker. `spares` workers start in the background (imports,
+    and with `cuda` their CUDA context, which holds no allocator memory) so that one is ready.
     """
 
-    def __init__(self, spares: int = 0, startup_timeout: float = 600.0):
+    def __init__(self, spares: int = 0, startup_timeout: float = 600.0, cuda: bool = False):
         self.spares = spares
         self.startup_timeout = startup_timeout
+        self.cuda = cuda
         self.method = _start_method()
         self._current: Worker | None = None
+        self._holds: str | None = None  # model key of the current worker's model
         self._spare: list[Worker] = []
 
-    def run(self, payload: tuple, timeout: float, fresh: bool = False) -> dict:
-        command = isinstance(payload[0], str)  # e.g. ("prepare", ...): no trial, no model kept
+    def run(self, payload: tuple, timeout: float) -> dict:
+        key = None if isinstance(payload[0], str) else model_key(*payload)  # str: a command
+        if self._current is not None and self._holds not in (None, key):
+            self.retire()  # another model: another worker
         if self._current is None:
-            self._current = self._spare.pop(0) if self._spare else Worker(self.method)
+            self._current, self._holds = (self._spare.pop(0) if self._spare else Worker(self.method)), None
         worker = self._current
         try:
             worker.wait_ready(self.startup_timeout)
         except BadFork:
             self._fall_back_to_spawn()
-            return self.run(payload, timeout, fresh)
+            return self.run(payload, timeout)
         while len(self._spare) < self.spares:
             self._spare.append(Worker(self.method))
-        row = worker.run(payload if command else (*payload, True), timeout)
+            if self.cuda:
+                self._spare[-1].conn.send(("cuda",))
+        row = worker.run(payload if key is None else (*payload, True), timeout)
         kept = row.pop(KEPT, False)
-        if not (kept or (command and row.get("status") == "ok")):
+        if kept:
+            self._holds = key
+        elif key is not None or row.get("status") != "ok":
             worker.stop(wait=False)
             self._current = None
-        if row.pop(NOT_FRESH, False) and not fresh:
-            return self.run(payload, timeout, fresh=True)  # a new worker's allocator is empty
         return row
 
     def _fall_back_to_spawn(self) -> None:
@@ -337,7 +341,7 @@ class WorkerPool:
     def retire(self) -> None:
         """Stop the current worker so the next trial runs in a fresh process."""
         if self._current is not None:
-            self._current.stop()
+            self._current.stop(wait=False)
             self._current = None
 
     def close(self, graceful: bool = True) -> None:

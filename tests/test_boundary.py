@@ -187,9 +187,9 @@ def test_a_hint_past_either_end_is_clamped():
 
 
 def test_slots_are_sized_for_the_smallest_cap_and_larger_caps_run_fewer_at_once(monkeypatch):
-    """On the H200 (139.8 GiB by NVML) an l4 slot holds its 21.7 GiB cap and a CUDA context,
-    whatever the model: five l4 searches at once; with a 4 GB card's profile beside it, 8 slots
-    (the most), of which the budget lets at most five take l4 groups."""
+    """On the H200 (139.8 GiB by NVML) an l4 slot holds its 21.7 GiB cap and two CUDA contexts
+    (worker and spare), whatever the model: five l4 searches at once; with a 4 GB card's
+    profile beside it, 8 slots (the most), of which the budget lets at most five take l4 groups."""
     import threading
 
     from bench import emulation
