@@ -124,12 +124,12 @@ def render(results_dir: Path) -> str:
         "Made by `qlora-bench report` from `results/<profile>/boundaries.csv`; every probe is in "
         "`boundary-trials.csv` beside it. A cell is the largest value that trained without running "
         "out of memory; the next step (64 tokens, or one more sequence) ran out, both run (not "
-        "inferred) in fresh workers under the card's cap. `≥` the search limit (model context or "
-        "32k tokens; 256 sequences) still fit; `0` even the smallest OOMed; `n/a` the card has no "
-        "bf16; `†` a re-run in a new fresh worker (`--reverify`) disagreed (allocator noise at "
-        "the cap); `‡` a longer sequence also fit at batch 1 (in the batch search): near the cap, "
-        "memory is not monotone in length, because an OOM is decided on reserved memory, "
-        "fragmentation included.",
+        "inferred) under the card's cap, from the allocator state a fresh load leaves. `≥` the "
+        "search limit (model context or 32k tokens; 256 sequences) still fit; `0` even the "
+        "smallest OOMed; `n/a` the card has no bf16; `†` a re-run in a new fresh worker "
+        "(`--reverify`) disagreed (allocator noise at the cap); `‡` a longer sequence also fit at "
+        "batch 1 (in the batch search): near the cap, memory is not monotone in length, because "
+        "an OOM is decided on reserved memory, fragmentation included.",
         "",
     ]
     for path in sorted(Path(results_dir).glob("*/boundaries.csv")):

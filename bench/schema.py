@@ -149,10 +149,10 @@ BOUNDARY_COLUMNS: list[tuple[str, str]] = [
     ),
     (
         "verify_fit_status",
-        "status of max_value run in a fresh worker: the search's own probe, or with --reverify "
-        "(and schema 3 files) a re-run in a new one",
+        "status of max_value run from a fresh load's allocator state: the search's own probe, or "
+        "with --reverify (and schema 3 files) a re-run in a new worker",
     ),
-    ("verify_oom_status", "status of first_oom_value run in a fresh worker (as verify_fit_status)"),
+    ("verify_oom_status", "status of first_oom_value (as verify_fit_status)"),
     ("verified", "true when max_value ran ok and max_value + step ran oom, neither inferred"),
     ("search_wall_s", "wall time of the search (and its re-runs)"),
     ("gpu_name", "GPU name"),
