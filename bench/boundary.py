@@ -266,8 +266,7 @@ def run_boundaries(runs: list[BoundaryRun], parallel: int | None = None, progres
         deadline = started + time_budget if time_budget else None
 
         def share(item) -> float:
-            run, group = item
-            return slot_gib(run.plan) if budgeted else 0.0
+            return slot_gib(item[0].plan) if budgeted else 0.0
 
         def slot() -> None:
             # One worker pool per slot, from group to group: a spare with its CUDA context

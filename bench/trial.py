@@ -2,9 +2,10 @@
 
 NF4 base with double quant -> prepare_model_for_kbit_training -> LoRA on all linear layers ->
 train mode (from_pretrained returns eval mode, and gradient checkpointing is a silent no-op
-there) -> free what the load left cached (gc + empty_cache, as Trainer does before training) ->
-warm-up steps -> timed steps with device synchronisation. fp16 runs autocast with a
-GradScaler, bf16 plain autocast, as transformers' Trainer does through accelerate.
+there) -> one short forward and backward (_warm_up) -> free all but the model (gc + empty_cache,
+as Trainer does before training) -> warm-up steps -> timed steps with device synchronisation.
+fp16 runs autocast with a GradScaler, bf16 plain autocast, as transformers' Trainer does through
+accelerate.
 """
 
 from __future__ import annotations

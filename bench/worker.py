@@ -144,8 +144,6 @@ def worker_main(conn) -> None:
         if message is None:
             return
         if message[0] == "cuda":  # a spare: create the CUDA context now, not in its first trial
-            import torch
-
             torch.cuda.init()
             torch.cuda.synchronize()
             continue
