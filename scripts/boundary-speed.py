@@ -14,7 +14,8 @@ invocation, so a profile finished over several time-limited invocations adds up;
 searched together in one invocation share its wall time, marked "joint", and the total counts
 each invocation once).
 Then, per profile, where a probe's overhead goes and how far each searched boundary point's
-peaks are from its re-run in a fresh worker.
+peaks are from its re-run in a fresh worker; and the overhead by how the probe got its model
+(loaded, reused) and how it ended, with the loads a run made per model setting.
 Usage: scripts/boundary-speed.py [RESULTS_DIR [PROFILE...]]  (default: every profile there)
 """
 
@@ -86,7 +87,7 @@ def main(results: Path, profiles: list[str]) -> None:
     if all_overhead:
         print(
             f"| all | | | | {_mean_median(all_overhead)} | {_mean_median(all_beyond_timed)} | | | | "
-            f"{total_wall / 60:.1f} in {len(invocations)} invocations "
+            f"{total_wall / 60:.1f} in {len(invocations)} invocations, {int(total_trials)} trials "
             f"({total_wall / total_trials:.2f} s wall per trial) |"
         )
 
@@ -147,7 +148,54 @@ def breakdown(results: Path, profiles: list[str]) -> None:
         )
 
 
+def by_load(results: Path, profiles: list[str]) -> None:
+    """Overhead beyond the steps by how the probe got its model and how it ended, and how many
+    loads a run made: one per model setting (model, rank, precision, checkpointing) is the
+    least; a setting loaded again within one invocation means a worker was replaced mid-setting
+    (an allocator that did not come back, or a failed probe); again in a later invocation, a
+    resume."""
+    print(
+        "\n| profile | loaded: probes, mean overhead s | reused and fit: probes, mean s | "
+        "reused and OOMed: probes, mean s | model settings | loads again within an invocation |"
+    )
+    print("|" + " --- |" * 6)
+    every: list[tuple[str, float]] = []
+    for path in _files(results, profiles, "boundary-trials.csv"):
+        with open(path, newline="") as f:
+            probes = list(csv.DictReader(f))
+        runs_file = path.with_name("boundary-runs.jsonl")
+        starts = sorted(json.loads(line)["started_utc"] for line in runs_file.read_text().splitlines())
+        groups: dict[tuple[str, str], list[float]] = {}
+        seen: set[tuple] = set()
+        settings: set[tuple] = set()
+        again = 0
+        for p in probes:
+            overhead = float(p["probe_wall_s"]) - _all_steps(p)
+            every.append((p["model_load"], overhead))
+            how = (p["model_load"], "fit" if p["status"] == "ok" else p["status"])
+            groups.setdefault(how, []).append(overhead)
+            setting = (p["model"], p["lora_rank"], p["dtype"], p["grad_ckpt"])
+            settings.add(setting)
+            invocation = sum(start <= p["timestamp_utc"] for start in starts)
+            again += p["model_load"] == "loaded" and (invocation, setting) in seen
+            seen.add((invocation, setting))
+        loaded = [v for (how, _), vs in groups.items() if how == "loaded" for v in vs]
+        print(
+            f"| {path.parent.name} | {_n_mean(loaded)} | {_n_mean(groups.get(('reused', 'fit'), []))} | "
+            f"{_n_mean(groups.get(('reused', 'oom'), []))} | {len(settings)} | {again} |"
+        )
+    total = sum(v for _, v in every)
+    loaded = [v for how, v in every if how == "loaded"]
+    if every and loaded:
+        print(f"| all | {_n_mean(loaded)} ({sum(loaded) / total:.0%} of all overhead) | | | | |")
+
+
+def _n_mean(values: list[float]) -> str:
+    return f"{len(values)}, {statistics.mean(values):.2f}" if values else "0"
+
+
 if __name__ == "__main__":
     where = Path(sys.argv[1] if len(sys.argv) > 1 else "results")
     main(where, sys.argv[2:])
     breakdown(where, sys.argv[2:])
+    by_load(where, sys.argv[2:])
