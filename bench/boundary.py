@@ -8,10 +8,11 @@ sequence boundary for a batch search; else from below, by a line of peak reserve
 against the cap), then bisects, alternating fit-guided and midpoint probes so that a poor fit
 never costs more than twice plain bisection. It ends only when the boundary ran and fit and
 boundary + one step ran and ran out of memory: those two runs are the verification (none of it
-is inferred). Each probe runs in a worker that just loaded its model or kept it from its last
-probe, the latter only when the caching allocator came back, segment for segment and block for
-block, to the state the load left (trial.ModelSlot.restore); a worker whose allocator did not,
-or whose probe failed otherwise, is replaced by a new process.
+is inferred). Each probe runs in a worker that just loaded its model (during the probe, or
+before it: a slot's spare preloads the next model setting while the current one's probes run)
+or kept it from its last probe, the latter only when the caching allocator came back, segment
+for segment and block for block, to the state the load left (trial.ModelSlot.restore); a
+worker whose allocator did not, or whose probe failed otherwise, is replaced by a new process.
 Re-running the two ends in new workers gave the same peaks to the byte for all 268 boundaries of
 the ba44807 run (results/README.md), so that re-run is optional (--reverify).
 
@@ -33,7 +34,7 @@ from bench import emulation
 from bench.envinfo import utc_now
 from bench.results import ResultsFile
 from bench.schema import BOUNDARY_FIELDNAMES, PROBE_FIELDNAMES
-from bench.spec import TrialSpec
+from bench.spec import TrialSpec, model_key
 from bench.sweep import SweepConfig, _env_columns, results_path, trial_payload
 from bench.wblog import WandbMirror
 from bench.worker import WorkerPool
@@ -178,13 +179,21 @@ HOST_HEADROOM_GIB = 16.0  # kept free on the host GPU: contexts, NVML's view, fr
 CONTEXT_GIB = 0.6  # a CUDA context on the H200, outside the allocator cap
 
 
-SPARES = 1  # a started worker per slot, ready to take over for another model or after a failure
+SPARES = 1  # a started worker per slot: it preloads the next model setting, or takes over after a failure
 
 
 def slot_gib(plan: emulation.Plan) -> float:
-    """Host GPU memory a search slot can hold: its worker's allocator cap, and its worker's and
-    spare's CUDA contexts (the spare holds no allocator memory until it takes over)."""
+    """Host GPU memory a search slot holds at least: its worker's allocator cap, and its worker's
+    and spare's CUDA contexts. A spare that preloads a model holds more (preload_share), which
+    the slot takes from the budget only when it is free."""
     return plan.cap_gib + (1 + SPARES) * CONTEXT_GIB
+
+
+def preload_share(cfg: SweepConfig, plan: emulation.Plan, model: str) -> float:
+    """Host GPU memory a slot's spare holds while it preloads the next model setting: the
+    loaded model (the catalogue's estimate), never more than the cap it loads under."""
+    loaded = cfg.catalog[model].loaded_gib_estimate() if model in cfg.catalog else plan.cap_gib
+    return min(plan.cap_gib, loaded)
 
 
 def auto_parallel(entries, host) -> int:
@@ -207,6 +216,7 @@ class GpuBudget:
     def __init__(self, total_gib: float):
         self.total = self.free = total_gib
         self.cond = threading.Condition()
+        self.stalled = 0  # slots waiting for a group to fit
 
     def take_first(self, waiting: list, share) -> tuple[object, float] | None:
         """Remove and return the first of `waiting` whose `share(item)` fits, with the share
@@ -219,8 +229,19 @@ class GpuBudget:
                     if gib <= self.free:
                         self.free -= gib
                         return waiting.pop(i), gib
+                self.stalled += 1
                 self.cond.wait()
+                self.stalled -= 1
         return None
+
+    def try_take(self, gib: float) -> bool:
+        """Take `gib` for something optional (a spare's preload) if it is free and no slot is
+        waiting for memory to start a group: groups come first."""
+        with self.cond:
+            if self.stalled or gib > self.free:
+                return False
+            self.free -= gib
+            return True
 
     def give(self, gib: float) -> None:
         with self.cond:
@@ -279,7 +300,8 @@ def run_boundaries(runs: list[BoundaryRun], parallel: int | None = None, progres
                         return
                     (run, group), held = taken
                     try:
-                        run.search_group(group, pool, deadline)
+                        extra = preload_share(run.cfg, run.plan, group[0].base.model) if budgeted else 0.0
+                        run.search_group(group, pool, deadline, budget, extra)
                     finally:
                         budget.give(held)
             finally:
@@ -408,20 +430,46 @@ class BoundaryRun:
         finally:
             self.store.unlock()
 
-    def search_group(self, group: list[BoundaryTask], pool: WorkerPool, deadline: float | None) -> None:
-        """One group's searches in order, in the slot's worker pool."""
-        for task in group:
-            if deadline is not None and time.perf_counter() > deadline:
-                return
-            row = self._boundary(task, pool)
-            with self.lock:
-                self.store.append(row, replace_key=self.cfg.overwrite)
-                self.mirror.log_row(self.store.rows[-1], task.key)
-                self._remember(task, row)
-                self.counts["boundaries"] += 1
-                self.counts["verified"] += row.get("verified") is True
-                if self.progress:
-                    self.progress.advance(self.bar)
+    def search_group(
+        self,
+        group: list[BoundaryTask],
+        pool: WorkerPool,
+        deadline: float | None,
+        budget: GpuBudget | None = None,
+        preload_gib: float = 0.0,
+    ) -> None:
+        """One group's searches in order, in the slot's worker pool. Its model settings (one
+        per LoRA rank) follow one another, so while one setting's searches run, the pool's
+        spare preloads the next one's model, once `budget` grants the memory it holds
+        (`preload_gib`, given back after the group)."""
+        settings = {}  # model key -> (index of its first task, payload), in group order
+        for i, task in enumerate(group):
+            if not self._unsupported(task):
+                payload = trial_payload(self.cfg, self.plan, task.at(task.start))
+                settings.setdefault(model_key(*payload), (i, payload))
+        held = False
+        try:
+            for i, task in enumerate(group):
+                if deadline is not None and time.perf_counter() > deadline:
+                    return
+                coming = [payload for first, payload in settings.values() if first > i]
+                if not held and coming and budget is not None:
+                    held = budget.try_take(preload_gib)
+                    if held:
+                        pool.expect(coming)
+                row = self._boundary(task, pool)
+                with self.lock:
+                    self.store.append(row, replace_key=self.cfg.overwrite)
+                    self.mirror.log_row(self.store.rows[-1], task.key)
+                    self._remember(task, row)
+                    self.counts["boundaries"] += 1
+                    self.counts["verified"] += row.get("verified") is True
+                    if self.progress:
+                        self.progress.advance(self.bar)
+        finally:
+            pool.expect([])
+            if held:
+                budget.give(preload_gib)
 
     def _remember(self, task: BoundaryTask, row: dict) -> None:
         if row.get("status") == "ok" and str(row.get("max_value", "")) not in ("", "None"):
@@ -444,6 +492,9 @@ class BoundaryRun:
             tokens = seq[nearest] * SEQ_STEP
             return max(1, tokens // task.base.seq_len) if tokens else None
         return None
+
+    def _unsupported(self, task: BoundaryTask) -> str | None:
+        return emulation.unsupported_reason(task.base.dtype, self.cfg.profile, self.host, self.cfg.device)
 
     def _size(self, model: str) -> int:
         config = self.cfg.catalog[model].config if model in self.cfg.catalog else {}
@@ -485,7 +536,7 @@ class BoundaryRun:
             "seq_len": spec.seq_len if task.axis == "batch_size" else None,
             "batch_size": spec.batch_size if task.axis == "seq_len" else None,
         }
-        reason = emulation.unsupported_reason(spec.dtype, self.cfg.profile, self.host, self.cfg.device)
+        reason = self._unsupported(task)
         if reason:
             return {
                 **out,

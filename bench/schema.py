@@ -65,9 +65,10 @@ COLUMNS: list[tuple[str, str]] = [
     ),
     (
         "model_load",
-        "loaded (during this trial), reused (kept from this worker's previous trial of the same "
-        "model, after the allocator came back, block for block, to the state the load left) or, "
-        "in rows of earlier commits, preloaded (by a spare worker before the trial arrived)",
+        "loaded (during this trial), preloaded (by a spare worker before the trial arrived, as "
+        "the trial would have loaded it, while other trials ran) or reused (kept from this "
+        "worker's previous trial of the same model, after the allocator came back, block for "
+        "block, to the state the load left)",
     ),
     ("load_s", "seconds spent loading, quantising and wrapping the model"),
     ("sdpa_backends", "SDPA backends allowed (the target card's)"),

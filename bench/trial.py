@@ -242,9 +242,10 @@ class ModelSlot:
         self.model = None
         self.load: dict = {}
         self.baseline: list | None = None  # allocator_state() a trial starts from
+        self.preloaded = False  # loaded ahead of its first trial, which has not run yet
 
     def drop(self, device: str) -> None:
-        self.key, self.model, self.load, self.baseline = None, None, {}, None
+        self.key, self.model, self.load, self.baseline, self.preloaded = None, None, {}, None, False
         free_memory(device)
 
     def release(self, device: str, collect: bool = True) -> None:
@@ -320,6 +321,17 @@ def load_into(slot: ModelSlot, spec: dict, plan: dict, model_source: dict, probe
     slot.baseline = allocator_state(device)
 
 
+def preload(spec: dict, plan: dict, model_source: dict, slot: ModelSlot) -> None:
+    """Load `spec`'s model into `slot` before its first trial arrives (a spare does this while
+    another worker's trials run), exactly as that trial would have: the same device settings,
+    SDPA kernels, cap, load, warm-up and free. The trial then starts from the allocator state a
+    load leaves, as if it had loaded the model itself."""
+    with _sdpa_context(plan["sdpa_backends"], plan["device"]):
+        _prepare_device(plan)
+        load_into(slot, spec, plan, model_source, MemoryProbe(plan["device"]))
+    slot.preloaded = True
+
+
 def _prepare_device(plan: dict) -> None:
     if plan.get("threads"):
         torch.set_num_threads(plan["threads"])
@@ -334,8 +346,9 @@ def _measure(spec: dict, plan: dict, model_source: dict, row: dict, slot: ModelS
     started = time.perf_counter()
     _prepare_device(plan)
     probe = MemoryProbe(device)
-    if slot.key == model_key(spec, plan, model_source):  # kept from this worker's last trial
-        row["model_load"] = "reused"
+    if slot.key == model_key(spec, plan, model_source):  # kept from the last trial, or preloaded
+        row["model_load"] = "preloaded" if slot.preloaded else "reused"
+        slot.preloaded = False
         if device == "cuda":
             apply_cap(plan["cap_gib"])
     else:

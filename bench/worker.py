@@ -147,6 +147,18 @@ def worker_main(conn) -> None:
             torch.cuda.init()
             torch.cuda.synchronize()
             continue
+        if message[0] == "preload":  # load the model of a trial still to come, nothing measured
+            _, spec, plan, source = message
+            try:
+                trial.preload(spec, plan, source, slot)
+                conn.send(("preloaded", {"status": "ok"}))
+            except Exception as exc:
+                status = "oom" if trial.is_oom(exc) else "error"
+                conn.send(("preloaded", {"status": status, "reason": f"{type(exc).__name__}: {exc}"}))
+                del exc
+                slot.drop(plan["device"])
+                trial.cleanup(plan["device"])
+            continue
         if message[0] == "prepare":  # build a random-weight checkpoint, nothing measured
             _, name, config, device = message
             try:
@@ -228,6 +240,8 @@ class Worker:
         self.process.start()
         child.close()
         self.ready = False
+        self.preloading: str | None = None  # model key of a preload sent to this worker
+        self._preload_pending = False
 
     def wait_ready(self, timeout: float) -> None:
         if self.ready:
@@ -244,6 +258,27 @@ class Worker:
             raise RuntimeError(f"worker failed to start: {_death_reason(self.process.exitcode)}") from None
         assert kind == "ready"
         self.ready = True
+
+    def preload(self, payload: tuple) -> None:
+        """Have this (spare) worker load the model of `payload`'s trial now, before the trial."""
+        spec, plan, source = payload[:3]
+        self.conn.send(("preload", spec, plan, source))
+        self.preloading, self._preload_pending = model_key(spec, plan, source), True
+
+    def settle(self, startup_timeout: float, timeout: float) -> bool:
+        """Wait for the worker to start and for a preload sent to it to end; False when the
+        preload failed (the worker then holds no model and goes)."""
+        self.wait_ready(startup_timeout)
+        if not self._preload_pending:
+            return True
+        self._preload_pending = False
+        if not self.conn.poll(timeout):
+            return False
+        try:
+            kind, answer = self.conn.recv()
+        except (EOFError, OSError):
+            return False
+        return kind == "preloaded" and answer["status"] == "ok"
 
     def run(self, payload: tuple, timeout: float) -> dict:
         self.conn.send(payload)
@@ -289,7 +324,9 @@ class WorkerPool:
     equal, the next trial of that model runs on it as on a fresh load. A trial of another model,
     an allocator that did not come back, or a trial that failed otherwise (error, crash,
     timeout) hands over to a new worker. `spares` workers start in the background (imports,
-    and with `cuda` their CUDA context, which holds no allocator memory) so that one is ready.
+    and with `cuda` their CUDA context, which holds no allocator memory) so that one is ready;
+    told which models come next (`expect`), a spare loads the next one while the current
+    worker's trials run, so that a change of model costs no load.
     """
 
     def __init__(self, spares: int = 0, startup_timeout: float = 600.0, cuda: bool = False):
@@ -300,23 +337,31 @@ class WorkerPool:
         self._current: Worker | None = None
         self._holds: str | None = None  # model key of the current worker's model
         self._spare: list[Worker] = []
+        self._coming: list[tuple[str, tuple]] = []  # (model key, payload) of the models to come
+
+    def expect(self, payloads: list[tuple]) -> None:
+        """The trials' models to come, in order, one payload each (the current one may lead):
+        from the next run on, a spare loads the first of them the current worker does not
+        hold. A spare holding a model not among them is stopped; [] stops every such spare."""
+        self._coming = [(model_key(*p[:3]), p[:3]) for p in payloads]
+        keys = {key for key, _ in self._coming}
+        for worker in [w for w in self._spare if w.preloading not in (None, *keys)]:
+            worker.stop(wait=False)
+            self._spare.remove(worker)
 
     def run(self, payload: tuple, timeout: float) -> dict:
         key = None if isinstance(payload[0], str) else model_key(*payload)  # str: a command
         if self._current is not None and self._holds not in (None, key):
             self.retire()  # another model: another worker
-        if self._current is None:
-            self._current, self._holds = (self._spare.pop(0) if self._spare else Worker(self.method)), None
-        worker = self._current
         try:
+            if self._current is None:
+                self._current, self._holds = self._take(key, timeout), None
+            worker = self._current
             worker.wait_ready(self.startup_timeout)
         except BadFork:
             self._fall_back_to_spawn()
             return self.run(payload, timeout)
-        while len(self._spare) < self.spares:
-            self._spare.append(Worker(self.method))
-            if self.cuda:
-                self._spare[-1].conn.send(("cuda",))
+        self._refill(key)
         row = worker.run(payload if key is None else (*payload, True), timeout)
         kept = row.pop(KEPT, False)
         if kept:
@@ -325,6 +370,35 @@ class WorkerPool:
             worker.stop(wait=False)
             self._current = None
         return row
+
+    def _take(self, key: str | None, timeout: float) -> Worker:
+        """A worker for a trial of model `key`: the spare that preloaded it, else a spare that
+        holds nothing, else a new one (spares preloading other models stay for them)."""
+        for worker in [w for w in self._spare if key is not None and w.preloading == key]:
+            self._spare.remove(worker)
+            if worker.settle(self.startup_timeout, timeout):
+                return worker
+            worker.stop(wait=False)  # the preload failed: the trial loads in a clean worker
+        for worker in [w for w in self._spare if w.preloading is None]:
+            self._spare.remove(worker)
+            return worker
+        return Worker(self.method)
+
+    def _refill(self, key: str | None) -> None:
+        """Start spares up to `spares`; have one preload the next model to come after `key`."""
+        keys = [k for k, _ in self._coming]
+        if key in keys:
+            self._coming = self._coming[keys.index(key) + 1 :]
+        while len(self._spare) < self.spares:
+            self._spare.append(Worker(self.method))
+            if self.cuda:
+                self._spare[-1].conn.send(("cuda",))
+        coming = [(k, p) for k, p in self._coming if k != key]
+        if not coming or any(w.preloading == coming[0][0] for w in self._spare):
+            return
+        idle = [w for w in self._spare if w.preloading is None]
+        if idle:
+            idle[0].preload(coming[0][1])
 
     def _fall_back_to_spawn(self) -> None:
         print(

@@ -8,14 +8,14 @@ search saw it minus the time of every step it ran (warm-up and timed) at its ste
 (the median timed step), so a first step slowed by loading kernels counts as overhead, and a
 probe that ran out of memory is all overhead; the same beyond the timed steps only (warm-up steps
 counted as overhead, as earlier runs reported it); how the model got into the worker (loaded
-during the trial, preloaded by a waiting spare, reused from the worker's previous probe of the
-same model, which fit); and the wall time of the runs (boundary-runs.jsonl, one line per profile and
-invocation, so a profile finished over several time-limited invocations adds up; profiles
-searched together in one invocation share its wall time, marked "joint", and the total counts
-each invocation once).
+during the trial, preloaded by the slot's spare while the previous model setting's probes ran,
+or reused from the worker's previous probe of the same model); and the wall time of the runs
+(boundary-runs.jsonl, one line per profile and invocation, so a profile finished over several
+time-limited invocations adds up; profiles searched together in one invocation share its wall
+time, marked "joint", and the total counts each invocation once).
 Then, per profile, where a probe's overhead goes and how far each searched boundary point's
 peaks are from its re-run in a fresh worker; and the overhead by how the probe got its model
-(loaded, reused) and how it ended, with the loads a run made per model setting.
+(loaded, preloaded, reused) and how it ended, with the loads a run made per model setting.
 Usage: scripts/boundary-speed.py [RESULTS_DIR [PROFILE...]]  (default: every profile there)
 """
 
@@ -63,7 +63,7 @@ def main(results: Path, profiles: list[str]) -> None:
         hinted = [int(b["search_trials"]) for b in searched if b.get("search_hint")]
         blind = [int(b["search_trials"]) for b in searched if not b.get("search_hint")]
         how = Counter(p["model_load"] for p in probes)
-        loads = [float(p["load_s"]) for p in probes if p["model_load"] in ("loaded", "preloaded")]
+        loads = [float(p["load_s"]) for p in probes if p["model_load"] in LOADS]
         runs_file = path.with_name("boundary-runs.jsonl")
         runs = [json.loads(line) for line in runs_file.read_text().splitlines()] if runs_file.exists() else []
         wall = sum(r["wall_s"] for r in runs)
@@ -155,10 +155,11 @@ def by_load(results: Path, profiles: list[str]) -> None:
     (an allocator that did not come back, or a failed probe); again in a later invocation, a
     resume."""
     print(
-        "\n| profile | loaded: probes, mean overhead s | reused and fit: probes, mean s | "
-        "reused and OOMed: probes, mean s | model settings | loads again within an invocation |"
+        "\n| profile | loaded: probes, mean overhead s | preloaded: probes, mean s | "
+        "reused and fit: probes, mean s | reused and OOMed: probes, mean s | model settings | "
+        "loads again within an invocation |"
     )
-    print("|" + " --- |" * 6)
+    print("|" + " --- |" * 7)
     every: list[tuple[str, float]] = []
     for path in _files(results, profiles, "boundary-trials.csv"):
         with open(path, newline="") as f:
@@ -177,17 +178,26 @@ def by_load(results: Path, profiles: list[str]) -> None:
             setting = (p["model"], p["lora_rank"], p["dtype"], p["grad_ckpt"])
             settings.add(setting)
             invocation = sum(start <= p["timestamp_utc"] for start in starts)
-            again += p["model_load"] == "loaded" and (invocation, setting) in seen
+            again += p["model_load"] in LOADS and (invocation, setting) in seen
             seen.add((invocation, setting))
         loaded = [v for (how, _), vs in groups.items() if how == "loaded" for v in vs]
+        preloaded = [v for (how, _), vs in groups.items() if how == "preloaded" for v in vs]
         print(
-            f"| {path.parent.name} | {_n_mean(loaded)} | {_n_mean(groups.get(('reused', 'fit'), []))} | "
+            f"| {path.parent.name} | {_n_mean(loaded)} | {_n_mean(preloaded)} | "
+            f"{_n_mean(groups.get(('reused', 'fit'), []))} | "
             f"{_n_mean(groups.get(('reused', 'oom'), []))} | {len(settings)} | {again} |"
         )
     total = sum(v for _, v in every)
     loaded = [v for how, v in every if how == "loaded"]
+    preloaded = [v for how, v in every if how == "preloaded"]
     if every and loaded:
-        print(f"| all | {_n_mean(loaded)} ({sum(loaded) / total:.0%} of all overhead) | | | | |")
+        print(
+            f"| all | {_n_mean(loaded)} ({sum(loaded) / total:.0%} of all overhead) | "
+            f"{_n_mean(preloaded)} ({sum(preloaded) / total:.0%}) | | | | |"
+        )
+
+
+LOADS = ("loaded", "preloaded")  # a probe whose worker loaded its model (during it, or before)
 
 
 def _n_mean(values: list[float]) -> str:

@@ -248,3 +248,14 @@ def test_slots_are_sized_for_the_smallest_cap_and_larger_caps_run_fewer_at_once(
     gpu.give(4.0)
     assert gpu.take_first(waiting, {"big": 8.0}.get) == ("big", 8.0) and gpu.free == 2.0
     assert gpu.take_first([], {}.get) is None
+
+    # a spare's preload takes only what is free, and nothing while a slot waits for a group
+    assert not gpu.try_take(3.0) and gpu.try_take(1.5) and gpu.free == 0.5
+    waiting = ["next"]
+    waiter = threading.Thread(target=gpu.take_first, args=(waiting, {"next": 2.0}.get))
+    waiter.start()
+    waiter.join(0.2)
+    assert gpu.stalled == 1 and not gpu.try_take(0.5)
+    gpu.give(1.5)
+    waiter.join(5)
+    assert not waiter.is_alive() and gpu.stalled == 0 and gpu.try_take(0.0) and gpu.free == 0.0

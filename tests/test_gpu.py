@@ -16,9 +16,12 @@ NATIVE = {
 }
 
 
+def _payload(spec, plan):
+    return ({**spec.to_row(), "key": spec.key}, plan, {"config": load_catalog()[spec.model].config})
+
+
 def _run(pool, spec, plan):
-    source = {"config": load_catalog()[spec.model].config}
-    return pool.run(({**spec.to_row(), "key": spec.key}, plan, source), timeout=600)
+    return pool.run(_payload(spec, plan), timeout=600)
 
 
 def test_gradient_checkpointing_lowers_peak_memory():
@@ -74,29 +77,38 @@ MEMORY = (
     ids=["1b-fp16-ckpt", "0.5b-bf16"],
 )
 def test_a_kept_model_measures_what_a_fresh_worker_measures_to_the_byte(spec, plan):
-    """A worker keeps its model from probe to probe, after a fit and after an OOM alike, and a
-    spare whose CUDA context was created while it waited takes over for a new model. None of
-    that may change what a probe measures against a new worker that loads for it."""
+    """A worker keeps its model from probe to probe, after a fit and after an OOM alike; a
+    spare whose CUDA context was created while it waited takes over for a new model, or has
+    preloaded it while another model's probes ran. None of that may change what a probe
+    measures against a new worker that loads for it."""
     from dataclasses import replace
 
     other = TrialSpec("qwen2.5-0.5b", 1024, 1, 16, "fp16", False, 32, warmup_steps=1, measured_steps=1)
     if other.model == spec.model:
         other = replace(other, model="llama-3.2-1b")
+    other_plan = {**NATIVE, "cap_gib": 12.0}
     fresh, pool = WorkerPool(), WorkerPool(spares=1, cuda=True)
     try:
         loaded = _run(fresh, spec, plan)
-        spare = [_run(pool, other, {**NATIVE, "cap_gib": 12.0}), _run(pool, spec, plan)]
+        spare = [_run(pool, other, other_plan), _run(pool, spec, plan)]
         after_fit = [_run(pool, replace(spec, seq_len=spec.seq_len // 2), plan), _run(pool, spec, plan)]
         after_oom = [_run(pool, replace(spec, seq_len=spec.seq_len * 16), plan), _run(pool, spec, plan)]
+        pool.expect([_payload(other, other_plan), _payload(spec, plan)])
+        preloaded = [_run(pool, other, other_plan), _run(pool, spec, plan)]
     finally:
         fresh.close()
         pool.close()
     assert loaded["status"] == "ok" and loaded["model_load"] == "loaded", loaded
     assert after_fit[0]["status"] == "ok" and after_oom[0]["status"] == "oom", (after_fit, after_oom)
-    probes = {"in a spare": spare[1], "after a fit": after_fit[1], "after an OOM": after_oom[1]}
+    probes = {
+        "in a spare": spare[1],
+        "after a fit": after_fit[1],
+        "after an OOM": after_oom[1],
+        "preloaded": preloaded[1],
+    }
     for how, row in probes.items():
         assert row["status"] == "ok", (how, row)
-    assert [row["model_load"] for row in probes.values()] == ["loaded", "reused", "reused"], probes
+    assert [row["model_load"] for row in probes.values()] == ["loaded", "reused", "reused", "preloaded"]
     for column in MEMORY:
         for how, row in probes.items():
             assert row[column] == loaded[column], (column, how, row[column], loaded[column])

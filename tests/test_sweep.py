@@ -95,6 +95,47 @@ def test_a_worker_keeps_its_model_while_the_allocator_restores_and_is_replaced_o
     assert rows[8]["trainable_params"] == rows[9]["trainable_params"]
 
 
+def test_a_spare_preloads_the_next_model_as_the_trial_would_have_loaded_it():
+    """Told which models come next, the pool has its spare load the next one while the current
+    worker's trials run; that trial then starts from the state of a load (the same loss as in a
+    new worker, to the bit). A preload that fails leaves the trial to load in a clean worker."""
+    from dataclasses import replace
+
+    from bench.catalog import load_catalog
+    from bench.spec import TrialSpec
+    from bench.worker import WorkerPool
+
+    plan = {"device": "cpu", "cap_gib": None, "sdpa_backends": ["math"], "allow_tf32": False, "threads": 1}
+    source = {"config": load_catalog()["tiny"].config}
+    first = TrialSpec("tiny", 64, 1, 4, "fp16", False, 8, warmup_steps=1, measured_steps=1)
+    second, third = replace(first, lora_rank=8, lora_alpha=16), replace(first, lora_rank=16, lora_alpha=32)
+
+    def payload(spec, where=source):
+        return ({**spec.to_row(), "key": spec.key}, plan, where)
+
+    pool, fresh = WorkerPool(spares=1), WorkerPool()
+    try:
+        pool.expect([payload(first), payload(second), payload(third, {"path": "/nonexistent"})])
+        rows = [pool.run(payload(s), 300) for s in (first, replace(first, seq_len=96), second)]
+        rows.append(pool.run(payload(replace(second, seq_len=96)), 300))
+        broken = pool.run(payload(third, {"path": "/nonexistent"}), 300)
+        alone = fresh.run(payload(second), 300)
+        pool.expect([payload(first), payload(third)])  # with `first` held, its spare loads `third`
+        assert [w.preloading for w in pool._spare] == [None]  # (the next run sends it)
+        pool.run(payload(first), 300)
+        assert len(pool._spare) == 1 and pool._spare[0].preloading
+        pool.expect([])  # nothing more to come: the spare holding `third` goes
+        assert pool._spare == []
+    finally:
+        pool.close()
+        fresh.close()
+    assert [r["status"] for r in rows] == ["ok"] * 4, rows
+    assert [r["model_load"] for r in rows] == ["loaded", "reused", "preloaded", "reused"]
+    assert rows[2]["loss_first"] == alone["loss_first"] and rows[2]["loss_last"] == alone["loss_last"]
+    assert rows[2]["trainable_params"] == alone["trainable_params"] > rows[0]["trainable_params"]
+    assert broken["status"] == "error" and "nonexistent" in broken["reason"], broken
+
+
 def test_a_kept_model_is_released_unless_the_allocator_is_back_where_the_load_left_it(monkeypatch):
     """ModelSlot.restore frees the trial's gradients and answers whether the allocator's state
     equals the one right after the load (here a stand-in for CUDA's snapshot)."""
