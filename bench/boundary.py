@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import threading
 import time
@@ -184,16 +185,9 @@ SPARES = 1  # a started worker per slot: it preloads the next model setting, or 
 
 def slot_gib(plan: emulation.Plan) -> float:
     """Host GPU memory a search slot holds at least: its worker's allocator cap, and its worker's
-    and spare's CUDA contexts. A spare that preloads a model holds more (preload_share), which
-    the slot takes from the budget only when it is free."""
+    and spare's CUDA contexts. While its spare preloads a model it holds that too
+    (BoundaryRun.share)."""
     return plan.cap_gib + (1 + SPARES) * CONTEXT_GIB
-
-
-def preload_share(cfg: SweepConfig, plan: emulation.Plan, model: str) -> float:
-    """Host GPU memory a slot's spare holds while it preloads the next model setting: the
-    loaded model (the catalogue's estimate), never more than the cap it loads under."""
-    loaded = cfg.catalog[model].loaded_gib_estimate() if model in cfg.catalog else plan.cap_gib
-    return min(plan.cap_gib, loaded)
 
 
 def auto_parallel(entries, host) -> int:
@@ -216,7 +210,6 @@ class GpuBudget:
     def __init__(self, total_gib: float):
         self.total = self.free = total_gib
         self.cond = threading.Condition()
-        self.stalled = 0  # slots waiting for a group to fit
 
     def take_first(self, waiting: list, share) -> tuple[object, float] | None:
         """Remove and return the first of `waiting` whose `share(item)` fits, with the share
@@ -229,19 +222,8 @@ class GpuBudget:
                     if gib <= self.free:
                         self.free -= gib
                         return waiting.pop(i), gib
-                self.stalled += 1
                 self.cond.wait()
-                self.stalled -= 1
         return None
-
-    def try_take(self, gib: float) -> bool:
-        """Take `gib` for something optional (a spare's preload) if it is free and no slot is
-        waiting for memory to start a group: groups come first."""
-        with self.cond:
-            if self.stalled or gib > self.free:
-                return False
-            self.free -= gib
-            return True
 
     def give(self, gib: float) -> None:
         with self.cond:
@@ -287,7 +269,7 @@ def run_boundaries(runs: list[BoundaryRun], parallel: int | None = None, progres
         deadline = started + time_budget if time_budget else None
 
         def share(item) -> float:
-            return slot_gib(item[0].plan) if budgeted else 0.0
+            return item[0].share(item[1]) if budgeted else 0.0
 
         def slot() -> None:
             # One worker pool per slot, from group to group: a spare with its CUDA context
@@ -300,8 +282,7 @@ def run_boundaries(runs: list[BoundaryRun], parallel: int | None = None, progres
                         return
                     (run, group), held = taken
                     try:
-                        extra = preload_share(run.cfg, run.plan, group[0].base.model) if budgeted else 0.0
-                        run.search_group(group, pool, deadline, budget, extra)
+                        run.search_group(group, pool, deadline)
                     finally:
                         budget.give(held)
             finally:
@@ -390,17 +371,23 @@ class BoundaryRun:
         self.bar = progress.add_task(self.cfg.profile.name, total=len(self.todo)) if progress else None
 
     def groups(self) -> list[list[BoundaryTask]]:
-        """The searches still to do, one group per model, precision and checkpointing setting.
-        A slot takes a group at a time (a worker keeps its model from search to search),
-        ranks in ascending order and the sequence-length search before the batch
-        searches, so that each search after the first starts from a sibling's boundary (_hint).
-        The hints come from the group alone, so a run's probes do not depend on timing."""
+        """The searches still to do, one group per model and precision. A slot takes a group at
+        a time and searches its model settings (checkpointing x LoRA rank) one after another,
+        each setting's sequence-length search before its batch searches, ranks in ascending
+        order, so that each search after the first of its kind starts from a sibling's boundary
+        (_hint); the hints come from the group alone, so a run's probes do not depend on timing.
+        A worker keeps its setting's model from search to search, and while it does the slot's
+        spare preloads the next setting's (search_group): only a group's first load is paid."""
         groups: dict[str, list[BoundaryTask]] = {}
         for task in self.todo:
-            group = replace(task.base, seq_len=0, batch_size=0, lora_rank=0, lora_alpha=0).key
+            group = replace(
+                task.base, seq_len=0, batch_size=0, lora_rank=0, lora_alpha=0, grad_ckpt=False
+            ).key
             groups.setdefault(group, []).append(task)
         for group in groups.values():
-            group.sort(key=lambda t: (t.base.lora_rank, t.axis != "seq_len", t.base.seq_len))
+            group.sort(
+                key=lambda t: (t.base.grad_ckpt, t.base.lora_rank, t.axis != "seq_len", t.base.seq_len)
+            )
         return list(groups.values())
 
     def cost(self, group: list[BoundaryTask]) -> float:
@@ -430,33 +417,34 @@ class BoundaryRun:
         finally:
             self.store.unlock()
 
-    def search_group(
-        self,
-        group: list[BoundaryTask],
-        pool: WorkerPool,
-        deadline: float | None,
-        budget: GpuBudget | None = None,
-        preload_gib: float = 0.0,
-    ) -> None:
-        """One group's searches in order, in the slot's worker pool. Its model settings (one
-        per LoRA rank) follow one another, so while one setting's searches run, the pool's
-        spare preloads the next one's model, once `budget` grants the memory it holds
-        (`preload_gib`, given back after the group)."""
-        settings = {}  # model key -> (index of its first task, payload), in group order
-        for i, task in enumerate(group):
+    def settings(self, group: list[BoundaryTask]) -> list[tuple]:
+        """The worker payloads of a group's model settings (one per LoRA rank), in search order;
+        none when its precision is unsupported (nothing runs)."""
+        payloads = {}
+        for task in group:
             if not self._unsupported(task):
                 payload = trial_payload(self.cfg, self.plan, task.at(task.start))
-                settings.setdefault(model_key(*payload), (i, payload))
-        held = False
+                payloads.setdefault(model_key(*payload), payload)
+        return list(payloads.values())
+
+    def share(self, group: list[BoundaryTask]) -> float:
+        """Host GPU memory a slot holds for this group: slot_gib, and while one model setting's
+        searches run, the next setting's model in the spare that preloads it (the catalogue's
+        estimate of a loaded model, never more than the cap it loads under)."""
+        model = group[0].base.model
+        loaded = self.cfg.catalog[model].loaded_gib_estimate() if model in self.cfg.catalog else math.inf
+        preload = min(self.plan.cap_gib, loaded) if len(self.settings(group)) > 1 else 0.0
+        return slot_gib(self.plan) + preload
+
+    def search_group(self, group: list[BoundaryTask], pool: WorkerPool, deadline: float | None) -> None:
+        """One group's searches in order, in the slot's worker pool. Its model settings follow
+        one another, so while one setting's searches run, the pool's spare preloads the next
+        setting's model."""
+        pool.expect(self.settings(group))
         try:
-            for i, task in enumerate(group):
+            for task in group:
                 if deadline is not None and time.perf_counter() > deadline:
                     return
-                coming = [payload for first, payload in settings.values() if first > i]
-                if not held and coming and budget is not None:
-                    held = budget.try_take(preload_gib)
-                    if held:
-                        pool.expect(coming)
                 row = self._boundary(task, pool)
                 with self.lock:
                     self.store.append(row, replace_key=self.cfg.overwrite)
@@ -467,9 +455,7 @@ class BoundaryRun:
                     if self.progress:
                         self.progress.advance(self.bar)
         finally:
-            pool.expect([])
-            if held:
-                budget.give(preload_gib)
+            pool.expect([])  # a spare that preloaded a setting the deadline left out goes
 
     def _remember(self, task: BoundaryTask, row: dict) -> None:
         if row.get("status") == "ok" and str(row.get("max_value", "")) not in ("", "None"):

@@ -1,6 +1,7 @@
 """Boundary search: exact on a known memory curve, few trials, verified end to end on CPU."""
 
 import csv
+from dataclasses import replace
 
 import pytest
 from conftest import cli
@@ -186,14 +187,15 @@ def test_a_hint_past_either_end_is_clamped():
     assert search(huge, fake_probe(calls), CAP, hint=0)["lo"] == 0 and len(calls) == 1
 
 
-def test_slots_are_sized_for_the_smallest_cap_and_larger_caps_run_fewer_at_once(monkeypatch):
+def test_slots_are_sized_for_the_smallest_cap_and_larger_caps_run_fewer_at_once(monkeypatch, tmp_path):
     """On the H200 (139.8 GiB by NVML) an l4 slot holds its 21.7 GiB cap and two CUDA contexts
-    (worker and spare), whatever the model: five l4 searches at once; with a 4 GB card's
-    profile beside it, 8 slots (the most), of which the budget lets at most five take l4 groups."""
+    (worker and spare): five l4 searches at once; with a 4 GB card's profile beside it, 8 slots
+    (the most). A group of several model settings also holds the next setting's model, which
+    the spare preloads, so fewer groups of large models run at once."""
     import threading
 
     from bench import emulation
-    from bench.boundary import HOST_HEADROOM_GIB, GpuBudget, auto_parallel, slot_gib
+    from bench.boundary import HOST_HEADROOM_GIB, BoundaryRun, GpuBudget, auto_parallel, slot_gib
     from bench.commands import build_config
     from bench.envinfo import HostGPU
     from bench.profiles import load_profile
@@ -228,6 +230,19 @@ def test_slots_are_sized_for_the_smallest_cap_and_larger_caps_run_fewer_at_once(
     small = emulation.plan(load_profile("gtx1650"), "cuda", host)
     assert auto_parallel([(cfg, plan), (cfg, small)], host) == 8
 
+    monkeypatch.setattr("bench.envinfo.nvml_gpu", lambda: host)
+    run = BoundaryRun(replace(cfg, results_dir=tmp_path), (512, 1024, 2048), ("seq_len", "batch_size"))
+    run.todo = run.tasks
+    groups = {(g[0].base.model, g[0].base.dtype): g for g in run.groups()}
+    assert len(groups) == 6 * 2  # per model and precision: 2 ranks x 2 checkpointing settings each
+    group = groups["qwen2.5-7b", "bf16"]
+    assert len(run.settings(group)) == 4
+    assert [(t.base.grad_ckpt, t.base.lora_rank) for t in group[:5]] == [(False, 8)] * 4 + [(False, 16)]
+    loaded = cfg.catalog["qwen2.5-7b"].loaded_gib_estimate()
+    assert 9 < loaded < plan.cap_gib and run.share(group) == slot_gib(plan) + loaded
+    assert int(budget // run.share(group)) == 3
+    assert run.share(group[:4]) == slot_gib(plan)  # one setting: nothing to preload
+
     gpu = GpuBudget(10.0)
     huge = ["huge"]
     assert gpu.take_first(huge, {"huge": 25.0}.get) == ("huge", 10.0)  # clamped: it can run alone
@@ -248,14 +263,3 @@ def test_slots_are_sized_for_the_smallest_cap_and_larger_caps_run_fewer_at_once(
     gpu.give(4.0)
     assert gpu.take_first(waiting, {"big": 8.0}.get) == ("big", 8.0) and gpu.free == 2.0
     assert gpu.take_first([], {}.get) is None
-
-    # a spare's preload takes only what is free, and nothing while a slot waits for a group
-    assert not gpu.try_take(3.0) and gpu.try_take(1.5) and gpu.free == 0.5
-    waiting = ["next"]
-    waiter = threading.Thread(target=gpu.take_first, args=(waiting, {"next": 2.0}.get))
-    waiter.start()
-    waiter.join(0.2)
-    assert gpu.stalled == 1 and not gpu.try_take(0.5)
-    gpu.give(1.5)
-    waiter.join(5)
-    assert not waiter.is_alive() and gpu.stalled == 0 and gpu.try_take(0.0) and gpu.free == 0.0
