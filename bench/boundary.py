@@ -273,7 +273,8 @@ def run_boundaries(runs: list[BoundaryRun], parallel: int | None = None, progres
 
         def slot() -> None:
             # One worker pool per slot, from group to group: a spare with its CUDA context
-            # already created takes over for each new model.
+            # already created takes over for a group's first model setting, and one that
+            # preloaded it for each later setting.
             pool = WorkerPool(spares=SPARES if cuda else 0, cuda=cuda)
             try:
                 while deadline is None or time.perf_counter() < deadline:
@@ -418,8 +419,8 @@ class BoundaryRun:
             self.store.unlock()
 
     def settings(self, group: list[BoundaryTask]) -> list[tuple]:
-        """The worker payloads of a group's model settings (one per LoRA rank), in search order;
-        none when its precision is unsupported (nothing runs)."""
+        """The worker payloads of a group's model settings (one per checkpointing setting and
+        LoRA rank), in search order; none when its precision is unsupported (nothing runs)."""
         payloads = {}
         for task in group:
             if not self._unsupported(task):

@@ -9,7 +9,8 @@ of memory); it then keeps the model for the next trial of that model. Any other 
 trial of another model (a worker loads one model in its life). Segfaults, aborts
 and the OS killing the worker show up as a dead pipe; hangs as a timeout, after which the
 worker is killed. A spare worker can be started in the background so that replacing one costs
-no import time (and, asked to, its CUDA context: no allocator memory).
+no import time (and, asked to, its CUDA context: no allocator memory), and it can load the
+model of a trial still to come (a preload), so that a change of model costs no load either.
 
 Test hook: QLORA_BENCH_INJECT="<substring of trial_key>:<fault>[,...]" makes the worker fail on
 matching trials; "tokens>N:<fault>" matches trials with batch x seq above N (a simulated memory
