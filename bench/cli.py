@@ -343,7 +343,12 @@ def plot(results_dir, out):
 )
 @click.option("--dataset-size", type=click.IntRange(2000, 20000), default=2000, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--dtype", type=click.Choice(["fp16", "bf16"]), default="bf16", show_default=True)
+@click.option(
+    "--dtype",
+    type=click.Choice(["fp16", "bf16", "fp32"]),
+    help="Compute dtype of the 4-bit base and of autocast. Default bf16 on cuda, fp32 on cpu: a CPU "
+    "without AVX-512 BF16 or AMX runs half-precision matmuls in slow software paths.",
+)
 @click.option("--rank", "lora_rank", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--grad-ckpt/--no-grad-ckpt", default=False, show_default=True)
 @click.option(

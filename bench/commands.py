@@ -264,12 +264,13 @@ def run_sft_command(
     profile = load_profile(profile_name, set(catalog))
     host = nvml_gpu() if device == "cuda" else None
     plan = emulation.plan(profile, device, host)
+    dtype = dtype or ("fp32" if device == "cpu" else "bf16")
     reason = emulation.unsupported_reason(dtype, profile, host, device)
     if reason:
         raise BenchUsageError(f"--dtype {dtype}: {reason}")
     splits = data.generate(dataset_size, seed)
     # Real models are pretrained: the usual QLoRA settings. The tiny CPU model starts from noise
-    # and needs a higher rate and more steps to learn the format (0 -> ~0.67 on CPU, measured).
+    # and needs a higher rate and more steps to learn the format (0 -> 1.0 on CPU in fp32, measured).
     if weights:
         source, name = resolve_weights(weights), Path(weights).name
         defaults = {"lr": 2e-4, "batch_size": 8, "max_steps": 300, "eval_every": 100}

@@ -26,7 +26,8 @@ from bench.paths import cache_dir
 from bench.schema import GIB
 from bench.spec import model_key
 
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+# fp32 (no autocast) only for sft on CPU; the sweep grids take fp16 and bf16 (bench.profiles.DTYPES).
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def is_oom(exc: BaseException) -> bool:

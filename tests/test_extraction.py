@@ -118,6 +118,7 @@ def test_sft_resumes_from_its_last_checkpoint(tmp_path):
     first = cli(*args, "--steps", "20")
     assert first.returncode == 0, first.stderr
     assert [s for s, _ in _curves(tmp_path)] == [0, 10, 20]
+    assert json.loads((tmp_path / "config.json").read_text())["dtype"] == "fp32"  # the CPU default
     second = cli(*args, "--steps", "30")
     assert second.returncode == 0, second.stderr
     assert "resumed at step 20" in second.stderr

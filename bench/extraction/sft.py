@@ -29,7 +29,7 @@ class SFTConfig:
     source: str  # model directory (weights + tokenizer)
     out: Path  # run directory
     device: str = "cpu"
-    dtype: str = "bf16"
+    dtype: str = "bf16"  # the 4-bit base's compute dtype and autocast's; fp32: no autocast
     lora_rank: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
@@ -94,7 +94,7 @@ def evaluate(model, tokenizer, rows: list[dict], eval_rows: list[dict], cfg: SFT
     model.eval()
     free_memory(cfg.device)
     outputs, scores = [], []
-    with torch.autocast(device_type=cfg.device, dtype=dtype):
+    with torch.autocast(device_type=cfg.device, dtype=dtype, enabled=dtype != torch.float32):
         for row in rows:
             text = generate_one(model, tokenizer, row["prompt"], cfg)
             outputs.append(text)
@@ -237,7 +237,7 @@ def _train(cfg: SFTConfig, splits: dict, log) -> dict:
     while step < cfg.max_steps:
         rows = rng.sample(splits["train"], cfg.batch_size)
         ids, labels, mask = _batch(tokenizer, rows, cfg.max_len, cfg.device)
-        with torch.autocast(device_type=cfg.device, dtype=dtype):
+        with torch.autocast(device_type=cfg.device, dtype=dtype, enabled=dtype != torch.float32):
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         scaler.scale(loss).backward()
         scaler.step(optimizer)
