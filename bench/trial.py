@@ -26,7 +26,7 @@ from bench.paths import cache_dir
 from bench.schema import GIB
 from bench.spec import model_key
 
-# fp32 (no autocast) only for sft on CPU; the sweep grids take fp16 and bf16 (bench.profiles.DTYPES).
+# fp32 (no autocast) is for sft (--dtype fp32, its CPU default); sweep grids take fp16/bf16 only.
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
