@@ -45,6 +45,11 @@ class SFTConfig:
     wandb: bool = False  # also log the curves to W&B (offline unless WANDB_MODE says otherwise)
 
 
+def _autocast(device: str, dtype):
+    """Autocast to fp16/bf16; fp32 runs without it (CPU autocast takes no fp32)."""
+    return torch.autocast(device_type=device, dtype=dtype, enabled=dtype != torch.float32)
+
+
 def _prompt_text(tokenizer, prompt: str) -> str:
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(
@@ -94,7 +99,7 @@ def evaluate(model, tokenizer, rows: list[dict], eval_rows: list[dict], cfg: SFT
     model.eval()
     free_memory(cfg.device)
     outputs, scores = [], []
-    with torch.autocast(device_type=cfg.device, dtype=dtype, enabled=dtype != torch.float32):
+    with _autocast(cfg.device, dtype):
         for row in rows:
             text = generate_one(model, tokenizer, row["prompt"], cfg)
             outputs.append(text)
@@ -237,7 +242,7 @@ def _train(cfg: SFTConfig, splits: dict, log) -> dict:
     while step < cfg.max_steps:
         rows = rng.sample(splits["train"], cfg.batch_size)
         ids, labels, mask = _batch(tokenizer, rows, cfg.max_len, cfg.device)
-        with torch.autocast(device_type=cfg.device, dtype=dtype, enabled=dtype != torch.float32):
+        with _autocast(cfg.device, dtype):
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         scaler.scale(loss).backward()
         scaler.step(optimizer)
