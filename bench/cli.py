@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from bench.errors import BenchUsageError
+from bench.spec import EXTRA_AXES, field_type
 
 EXIT_USAGE = 2
 
@@ -35,7 +36,7 @@ def _parallel(value: str) -> int | None:
     return number
 
 
-def _csv(kind):
+def _csv(kind, choices=None):
     def convert(ctx, param, value):
         if value is None:
             return None
@@ -56,6 +57,14 @@ def _csv(kind):
                 return tuple(dict.fromkeys(table[v.lower()] for v in items))
             except KeyError:
                 raise click.BadParameter(f"{value!r}: use on,off") from None
+        if kind is float:
+            try:
+                return tuple(float(v) for v in items)
+            except ValueError:
+                raise click.BadParameter(f"{value!r}: must be numbers, comma-separated") from None
+        bad = [v for v in items if choices and v not in choices]
+        if bad:
+            raise click.BadParameter(f"unknown {bad}; choose from {', '.join(choices)}")
         return tuple(items)
 
     return convert
@@ -137,6 +146,25 @@ TIMEOUT = click.option(
 )
 
 
+def extra_axes(command):
+    """A comma-list option for each axis added to TrialSpec beyond the grid's six (its help from
+    the field); the command gets their values as `extra_axes`."""
+    for f in reversed(EXTRA_AXES):
+        option = click.option(
+            f"--{f.name.replace('_', '-')}",
+            f"axis__{f.name}",
+            callback=_csv(field_type(f.name), f.metadata.get("choices")),
+            help=f"{f.metadata['help']} (comma-separated to sweep; default {f.default}).",
+        )
+        command = option(command)
+    return command
+
+
+def _split_axes(options: dict) -> dict:
+    """Take the added axes' values out of the options: {field name: values or None}."""
+    return {k.removeprefix("axis__"): options.pop(k) for k in list(options) if k.startswith("axis__")}
+
+
 @main.command()
 @PROFILE
 @DEVICE
@@ -200,9 +228,17 @@ TIMEOUT = click.option(
     is_flag=True,
     help="After the sweep, find and verify the grid's OOM boundaries (as `boundary`).",
 )
-def sweep(**options):
+@extra_axes
+def sweep(dry_run, boundaries, **options):
     """Sweep a hardware profile's grid; one CSV row per configuration."""
-    _guard("run_sweep_command", **options)
+
+    def run():
+        from bench import commands, config
+
+        cfg = config.sweep_config(extra_axes=_split_axes(options), **options)
+        return commands.run_sweep_command(cfg, dry_run, boundaries)
+
+    _guard(run)
 
 
 @main.command()
@@ -226,7 +262,7 @@ def sweep(**options):
 )
 @click.option(
     "--axes",
-    "boundary_axes",
+    "search_axes",
     callback=_csv(str),
     default="seq_len,batch_size",
     show_default=True,
@@ -267,9 +303,17 @@ def sweep(**options):
 @TIMEOUT
 @WANDB
 @click.option("--overwrite", is_flag=True, help="Search boundaries already recorded again.")
-def boundary(**options):
+@extra_axes
+def boundary(parallel, time_budget, **options):
     """Find and verify OOM boundaries: longest sequence at batch 1, largest batch at reference lengths."""
-    _guard("run_boundary_command", **options)
+
+    def run():
+        from bench import commands, config
+
+        cfgs = config.boundary_configs(extra_axes=_split_axes(options), **options)
+        return commands.run_boundary_command(cfgs, parallel, time_budget)
+
+    _guard(run)
 
 
 @main.command()
@@ -299,14 +343,15 @@ def report(results_dir, output):
 @RESULTS_IN
 def compare(profiles, models, ref_seq, results_dir):
     """GPUs side by side from measured boundaries: `qlora-bench compare t4 l4 [--model qwen2.5-7b]`."""
-    _guard(_compare, profiles=list(profiles), models=list(models), ref_seq=ref_seq, results_dir=results_dir)
 
+    def run():
+        from analysis import compare as compare_module
 
-def _compare(profiles, models, ref_seq, results_dir) -> int:
-    from analysis import compare as compare_module
+        compare_module.render(
+            compare_module.compare(list(profiles), results_dir, list(models) or None, ref_seq)
+        )
 
-    compare_module.render(compare_module.compare(profiles, results_dir, models or None, ref_seq))
-    return 0
+    _guard(run)
 
 
 @main.command()
@@ -384,13 +429,25 @@ def plot(results_dir, out):
 @click.option("--fresh", is_flag=True, help="Start over instead of resuming from --out's checkpoint.")
 def sft(**options):
     """QLoRA SFT on JSON extraction; format success before, during and after."""
-    _guard("run_sft_command", **options)
+
+    def run():
+        from bench import commands
+
+        return commands.run_sft_command(**options)
+
+    _guard(run)
 
 
 @main.command("profiles")
 def list_profiles():
     """List the shipped hardware profiles."""
-    _guard("list_profiles_command")
+
+    def run():
+        from bench import commands
+
+        return commands.list_profiles_command()
+
+    _guard(run)
 
 
 @main.command("schema")
@@ -401,15 +458,11 @@ def schema():
     click.echo(markdown())
 
 
-def _guard(fn, **kwargs):
+def _guard(run):
     """Run a command: a usage error is its message and exit 2, Ctrl-C exit 130 (even while
-    torch & co. are still importing). `fn` may name a function of bench.commands."""
+    torch & co. are still importing)."""
     try:
-        if isinstance(fn, str):
-            from bench import commands
-
-            fn = getattr(commands, fn)
-        code = fn(**kwargs)
+        code = run()
     except BenchUsageError as exc:
         click.echo(f"qlora-bench: error: {exc}", err=True)
         sys.exit(EXIT_USAGE)

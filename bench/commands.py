@@ -1,8 +1,7 @@
-"""What the CLI's commands do: build a validated configuration, run it, report."""
+"""What the CLI's commands do with a validated configuration: run it, show progress, report."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from rich.console import Console
@@ -17,12 +16,11 @@ from rich.progress import (
 from rich.table import Table
 
 from bench.catalog import load_catalog
+from bench.config import CPU_MODEL, BoundaryConfig, SweepConfig, boundary_config_of, resolve_weights
 from bench.errors import BenchUsageError
-from bench.profiles import DTYPES, available_profiles, load_profile
-from bench.spec import Axes
-from bench.sweep import SweepConfig, plan_sweep, results_path, run_sweep
-
-CPU_MODEL = "tiny"
+from bench.profiles import available_profiles, load_profile
+from bench.spec import AXIS_FIELDS
+from bench.sweep import plan_sweep, run_sweep, sweep_store
 
 
 def _progress(console: Console) -> Progress:
@@ -38,135 +36,29 @@ def _progress(console: Console) -> Progress:
     )
 
 
-def resolve_weights(weights: str) -> str:
-    """A local directory with config.json, or a hub id already in the HF cache; else explain."""
-    path = Path(weights).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise BenchUsageError(f"--weights {weights}: directory has no config.json")
-        return str(path.resolve())
-    try:
-        from huggingface_hub import snapshot_download
-
-        return snapshot_download(weights, local_files_only=True)
-    except Exception as exc:
-        raise BenchUsageError(
-            f"--weights {weights}: not a local directory and not in the Hugging Face cache "
-            f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}). qlora-bench does not "
-            f"download: fetch it where there is network (`huggingface-cli download {weights}`) "
-            f"and mount or copy the cache, or pass a local directory. ({type(exc).__name__})"
-        ) from None
-
-
-def build_config(
-    profile_name,
-    device,
-    models,
-    seq_lens,
-    batch_sizes,
-    ranks,
-    dtypes,
-    grad_ckpt,
-    lora_alpha_ratio,
-    lora_dropout,
-    target_modules,
-    optimizer,
-    warmup_steps,
-    measured_steps,
-    weights,
-    results_dir,
-    timeout_s,
-    overwrite,
-    no_skip_implied,
-    spare_workers,
-    workload="step",
-    sft_steps=100,
-    sft_lr=2e-4,
-    sft_eval_samples=20,
-    wandb_mode="off",
-    **_,
-) -> SweepConfig:
-    catalog = load_catalog()
-    profile = load_profile(profile_name, set(catalog))
-    grid = profile.grid
-    if weights:
-        weights_path = resolve_weights(weights)
-        models = (weights,)
-    else:
-        weights_path = None
-        models = models or ((CPU_MODEL,) if device == "cpu" else grid.models)
-        unknown = [m for m in models if m not in catalog]
-        if unknown:
-            raise BenchUsageError(f"--models: unknown model(s) {unknown}; known: {sorted(catalog)}")
-    dtypes = dtypes or grid.dtypes
-    bad = [d for d in dtypes if d not in DTYPES]
-    if bad:
-        raise BenchUsageError(f"--dtypes: unknown {bad}; choose from {', '.join(DTYPES)}")
-    axes = Axes(
-        models=tuple(models),
-        seq_lens=seq_lens or grid.seq_lens,
-        batch_sizes=batch_sizes or grid.batch_sizes,
-        lora_ranks=ranks or grid.lora_ranks,
-        dtypes=tuple(dtypes),
-        grad_ckpt=grad_ckpt or grid.grad_ckpt,
-    )
-    settings = dict(
-        lora_alpha_ratio=lora_alpha_ratio,
-        lora_dropout=lora_dropout,
-        target_modules=target_modules,
-        optimizer=optimizer,
-        warmup_steps=warmup_steps,
-        measured_steps=measured_steps,
-        weights=weights or "random",
-        workload="step" if workload == "step" else f"sft:{sft_steps}:{sft_lr:g}:{sft_eval_samples}",
-    )
-    return SweepConfig(
-        profile=profile,
-        catalog=catalog,
-        axes=axes,
-        device=device,
-        trial_settings=settings,
-        weights_path=weights_path,
-        results_dir=results_dir,
-        overwrite=overwrite,
-        skip_implied=not no_skip_implied,
-        timeout_s=timeout_s,
-        spare_workers=(1 if device == "cuda" else 0) if spare_workers is None else spare_workers,
-        wandb_mode=wandb_mode,
-    )
-
-
-def run_sweep_command(dry_run: bool, boundaries: bool = False, **options) -> int:
+def run_sweep_command(cfg: SweepConfig, dry_run: bool, boundaries: bool = False) -> int:
     console = Console(stderr=True)
-    cfg = build_config(**options)
-    target = results_path(cfg.results_dir, cfg.profile, cfg.device)
+    store = sweep_store(cfg)
     if dry_run:
-        from bench.results import ResultsFile
-
-        planned = plan_sweep(cfg, ResultsFile(target), None)
-        table = Table(title=f"{cfg.profile.name}: {len(planned)} points -> {target}")
-        for column in ("model", "seq", "batch", "rank", "dtype", "grad ckpt", "action"):
+        planned = plan_sweep(cfg, None, store)
+        table = Table(title=f"{cfg.profile.name}: {len(planned)} points -> {store.path}")
+        for column in (*AXIS_FIELDS, "action"):
             table.add_column(column)
         for p in planned:
-            s = p.spec
-            table.add_row(
-                s.model,
-                str(s.seq_len),
-                str(s.batch_size),
-                str(s.lora_rank),
-                s.dtype,
-                "on" if s.grad_ckpt else "off",
-                p.action,
-            )
+            table.add_row(*(_cell(getattr(p.spec, name)) for name in AXIS_FIELDS), p.action)
         Console().print(table)
         return 0
     with _progress(console) as progress:
         written = run_sweep(cfg, progress)
     summary = ", ".join(f"{n} {status}" for status, n in sorted(written.items())) or "nothing to do"
-    console.print(f"{cfg.profile.name}: {summary} -> {target}")
+    console.print(f"{cfg.profile.name}: {summary} -> {store.path}")
     if boundaries:
-        _run_boundaries([(cfg, cfg.profile.grid.reference_seq_lens)], BOUNDARY_AXES, None, console)
+        _run_boundaries([boundary_config_of(cfg)], None, console)
     return 1 if written.get("error") else 0
+
+
+def _cell(value) -> str:
+    return ("on" if value else "off") if isinstance(value, bool) else str(value)
 
 
 def list_profiles_command() -> int:
@@ -192,38 +84,16 @@ def list_profiles_command() -> int:
     return 0
 
 
-BOUNDARY_AXES = ("seq_len", "batch_size")
-
-
-def run_boundary_command(
-    profile_names, ref_seq_lens, boundary_axes, parallel, time_budget=None, reverify=False, **options
-) -> int:
-    bad = [a for a in boundary_axes if a not in BOUNDARY_AXES]
-    if bad:
-        raise BenchUsageError(f"--axes: unknown {bad}; choose from {', '.join(BOUNDARY_AXES)}")
-    defaults = dict(
-        seq_lens=None,
-        batch_sizes=None,
-        lora_dropout=0.05,
-        target_modules="all-linear",
-        weights=None,
-        no_skip_implied=False,
-        spare_workers=None,
-    )
-    cfgs = {}
-    for name in profile_names:  # one run of several profiles shares the slots and the GPU
-        cfg = build_config(profile_name=name, **{**defaults, **options})
-        cfgs.setdefault(cfg.profile.name, cfg)  # an alias named twice runs once
-    jobs = [(cfg, ref_seq_lens or cfg.profile.grid.reference_seq_lens) for cfg in cfgs.values()]
-    _run_boundaries(jobs, boundary_axes, parallel, Console(stderr=True), time_budget, reverify)
+def run_boundary_command(cfgs: list[BoundaryConfig], parallel: int | None, time_budget=None) -> int:
+    _run_boundaries(cfgs, parallel, Console(stderr=True), time_budget)
     return 0
 
 
-def _run_boundaries(jobs, boundary_axes, parallel, console, time_budget=None, reverify=False) -> None:
-    """`jobs`: (config, reference lengths) per profile, searched together."""
+def _run_boundaries(cfgs: list[BoundaryConfig], parallel, console, time_budget=None) -> None:
+    """Search the boundaries of every config's profile together."""
     from bench.boundary import BoundaryRun, run_boundaries
 
-    runs = [BoundaryRun(cfg, tuple(refs), tuple(boundary_axes), reverify) for cfg, refs in jobs]
+    runs = [BoundaryRun(cfg) for cfg in cfgs]
     with _progress(console) as progress:
         summaries = run_boundaries(runs, parallel, progress, time_budget)
     for run, summary in zip(runs, summaries, strict=True):
@@ -307,7 +177,7 @@ def run_sft_command(
         wandb=wandb,
     )
     console = Console(stderr=True)
-    result = sft.train(cfg, splits, plan.to_worker(), log=console.print)
+    result = sft.train(cfg, splits, plan, log=console.print)
     console.print(
         f"format success {result['before']:.2f} -> {result['after']:.2f} on "
         f"{eval_samples} held-out prompts -> {result['curves']}"

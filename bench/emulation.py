@@ -17,14 +17,7 @@ class Plan:
     cap_gib: float | None  # reserved-memory cap for PyTorch's allocator, None = no cap
     sdpa_backends: tuple[str, ...]
     allow_tf32: bool  # TF32 matmuls exist from sm80 on
-
-    def to_worker(self) -> dict:
-        return {
-            "device": self.device,
-            "cap_gib": self.cap_gib,
-            "sdpa_backends": list(self.sdpa_backends),
-            "allow_tf32": self.allow_tf32,
-        }
+    threads: int | None = None  # torch CPU threads in the worker; None: torch's default
 
 
 def plan(profile: Profile, device: str, host: HostGPU | None) -> Plan:

@@ -134,7 +134,11 @@ class ResultsFile:
             self._lock_fd = None
 
     def append(self, row: dict, replace_key: bool = False) -> None:
-        """Add one row (replacing an earlier row of the same key when asked) atomically."""
+        """Add one row (replacing an earlier row of the same key when asked) atomically. A column
+        the schema does not know is a programming error, never silently dropped."""
+        unknown = sorted(set(row) - set(self.fieldnames))
+        if unknown:
+            raise ValueError(f"{self.path}: row has columns the schema does not know: {unknown}")
         row = {name: _format(row.get(name)) for name in self.fieldnames}
         row["schema_version"] = str(SCHEMA_VERSION)
         rows = [r for r in self.rows if not (replace_key and r[self.key] == row[self.key])]

@@ -1,4 +1,9 @@
-"""The result row: one documented schema, one CSV row per trial. GiB = 2**30 bytes."""
+"""The result row: one documented schema, one CSV row per trial. GiB = 2**30 bytes.
+
+A trial's configuration columns are TrialSpec's fields, documented there (bench.spec).
+"""
+
+from bench.spec import TRIAL_DOC
 
 SCHEMA_VERSION = 5
 GIB = 2**30
@@ -13,19 +18,19 @@ COLUMNS: list[tuple[str, str]] = [
     ("device", "cuda or cpu"),
     ("emulated", "true when the profile's card was emulated on a larger GPU (allocator capped)"),
     ("host_gpu", "the GPU that actually ran the trial (empty on cpu)"),
-    ("model", "catalogue name, or the --weights path/id"),
-    ("weights", "random (built from config values) or the real-weights path/id"),
-    ("seq_len", "tokens per sequence"),
-    ("batch_size", "sequences per step (no gradient accumulation)"),
-    ("lora_rank", "LoRA r"),
-    ("lora_alpha", "LoRA alpha"),
-    ("lora_dropout", "LoRA dropout"),
-    ("target_modules", "LoRA target modules (all-linear = every linear layer but the head)"),
-    ("dtype", "fp16 (autocast + GradScaler) or bf16 (autocast); compute dtype of the NF4 base"),
-    ("grad_ckpt", "gradient checkpointing on (true) or off"),
-    ("optimizer", "adamw_torch or paged_adamw_8bit"),
-    ("warmup_steps", "steps run before timing (the first one's peak is recorded separately)"),
-    ("measured_steps", "timed steps"),
+    ("model", TRIAL_DOC["model"]),
+    ("weights", TRIAL_DOC["weights"]),
+    ("seq_len", TRIAL_DOC["seq_len"]),
+    ("batch_size", TRIAL_DOC["batch_size"]),
+    ("lora_rank", TRIAL_DOC["lora_rank"]),
+    ("lora_alpha", TRIAL_DOC["lora_alpha"]),
+    ("lora_dropout", TRIAL_DOC["lora_dropout"]),
+    ("target_modules", TRIAL_DOC["target_modules"]),
+    ("dtype", TRIAL_DOC["dtype"]),
+    ("grad_ckpt", TRIAL_DOC["grad_ckpt"]),
+    ("optimizer", TRIAL_DOC["optimizer"]),
+    ("warmup_steps", TRIAL_DOC["warmup_steps"]),
+    ("measured_steps", TRIAL_DOC["measured_steps"]),
     ("status", "ok | oom | unsupported | error | timeout"),
     ("reason", "why the status is not ok (the error's first line), empty when ok"),
     ("inferred_from", "trial_key of a smaller configuration that OOMed; this one was not run"),
@@ -53,7 +58,7 @@ COLUMNS: list[tuple[str, str]] = [
     ("step_times_s", "every measured step time, ';'-separated"),
     ("loss_first", "loss of the first step (random tokens: about ln(vocab))"),
     ("loss_last", "loss of the last step"),
-    ("workload", "step (memory and speed only) or sft (plus format success after a short SFT)"),
+    ("workload", TRIAL_DOC["workload"]),
     ("format_success", "share of held-out outputs that are exactly valid JSON (sft workload)"),
     ("field_accuracy", "share of fields equal to the reference (sft workload)"),
     ("format_note", "why format_success is empty, or what it was measured after"),
@@ -89,6 +94,31 @@ COLUMNS: list[tuple[str, str]] = [
 ]
 
 FIELDNAMES = [name for name, _ in COLUMNS]
+
+# The columns that say what ran a trial, beside its TrialSpec fields: the run's environment
+# (bench.runner) and the rows' identities. W&B takes these as a run's config, the rest as metrics.
+ENVIRONMENT_COLUMNS = (
+    "profile",
+    "device",
+    "emulated",
+    "host_gpu",
+    "mem_cap_gib",
+    "sdpa_backends",
+    "gpu_name",
+    "gpu_compute_capability",
+    "gpu_total_gib",
+    "driver",
+    "cuda",
+    "torch",
+    "transformers",
+    "peft",
+    "bitsandbytes",
+    "accelerate",
+    "python",
+    "git_commit",
+    "image",
+)
+IDENTITY_COLUMNS = ("schema_version", "trial_key", "boundary_key", "axis", "step", "upper_limit")
 
 # Columns each schema version added: a file of an older version is upgraded on read by adding
 # them empty (their meaning: not measured), so published results stay readable.

@@ -1,10 +1,19 @@
-"""A trial's configuration, the grid of them, and which ones must OOM given others that did."""
+"""What a trial is (TrialSpec), the grid of them (Axes), and which must OOM given others that did.
+
+A TrialSpec's fields are the whole configuration of a trial. Each field says, next to it, its
+help text and its part in the row key; everything else derives from the fields: the key, the
+row columns, reading a row back, the grid's expansion, which fields a loaded model depends on,
+the W&B config and the dry-run table. Adding an axis is one field here (plus its schema column
+and the code that acts on it): at its default it leaves every recorded key unchanged.
+"""
 
 from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import asdict, dataclass, replace
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields, replace
 
 OPTIMIZERS = ("adamw_torch", "paged_adamw_8bit")
 
@@ -12,35 +21,109 @@ OPTIMIZERS = ("adamw_torch", "paged_adamw_8bit")
 # OOM at every larger value.
 MONOTONE_AXES = ("seq_len", "batch_size", "lora_rank")
 
+# The key of the fields that existed when keys were first written. Its format is fixed: recorded
+# rows are matched by it. A field added later appends "|" + its `key` format (default
+# "name=value") only when it is not at its default, so a new axis orphans no recorded row.
+LEGACY_KEY = (
+    "{model}|w={weights}|s={seq_len}|b={batch_size}|r={lora_rank}|a={lora_alpha}|d={lora_dropout:g}"
+    "|t={target_modules}|{dtype}|gc={grad_ckpt:d}|{optimizer}|w{warmup_steps}m{measured_steps}"
+)
+
+
+def _field(default=MISSING, *, help: str, key: str | None = None, **meta):
+    """A TrialSpec field: `help` (CLI and docs), `key` (its format in the row key, for fields
+    outside LEGACY_KEY), `model=True` when a loaded model depends on it, `axis=True` when the CLI
+    sweeps it as a comma-separated list, `choices`."""
+    return field(default=default, metadata={"help": help, "key": key, **meta})
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What runs after the measured steps: nothing (step), or a short SFT whose format success goes
+    in the row (sft). Written in rows and keys as "step" or "sft:STEPS:LR:SAMPLES"."""
+
+    kind: str = "step"
+    steps: int = 100
+    lr: float = 2e-4
+    eval_samples: int = 20
+
+    def __str__(self) -> str:
+        return "step" if self.kind == "step" else f"sft:{self.steps}:{self.lr:g}:{self.eval_samples}"
+
+    @classmethod
+    def parse(cls, text: str) -> Workload:
+        if text in ("", "step"):
+            return cls()
+        kind, steps, lr, samples = text.split(":")
+        return cls(kind, int(steps), float(lr), int(samples))
+
 
 @dataclass(frozen=True)
 class TrialSpec:
-    model: str
-    seq_len: int
-    batch_size: int
-    lora_rank: int
-    dtype: str
-    grad_ckpt: bool
-    lora_alpha: int
-    lora_dropout: float = 0.05
-    target_modules: str = "all-linear"
-    optimizer: str = "adamw_torch"
-    warmup_steps: int = 2
-    measured_steps: int = 5
-    weights: str = "random"
-    workload: str = "step"
+    model: str = _field(help="catalogue name, or the --weights path/id", model=True, axis=True)
+    seq_len: int = _field(help="tokens per sequence", axis=True)
+    batch_size: int = _field(help="sequences per step (no gradient accumulation)", axis=True)
+    lora_rank: int = _field(help="LoRA r", model=True, axis=True)
+    dtype: str = _field(
+        help="fp16 (autocast + GradScaler) or bf16 (autocast); compute dtype of the NF4 base",
+        model=True,
+        axis=True,
+    )
+    grad_ckpt: bool = _field(help="gradient checkpointing on (true) or off", model=True, axis=True)
+    lora_alpha: int = _field(help="LoRA alpha", model=True)
+    lora_dropout: float = _field(0.05, help="LoRA dropout", model=True)
+    target_modules: str = _field(
+        "all-linear", help="LoRA target modules (all-linear = every linear layer but the head)", model=True
+    )
+    optimizer: str = _field("adamw_torch", help="adamw_torch or paged_adamw_8bit", choices=OPTIMIZERS)
+    warmup_steps: int = _field(
+        2, help="steps run before timing (the first one's peak is recorded separately)"
+    )
+    measured_steps: int = _field(5, help="timed steps")
+    weights: str = _field(
+        "random", help="random (built from config values) or the real-weights path/id", model=True
+    )
+    workload: Workload = _field(
+        Workload(),
+        help="step (memory and speed only) or sft (plus format success after a short SFT)",
+        key="{}",
+    )
 
     @property
     def key(self) -> str:
-        key = (
-            f"{self.model}|w={self.weights}|s={self.seq_len}|b={self.batch_size}|r={self.lora_rank}"
-            f"|a={self.lora_alpha}|d={self.lora_dropout:g}|t={self.target_modules}|{self.dtype}"
-            f"|gc={int(self.grad_ckpt)}|{self.optimizer}|w{self.warmup_steps}m{self.measured_steps}"
-        )
-        return key if self.workload == "step" else f"{key}|{self.workload}"
+        key = LEGACY_KEY.format(**{f.name: getattr(self, f.name) for f in fields(self)})
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name not in _LEGACY_FIELDS and value != f.default:
+                key += "|" + (f.metadata["key"] or f"{f.name}={{}}").format(value)
+        return key
 
     def to_row(self) -> dict:
-        return asdict(self)
+        return {
+            f.name: str(v) if isinstance(v := getattr(self, f.name), Workload) else v for f in fields(self)
+        }
+
+    @classmethod
+    def from_row(cls, row: dict) -> TrialSpec:
+        """The configuration a CSV row (strings) records; a column an older file lacks is at its
+        default."""
+        values = {}
+        for f in fields(cls):
+            text = row.get(f.name)
+            if text in (None, ""):
+                continue
+            kind = _HINTS[f.name]
+            if kind is bool:
+                values[f.name] = str(text).lower() == "true"
+            elif kind is Workload:
+                values[f.name] = Workload.parse(text)
+            else:
+                values[f.name] = kind(text)
+        return cls(**values)
+
+    def model_key(self) -> tuple:
+        """What a loaded QLoRA model depends on: trials with equal model keys can share one."""
+        return tuple(getattr(self, f.name) for f in fields(self) if f.metadata.get("model"))
 
     def same_except_monotone(self, other: TrialSpec) -> bool:
         # lora_alpha only scales the adapter's output: no memory. It follows rank (alpha = k*r).
@@ -54,43 +137,75 @@ class TrialSpec:
         )
 
 
+def _type(hint) -> type:
+    return (
+        next(t for t in typing.get_args(hint) if t is not type(None))
+        if isinstance(hint, types.UnionType)
+        else hint
+    )
+
+
+_HINTS = {name: _type(hint) for name, hint in typing.get_type_hints(TrialSpec).items()}
+
+
+def field_type(name: str) -> type:
+    """A TrialSpec field's value type (int, float, bool, str, Workload)."""
+    return _HINTS[name]
+
+
+_LEGACY_FIELDS = {f.name for f in fields(TrialSpec) if "{" + f.name in LEGACY_KEY}
+FIELD_NAMES = tuple(f.name for f in fields(TrialSpec))
+TRIAL_DOC = {f.name: f.metadata["help"] for f in fields(TrialSpec)}  # the schema's column docs
+# The axes a sweep shows in its dry-run table and takes as comma lists: the grid's, and any
+# field declared with axis=True.
+AXIS_FIELDS = tuple(f.name for f in fields(TrialSpec) if f.metadata.get("axis"))
+# Fields beyond the profile grid's six that the CLI sweeps (added axes), in declaration order.
+EXTRA_AXES = tuple(
+    f
+    for f in fields(TrialSpec)
+    if f.metadata.get("axis")
+    and f.name not in ("model", "seq_len", "batch_size", "lora_rank", "dtype", "grad_ckpt")
+)
+
+
 @dataclass(frozen=True)
 class Axes:
-    models: tuple[str, ...]
-    seq_lens: tuple[int, ...]
-    batch_sizes: tuple[int, ...]
-    lora_ranks: tuple[int, ...]
-    dtypes: tuple[str, ...]
-    grad_ckpt: tuple[bool, ...]
+    """The values a sweep or search takes of each TrialSpec field: several for an axis, one for a
+    fixed setting; a field not given is at its default. lora_alpha follows rank (ratio x r)."""
+
+    values: dict = field(default_factory=dict)  # TrialSpec field name -> tuple of values
+    lora_alpha_ratio: float = 2.0
+
+    def __post_init__(self):
+        unknown = sorted(name for name in self.values if name not in FIELD_NAMES or name == "lora_alpha")
+        if unknown:
+            raise ValueError(f"not sweepable TrialSpec fields: {unknown}")
+
+    def __getitem__(self, name: str) -> tuple:
+        return tuple(self.values[name])
+
+    def spec(self, **chosen) -> TrialSpec:
+        """One trial: `chosen` values, the rest each field's single value (or its default)."""
+        fixed = {k: v[0] for k, v in self.values.items() if len(v) == 1}
+        values = {**fixed, **chosen}
+        return TrialSpec(lora_alpha=int(round(self.lora_alpha_ratio * values["lora_rank"])), **values)
 
 
-def expand(axes: Axes, **fixed) -> list[TrialSpec]:
-    """Every combination, smallest first along the monotone axes so that OOMs can prune.
+# Expansion order: the first axes vary slowest. Monotone axes come last, smallest first, so that
+# an OOM prunes the rest of its chain; checkpointing on comes first (it fits the most).
+_OUTER = ("model", "dtype")
+_INNER = ("grad_ckpt", "lora_rank", "batch_size", "seq_len")
 
-    `fixed` holds the per-trial settings that are not axes; lora_alpha_ratio sets alpha = ratio * r.
-    """
-    ratio = fixed.pop("lora_alpha_ratio", 2)
-    specs = [
-        TrialSpec(
-            model=m,
-            dtype=dt,
-            grad_ckpt=gc,
-            lora_rank=r,
-            batch_size=b,
-            seq_len=s,
-            lora_alpha=int(round(ratio * r)),
-            **fixed,
-        )
-        for m, dt, gc, r, b, s in itertools.product(
-            axes.models,
-            axes.dtypes,
-            sorted(axes.grad_ckpt, reverse=True),
-            sorted(axes.lora_ranks),
-            sorted(axes.batch_sizes),
-            sorted(axes.seq_lens),
-        )
+
+def expand(axes: Axes) -> list[TrialSpec]:
+    """Every combination of the axes' values."""
+    middle = [n for n in axes.values if n not in (*_OUTER, *_INNER) and len(axes.values[n]) > 1]
+    order = [*_OUTER, *middle, *_INNER]
+    lists = [
+        sorted(axes[n], reverse=True) if n == "grad_ckpt" else sorted(axes[n]) if n in _INNER else axes[n]
+        for n in order
     ]
-    return specs
+    return [axes.spec(**dict(zip(order, combo, strict=True))) for combo in itertools.product(*lists)]
 
 
 def implied_oom(spec: TrialSpec, ooms: list[TrialSpec]) -> TrialSpec | None:
@@ -101,40 +216,9 @@ def implied_oom(spec: TrialSpec, ooms: list[TrialSpec]) -> TrialSpec | None:
     return None
 
 
-def spec_from_row(row: dict) -> TrialSpec:
-    """Rebuild the configuration recorded in a CSV row (strings) as a TrialSpec."""
-    return TrialSpec(
-        model=row["model"],
-        seq_len=int(row["seq_len"]),
-        batch_size=int(row["batch_size"]),
-        lora_rank=int(row["lora_rank"]),
-        dtype=row["dtype"],
-        grad_ckpt=str(row["grad_ckpt"]).lower() == "true",
-        lora_alpha=int(row["lora_alpha"]),
-        lora_dropout=float(row["lora_dropout"]),
-        target_modules=row["target_modules"],
-        optimizer=row["optimizer"],
-        warmup_steps=int(row["warmup_steps"]),
-        measured_steps=int(row["measured_steps"]),
-        weights=row["weights"],
-        workload=row.get("workload") or "step",
+def model_identity(spec: TrialSpec, plan, source) -> str:
+    """A loaded model's identity in a worker: its spec's model fields, where it came from, the
+    device and the cap it loaded under."""
+    return json.dumps(
+        [[str(v) for v in spec.model_key()], repr(source), plan.device, plan.cap_gib], sort_keys=True
     )
-
-
-MODEL_FIELDS = (
-    "model",
-    "weights",
-    "dtype",
-    "grad_ckpt",
-    "lora_rank",
-    "lora_alpha",
-    "lora_dropout",
-    "target_modules",
-)
-
-
-def model_key(spec: dict, plan: dict, model_source: dict) -> str:
-    """What a loaded QLoRA model depends on (a worker payload's parts): trials with the same key
-    can share one loaded model; sequence length, batch and step counts are not in it."""
-    model = {k: spec.get(k) for k in MODEL_FIELDS}
-    return json.dumps([model, model_source, plan["device"], plan["cap_gib"]], sort_keys=True)

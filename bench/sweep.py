@@ -2,61 +2,29 @@
 
 from __future__ import annotations
 
-import os
 from collections import Counter
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
-from bench import emulation
-from bench.catalog import ModelArch
-from bench.envinfo import HostGPU, git_commit, library_versions, nvml_gpu, utc_now
-from bench.profiles import Profile
+from bench.config import SweepConfig
+from bench.envinfo import HostGPU
 from bench.results import ResultsFile
-from bench.spec import Axes, TrialSpec, expand, implied_oom, spec_from_row
+from bench.runner import TrialRunner, host_gpu, results_path, unsupported
+from bench.spec import TrialSpec, expand, implied_oom
 from bench.wblog import WandbMirror
-from bench.worker import WorkerPool
 
 
-@dataclass
-class SweepConfig:
-    profile: Profile
-    catalog: dict[str, ModelArch]
-    axes: Axes
-    device: str = "cuda"
-    trial_settings: dict = field(default_factory=dict)  # TrialSpec fields that are not axes
-    weights_path: str | None = None  # real weights (a local directory)
-    results_dir: Path = Path("results")
-    overwrite: bool = False
-    skip_implied: bool = True
-    timeout_s: float = 900.0
-    spare_workers: int = 0
-    worker_threads: int | None = None  # torch CPU threads per worker; None: torch's default
-    wandb_mode: str = "off"  # offline | online | off: mirror each row to W&B after the CSV
-
-
-def results_path(
-    results_dir: Path, profile: Profile, device: str, stem: str = "trials", ext: str = "csv"
-) -> Path:
-    """results/<profile>/<stem>.<ext> for GPU results; CPU runs go to <stem>-cpu.<ext> beside them."""
-    name = f"{stem}.{ext}" if device == "cuda" else f"{stem}-cpu.{ext}"
-    return Path(results_dir) / profile.name / name
-
-
-@dataclass
+@dataclass(frozen=True)
 class Planned:
     spec: TrialSpec
     action: str  # run | unsupported | recorded
     reason: str = ""
 
 
-def plan_sweep(cfg: SweepConfig, store: ResultsFile, host: HostGPU | None) -> list[Planned]:
+def plan_sweep(cfg: SweepConfig, host: HostGPU | None, store: ResultsFile) -> list[Planned]:
     recorded = set() if cfg.overwrite else store.keys()
     planned = []
-    for spec in expand(cfg.axes, **cfg.trial_settings):
-        reason = emulation.unsupported_reason(spec.dtype, cfg.profile, host, cfg.device)
-        arch = None if cfg.weights_path else cfg.catalog[spec.model]
-        if arch is not None and spec.seq_len > arch.context_len:
-            reason = f"seq_len {spec.seq_len} is past {arch.name}'s context of {arch.context_len}"
+    for spec in expand(cfg.axes):
+        reason = unsupported(cfg, host, spec)
         if spec.key in recorded:
             planned.append(Planned(spec, "recorded"))
         elif reason:
@@ -66,54 +34,26 @@ def plan_sweep(cfg: SweepConfig, store: ResultsFile, host: HostGPU | None) -> li
     return planned
 
 
-def trial_payload(cfg: SweepConfig, plan: emulation.Plan, spec: TrialSpec) -> tuple:
-    """What a worker needs for one trial: the spec (with its key), the plan, the model source."""
-    source = {"path": cfg.weights_path} if cfg.weights_path else {"config": cfg.catalog[spec.model].config}
-    return ({**spec.to_row(), "key": spec.key}, {**plan.to_worker(), "threads": cfg.worker_threads}, source)
+def sweep_store(cfg: SweepConfig) -> ResultsFile:
+    return ResultsFile(results_path(cfg.results_dir, cfg.profile, cfg.device))
 
 
 def run_sweep(cfg: SweepConfig, progress=None) -> Counter:
     """Run every pending point; returns a count of statuses written in this run."""
-    host = nvml_gpu() if cfg.device == "cuda" else None
-    plan = emulation.plan(cfg.profile, cfg.device, host)
-    store = ResultsFile(results_path(cfg.results_dir, cfg.profile, cfg.device))
+    runner = TrialRunner(cfg, host_gpu(cfg))
+    store = sweep_store(cfg)
     store.lock()
     try:
-        return _run(cfg, store, plan, host, progress)
+        return _run(cfg, runner, store, progress)
     finally:
         store.unlock()
 
 
-def _env_columns(cfg: SweepConfig, plan: emulation.Plan, host: HostGPU | None) -> dict:
-    import torch
+def _run(cfg: SweepConfig, runner: TrialRunner, store: ResultsFile, progress) -> Counter:
+    from bench.pool import WorkerPool
 
-    env = {
-        "profile": cfg.profile.name,
-        "device": cfg.device,
-        "emulated": plan.emulated,
-        "host_gpu": plan.host_gpu,
-        "mem_cap_gib": plan.cap_gib,
-        "sdpa_backends": ",".join(plan.sdpa_backends),
-        "cuda": torch.version.cuda or "",
-        "git_commit": git_commit(),
-        "image": os.environ.get("QLORA_BENCH_IMAGE", ""),
-        **library_versions(),
-    }
-    if host is not None:
-        env.update(
-            gpu_name=host.name,
-            driver=host.driver,
-            gpu_total_gib=host.total_gib,
-            gpu_compute_capability=".".join(map(str, host.compute_capability)),
-        )
-    return env
-
-
-def _run(cfg, store, plan, host, progress) -> Counter:
-    planned = plan_sweep(cfg, store, host)
-    todo = [p for p in planned if p.action != "recorded"]
-    env = _env_columns(cfg, plan, host)
-    ooms = [] if cfg.overwrite else [spec_from_row(r) for r in store.rows if r["status"] == "oom"]
+    todo = [p for p in plan_sweep(cfg, runner.host, store) if p.action != "recorded"]
+    ooms = [] if cfg.overwrite else [TrialSpec.from_row(r) for r in store.rows if r["status"] == "oom"]
     written: Counter = Counter()
     pool = WorkerPool(spares=cfg.spare_workers, cuda=cfg.device == "cuda")
     mirror = WandbMirror(cfg.wandb_mode, cfg.results_dir, cfg.profile.name, "trial")
@@ -133,19 +73,10 @@ def _run(cfg, store, plan, host, progress) -> Counter:
                     "reason": "not run: a smaller configuration with everything else equal ran out of memory",
                 }
             else:
-                measured = pool.run(trial_payload(cfg, plan, spec), cfg.timeout_s)
+                measured = pool.run(runner.request(spec), cfg.timeout_s).row
             if measured["status"] == "oom":
                 ooms.append(spec)
-            row = {
-                **spec.to_row(),
-                **env,
-                **measured,
-                "trial_key": spec.key,
-                "timestamp_utc": utc_now(),
-            }
-            if cfg.device == "cuda" and host is not None:  # the sweep's NVML view names the GPU
-                row.update(gpu_name=host.name, driver=host.driver)
-            store.append(row, replace_key=cfg.overwrite)
+            store.append(runner.row(spec, measured), replace_key=cfg.overwrite)
             mirror.log_row(store.rows[-1], spec.key)  # after the CSV: W&B never costs a row
             written[measured["status"]] += 1
             if progress:

@@ -15,54 +15,15 @@ import struct
 import sys
 from pathlib import Path
 
+from bench.schema import ENVIRONMENT_COLUMNS, IDENTITY_COLUMNS
+from bench.spec import FIELD_NAMES
+
 MODES = ("offline", "online", "off")
 PROJECT = "qlora-bench"
 INIT_TIMEOUT_S = 30
 
 # The columns that say what ran (the run config); every other non-empty column is a measurement.
-CONFIG_COLUMNS = frozenset(
-    (
-        "trial_key",
-        "boundary_key",
-        "profile",
-        "device",
-        "emulated",
-        "host_gpu",
-        "mem_cap_gib",
-        "model",
-        "weights",
-        "axis",
-        "seq_len",
-        "batch_size",
-        "lora_rank",
-        "lora_alpha",
-        "lora_dropout",
-        "target_modules",
-        "dtype",
-        "grad_ckpt",
-        "optimizer",
-        "warmup_steps",
-        "measured_steps",
-        "workload",
-        "sdpa_backends",
-        "step",
-        "upper_limit",
-        "gpu_name",
-        "gpu_compute_capability",
-        "gpu_total_gib",
-        "driver",
-        "cuda",
-        "torch",
-        "transformers",
-        "peft",
-        "bitsandbytes",
-        "accelerate",
-        "python",
-        "git_commit",
-        "image",
-        "schema_version",
-    )
-)
+CONFIG_COLUMNS = frozenset((*FIELD_NAMES, *ENVIRONMENT_COLUMNS, *IDENTITY_COLUMNS))
 
 
 def _number(value):

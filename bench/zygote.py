@@ -36,6 +36,7 @@ try:
     import transformers.models.llama.modeling_llama  # noqa: E402, F401
     import transformers.models.qwen2.modeling_qwen2  # noqa: E402, F401
 
+    import bench.child  # noqa: E402, F401
     import bench.trial  # noqa: E402, F401
 finally:
     torch.cuda.get_device_capability = _real_capability

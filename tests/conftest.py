@@ -55,3 +55,14 @@ def read_rows(path: Path) -> list[dict]:
         rows = list(csv.DictReader(f))
     assert all(None not in r and None not in r.values() for r in rows), f"{path} has a malformed row"
     return rows
+
+
+def cpu_request(spec, source=None, threads=1):
+    """A TrialRequest for the CPU: the math SDPA kernel, one torch thread, random weights of the
+    catalogue's tiny model unless `source` says otherwise."""
+    from bench.catalog import load_catalog
+    from bench.emulation import Plan
+    from bench.messages import ModelSource, TrialRequest
+
+    plan = Plan("cpu", False, "", None, ("math",), False, threads)
+    return TrialRequest(spec, plan, source or ModelSource(config=load_catalog()[spec.model].config))

@@ -1,7 +1,6 @@
 """Boundary search: exact on a known memory curve, few trials, verified end to end on CPU."""
 
 import csv
-from dataclasses import replace
 
 import pytest
 from conftest import cli
@@ -195,34 +194,33 @@ def test_slots_are_sized_for_the_smallest_cap_and_larger_caps_run_fewer_at_once(
     import threading
 
     from bench import emulation
-    from bench.boundary import HOST_HEADROOM_GIB, BoundaryRun, GpuBudget, auto_parallel, slot_gib
-    from bench.commands import build_config
+    from bench.boundary import BoundaryRun
+    from bench.boundary.schedule import HOST_HEADROOM_GIB, GpuBudget, auto_parallel, slot_gib
+    from bench.config import boundary_configs
     from bench.envinfo import HostGPU
     from bench.profiles import load_profile
 
     monkeypatch.setattr("os.cpu_count", lambda: 16)
     host = HostGPU("NVIDIA H200", 139.8, (9, 0), "580")
-    cfg = build_config(
-        "l4",
-        "cuda",
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        2,
-        0.05,
-        "all-linear",
-        "adamw_torch",
-        1,
-        2,
-        None,
-        "results",
-        600,
-        False,
-        False,
-        None,
+    (cfg,) = boundary_configs(
+        profile_names=["l4"],
+        device="cuda",
+        models=None,
+        ranks=None,
+        dtypes=None,
+        grad_ckpt=None,
+        ref_seq_lens=None,
+        search_axes=("seq_len", "batch_size"),
+        reverify=False,
+        lora_alpha_ratio=2.0,
+        optimizer="adamw_torch",
+        warmup_steps=1,
+        measured_steps=2,
+        results_dir=tmp_path,
+        timeout_s=600,
+        wandb_mode="off",
+        overwrite=False,
+        extra_axes={},
     )
     plan = emulation.plan(cfg.profile, "cuda", host)
     budget = host.total_gib - HOST_HEADROOM_GIB
@@ -230,8 +228,8 @@ def test_slots_are_sized_for_the_smallest_cap_and_larger_caps_run_fewer_at_once(
     small = emulation.plan(load_profile("gtx1650"), "cuda", host)
     assert auto_parallel([(cfg, plan), (cfg, small)], host) == 8
 
-    monkeypatch.setattr("bench.envinfo.nvml_gpu", lambda: host)
-    run = BoundaryRun(replace(cfg, results_dir=tmp_path), (512, 1024, 2048), ("seq_len", "batch_size"))
+    monkeypatch.setattr("bench.runner.nvml_gpu", lambda: host)
+    run = BoundaryRun(cfg)
     run.todo = run.tasks
     groups = {(g[0].base.model, g[0].base.dtype): g for g in run.groups()}
     assert len(groups) == 6 * 2  # per model and precision: 2 ranks x 2 checkpointing settings each

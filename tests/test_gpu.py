@@ -1,27 +1,27 @@
 """GPU checks (skipped without CUDA): the numbers every published table rests on."""
 
+from dataclasses import replace
+
 import pytest
 
 from bench.catalog import load_catalog
+from bench.emulation import Plan
+from bench.messages import ModelSource, TrialRequest
+from bench.pool import WorkerPool
 from bench.spec import TrialSpec
-from bench.worker import WorkerPool
 
 pytestmark = pytest.mark.gpu
 
-NATIVE = {
-    "device": "cuda",
-    "cap_gib": None,
-    "sdpa_backends": ["flash", "efficient", "math"],
-    "allow_tf32": True,
-}
+NATIVE = Plan("cuda", False, "", None, ("flash", "efficient", "math"), True)
+SMALL_CARD = replace(NATIVE, cap_gib=3.15, sdpa_backends=("efficient", "math"), allow_tf32=False)
 
 
-def _payload(spec, plan):
-    return ({**spec.to_row(), "key": spec.key}, plan, {"config": load_catalog()[spec.model].config})
+def _request(spec, plan):
+    return TrialRequest(spec, plan, ModelSource(config=load_catalog()[spec.model].config))
 
 
 def _run(pool, spec, plan):
-    return pool.run(_payload(spec, plan), timeout=600)
+    return pool.run(_request(spec, plan), timeout=600).row
 
 
 def test_gradient_checkpointing_lowers_peak_memory():
@@ -40,10 +40,9 @@ def test_gradient_checkpointing_lowers_peak_memory():
 
 def test_emulation_cap_bounds_reserved_memory():
     """Under an emulated 4 GB card the allocator never reserves past the cap: it OOMs instead."""
-    capped = {**NATIVE, "cap_gib": 3.15, "sdpa_backends": ["efficient", "math"], "allow_tf32": False}
     pool = WorkerPool()
     try:
-        row = _run(pool, TrialSpec("qwen2.5-0.5b", 4096, 2, 8, "fp16", False, 16), capped)
+        row = _run(pool, TrialSpec("qwen2.5-0.5b", 4096, 2, 8, "fp16", False, 16), SMALL_CARD)
     finally:
         pool.close()
     assert row["status"] == "oom", row
@@ -67,11 +66,11 @@ MEMORY = (
     [
         (
             TrialSpec("llama-3.2-1b", 1536, 1, 8, "fp16", True, 16, warmup_steps=1, measured_steps=2),
-            {**NATIVE, "cap_gib": 7.3},
+            replace(NATIVE, cap_gib=7.3),
         ),
         (
             TrialSpec("qwen2.5-0.5b", 320, 1, 16, "bf16", False, 32, warmup_steps=2, measured_steps=2),
-            {**NATIVE, "cap_gib": 3.15, "sdpa_backends": ["efficient", "math"], "allow_tf32": False},
+            SMALL_CARD,
         ),
     ],
     ids=["1b-fp16-ckpt", "0.5b-bf16"],
@@ -81,19 +80,17 @@ def test_a_kept_model_measures_what_a_fresh_worker_measures_to_the_byte(spec, pl
     spare whose CUDA context was created while it waited takes over for a new model, or has
     preloaded it while another model's probes ran. None of that may change what a probe
     measures against a new worker that loads for it."""
-    from dataclasses import replace
-
     other = TrialSpec("qwen2.5-0.5b", 1024, 1, 16, "fp16", False, 32, warmup_steps=1, measured_steps=1)
     if other.model == spec.model:
         other = replace(other, model="llama-3.2-1b")
-    other_plan = {**NATIVE, "cap_gib": 12.0}
+    other_plan = replace(NATIVE, cap_gib=12.0)
     fresh, pool = WorkerPool(), WorkerPool(spares=1, cuda=True)
     try:
         loaded = _run(fresh, spec, plan)
         spare = [_run(pool, other, other_plan), _run(pool, spec, plan)]
         after_fit = [_run(pool, replace(spec, seq_len=spec.seq_len // 2), plan), _run(pool, spec, plan)]
         after_oom = [_run(pool, replace(spec, seq_len=spec.seq_len * 16), plan), _run(pool, spec, plan)]
-        pool.expect([_payload(other, other_plan), _payload(spec, plan)])
+        pool.expect([_request(other, other_plan), _request(spec, plan)])
         preloaded = [_run(pool, other, other_plan), _run(pool, spec, plan)]
     finally:
         fresh.close()

@@ -3,12 +3,14 @@
 from bench.spec import Axes, expand, implied_oom
 
 AXES = Axes(
-    models=("tiny",),
-    seq_lens=(1024, 256, 512),
-    batch_sizes=(2, 1),
-    lora_ranks=(8,),
-    dtypes=("fp16",),
-    grad_ckpt=(False, True),
+    {
+        "model": ("tiny",),
+        "seq_len": (1024, 256, 512),
+        "batch_size": (2, 1),
+        "lora_rank": (8,),
+        "dtype": ("fp16",),
+        "grad_ckpt": (False, True),
+    }
 )
 
 
@@ -34,12 +36,14 @@ def test_oom_implies_only_larger_points_with_the_rest_equal():
 def test_rank_implication_ignores_alpha_which_follows_rank():
     specs = expand(
         Axes(
-            models=("tiny",),
-            seq_lens=(512,),
-            batch_sizes=(1,),
-            lora_ranks=(8, 16),
-            dtypes=("fp16",),
-            grad_ckpt=(True,),
+            {
+                "model": ("tiny",),
+                "seq_len": (512,),
+                "batch_size": (1,),
+                "lora_rank": (8, 16),
+                "dtype": ("fp16",),
+                "grad_ckpt": (True,),
+            }
         )
     )
     r8, r16 = specs

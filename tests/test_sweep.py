@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import pytest
-from conftest import REPO, cli, read_rows
+from conftest import REPO, cli, cpu_request, read_rows
 
 pytestmark = pytest.mark.slow
 
@@ -56,18 +56,15 @@ def test_a_worker_keeps_its_model_while_the_allocator_restores_and_is_replaced_o
     not come back to its state after the load (the `unclean` fault), or after a failed trial."""
     from dataclasses import replace
 
-    from bench.catalog import load_catalog
+    from bench.pool import WorkerPool
     from bench.spec import TrialSpec
-    from bench.worker import WorkerPool
 
     monkeypatch.setenv("QLORA_BENCH_INJECT", "s=96|:unclean,s=160|:raise,s=224|:oom")
-    plan = {"device": "cpu", "cap_gib": None, "sdpa_backends": ["math"], "allow_tf32": False, "threads": 1}
-    source = {"config": load_catalog()["tiny"].config}
     first = TrialSpec("tiny", 64, 1, 4, "fp16", False, 8, warmup_steps=1, measured_steps=1)
     other_lora = replace(first, lora_rank=8, lora_alpha=16)
 
     def run(pool, spec):
-        return pool.run(({**spec.to_row(), "key": spec.key}, plan, source), timeout=300)
+        return pool.run(cpu_request(spec), timeout=300).row
 
     pool = WorkerPool(spares=1)
     try:
@@ -101,28 +98,27 @@ def test_a_spare_preloads_the_next_model_as_the_trial_would_have_loaded_it():
     new worker, to the bit). A preload that fails leaves the trial to load in a clean worker."""
     from dataclasses import replace
 
-    from bench.catalog import load_catalog
+    from bench.messages import ModelSource
+    from bench.pool import WorkerPool
     from bench.spec import TrialSpec
-    from bench.worker import WorkerPool
 
-    plan = {"device": "cpu", "cap_gib": None, "sdpa_backends": ["math"], "allow_tf32": False, "threads": 1}
-    source = {"config": load_catalog()["tiny"].config}
+    nowhere = ModelSource(path="/nonexistent")
     first = TrialSpec("tiny", 64, 1, 4, "fp16", False, 8, warmup_steps=1, measured_steps=1)
     second, third = replace(first, lora_rank=8, lora_alpha=16), replace(first, lora_rank=16, lora_alpha=32)
 
-    def payload(spec, where=source):
-        return ({**spec.to_row(), "key": spec.key}, plan, where)
+    def run(pool, spec, source=None):
+        return pool.run(cpu_request(spec, source), 300).row
 
     pool, fresh = WorkerPool(spares=1), WorkerPool()
     try:
-        pool.expect([payload(first), payload(second), payload(third, {"path": "/nonexistent"})])
-        rows = [pool.run(payload(s), 300) for s in (first, replace(first, seq_len=96), second)]
-        rows.append(pool.run(payload(replace(second, seq_len=96)), 300))
-        broken = pool.run(payload(third, {"path": "/nonexistent"}), 300)
-        alone = fresh.run(payload(second), 300)
-        pool.expect([payload(first), payload(third)])  # with `first` held, its spare loads `third`
+        pool.expect([cpu_request(first), cpu_request(second), cpu_request(third, nowhere)])
+        rows = [run(pool, s) for s in (first, replace(first, seq_len=96), second)]
+        rows.append(run(pool, replace(second, seq_len=96)))
+        broken = run(pool, third, nowhere)
+        alone = run(fresh, second)
+        pool.expect([cpu_request(first), cpu_request(third)])  # with `first` held, its spare loads `third`
         assert [w.preloading for w in pool._spare] == [None]  # (the next run sends it)
-        pool.run(payload(first), 300)
+        run(pool, first)
         assert len(pool._spare) == 1 and pool._spare[0].preloading
         pool.expect([])  # nothing more to come: the spare holding `third` goes
         assert pool._spare == []

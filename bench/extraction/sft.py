@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 
+from bench.emulation import Plan
 from bench.extraction import metric
 from bench.extraction.data import SCHEMAS
-from bench.trial import free_memory
+from bench.qlora import DTYPES, apply_cap, free_memory, load_qlora_model, sdpa_context
 
 CURVE_FIELDS = ["step", "train_loss", "eval_loss", "format_success", "field_accuracy", "n_eval", "elapsed_s"]
 
@@ -171,22 +172,17 @@ def _write_curves(path: Path, rows: list[dict]) -> None:
     tmp.replace(path)
 
 
-def train(cfg: SFTConfig, splits: dict, plan: dict | None = None, log=print) -> dict:
+def train(cfg: SFTConfig, splits: dict, plan: Plan | None = None, log=print) -> dict:
     """Train with the profile's emulation plan (allocator cap, SDPA kernels) applied."""
-    from bench.trial import _sdpa_context, apply_cap
-
-    plan = plan or {"device": cfg.device, "cap_gib": None, "sdpa_backends": []}
-    if cfg.device == "cuda" and plan.get("cap_gib"):
-        apply_cap(plan["cap_gib"])
-    with _sdpa_context(plan.get("sdpa_backends") or [], cfg.device):
+    if cfg.device == "cuda" and plan is not None and plan.cap_gib:
+        apply_cap(plan.cap_gib)
+    with sdpa_context(plan.sdpa_backends if plan is not None else (), cfg.device):
         return _train(cfg, splits, log)
 
 
 def _train(cfg: SFTConfig, splits: dict, log) -> dict:
     import transformers
     from transformers import AutoTokenizer
-
-    from bench.trial import DTYPES, load_qlora_model
 
     transformers.utils.logging.disable_progress_bar()
 
@@ -196,15 +192,15 @@ def _train(cfg: SFTConfig, splits: dict, log) -> dict:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     torch.manual_seed(cfg.seed)  # LoRA initialisation and dropout: a run is reproducible
-    spec = {
-        "dtype": cfg.dtype,
-        "grad_ckpt": cfg.grad_ckpt,
-        "lora_rank": cfg.lora_rank,
-        "lora_alpha": cfg.lora_alpha,
-        "lora_dropout": cfg.lora_dropout,
-        "target_modules": "all-linear",
-    }
-    model = load_qlora_model(spec, cfg.source, cfg.device)
+    model = load_qlora_model(
+        cfg.source,
+        cfg.device,
+        dtype=cfg.dtype,
+        grad_ckpt=cfg.grad_ckpt,
+        lora_rank=cfg.lora_rank,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+    )
     dtype = DTYPES[cfg.dtype]
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr)

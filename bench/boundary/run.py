@@ -1,0 +1,278 @@
+"""One profile's boundary search: its tasks, its files (boundaries.csv, boundary-trials.csv with
+every probe, boundary-runs.jsonl with every invocation), the hints its searches share, and the
+search of one model group in a slot's worker pool.
+
+Each probe runs in a worker that just loaded its model (during the probe, or before it: a
+slot's spare preloads the next model setting while the current one's probes run) or kept it
+from its last probe, the latter only when the caching allocator came back, segment for segment
+and block for block, to the state the load left (trial.ModelSlot.restore); a worker whose
+allocator did not, or whose probe failed otherwise, is replaced by a new process. Re-running
+the two ends in new workers gave the same peaks to the byte for all 268 boundaries of the
+ba44807 run (docs/published-results.md), so that re-run is optional (--reverify).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+from dataclasses import replace
+
+from bench.boundary.schedule import SPARES, slot_gib
+from bench.boundary.search import SEQ_STEP, BoundaryTask, plan_tasks, search
+from bench.config import BoundaryConfig
+from bench.envinfo import utc_now
+from bench.messages import TrialRequest
+from bench.pool import WorkerPool
+from bench.results import ResultsFile
+from bench.runner import TrialRunner, host_gpu, results_path
+from bench.schema import BOUNDARY_FIELDNAMES, PROBE_FIELDNAMES
+from bench.spec import TrialSpec
+from bench.wblog import WandbMirror
+
+
+def _family(task: BoundaryTask) -> tuple[str, str]:
+    """The task with its LoRA rank left out: boundaries of one family differ only in rank."""
+    return task.axis, replace(task.base, lora_rank=0, lora_alpha=0).key
+
+
+def _seq_family(task: BoundaryTask) -> tuple[str, str]:
+    """The batch-1 sequence-length family of a batch task's setting."""
+    return "seq_len", replace(task.base, lora_rank=0, lora_alpha=0, seq_len=0, batch_size=1).key
+
+
+class BoundaryRun:
+    """One profile's boundaries: its tasks, its files, the hints its searches share. Run it
+    with run_boundaries (alone or with other profiles)."""
+
+    def __init__(self, cfg: BoundaryConfig):
+        self.cfg = cfg
+        self.host = host_gpu(cfg)
+        self.runner = TrialRunner(cfg, self.host)
+        self.tasks = plan_tasks(cfg)
+
+        def path(stem, ext="csv"):
+            return results_path(cfg.results_dir, cfg.profile, cfg.device, stem, ext)
+
+        self.store = ResultsFile(path("boundaries"), BOUNDARY_FIELDNAMES, "boundary_key")
+        self.probes = ResultsFile(path("boundary-trials"), PROBE_FIELDNAMES)
+        self.runs_log = path("boundary-runs", "jsonl")
+        self.lock = threading.Lock()
+
+    def begin(self, parallel: int, progress) -> None:
+        """Take the results lock and read what is recorded (the boundaries still to search)."""
+        self.store.lock()
+        try:
+            self._begin(parallel, progress)
+        except BaseException:
+            self.store.unlock()
+            raise
+
+    def _begin(self, parallel: int, progress) -> None:
+        self.parallel, self.progress = parallel, progress
+        if self.cfg.worker_threads is None:  # the slots' workers share the cores
+            threads = max(2, (os.cpu_count() or 2) // parallel)
+            self.runner.plan = replace(self.runner.plan, threads=threads)
+        done = set() if self.cfg.overwrite else self.store.keys()
+        self.todo = [t for t in self.tasks if t.key not in done]
+        self.found: dict[tuple, dict[int, int]] = {}  # family -> rank -> boundary units
+        by_key = {t.key: t for t in self.tasks}
+        for row in self.store.rows if not self.cfg.overwrite else []:
+            if row["boundary_key"] in by_key:
+                self._remember(by_key[row["boundary_key"]], row)
+        self.counts = {"boundaries": 0, "trials": 0, "verified": 0}
+        self.mirror = WandbMirror(
+            self.cfg.wandb_mode, self.cfg.results_dir, self.cfg.profile.name, "boundary"
+        )
+        self.bar = progress.add_task(self.cfg.profile.name, total=len(self.todo)) if progress else None
+
+    def groups(self) -> list[list[BoundaryTask]]:
+        """The searches still to do, one group per model and precision. A slot takes a group at
+        a time and searches its model settings (checkpointing x LoRA rank) one after another,
+        each setting's sequence-length search before its batch searches, ranks in ascending
+        order, so that each search after the first of its kind starts from a sibling's boundary
+        (_hint); the hints come from the group alone, so a run's probes do not depend on timing.
+        A worker keeps its setting's model from search to search, and while it does the slot's
+        spare preloads the next setting's (search_group): only a group's first load is paid."""
+        groups: dict[str, list[BoundaryTask]] = {}
+        for task in self.todo:
+            group = replace(
+                task.base, seq_len=0, batch_size=0, lora_rank=0, lora_alpha=0, grad_ckpt=False
+            ).key
+            groups.setdefault(group, []).append(task)
+        for group in groups.values():
+            group.sort(
+                key=lambda t: (t.base.grad_ckpt, t.base.lora_rank, t.axis != "seq_len", t.base.seq_len)
+            )
+        return list(groups.values())
+
+    def cost(self, group: list[BoundaryTask]) -> float:
+        """A rough order of a group's search time: model size x cap x searches."""
+        return self._size(group[0].base.model) * (self.runner.plan.cap_gib or 1.0) * len(group)
+
+    def end(self, wall_s: float, started_utc: str, together: list[str]) -> dict:
+        """Release the results and log the invocation (profiles run together share its wall
+        time and started_utc, by which the speed script counts the invocation once)."""
+        try:
+            self.mirror.finish(BOUNDARY_FIELDNAMES)
+            summary = {
+                **self.counts,
+                "left": len(self.todo) - self.counts["boundaries"],
+                "profile": self.cfg.profile.name,
+                "parallel": self.parallel,
+                "spares": SPARES if self.cfg.device == "cuda" else 0,
+                "wall_s": wall_s,
+                "started_utc": started_utc,
+                "together_with": [p for p in together if p != self.cfg.profile.name],
+                "git_commit": self.runner.env["git_commit"],
+                "finished_utc": utc_now(),
+            }
+            with open(self.runs_log, "a") as f:
+                f.write(json.dumps(summary) + "\n")
+            return summary
+        finally:
+            self.store.unlock()
+
+    def settings(self, group: list[BoundaryTask]) -> list[TrialRequest]:
+        """The worker requests of a group's model settings (one per checkpointing setting and
+        LoRA rank), in search order; none when its precision is unsupported (nothing runs)."""
+        requests = {}
+        for task in group:
+            if not self._unsupported(task):
+                request = self.runner.request(task.at(task.start))
+                requests.setdefault(request.model, request)
+        return list(requests.values())
+
+    def share(self, group: list[BoundaryTask]) -> float:
+        """Host GPU memory a slot holds for this group: slot_gib, and while one model setting's
+        searches run, the next setting's model in the spare that preloads it (the catalogue's
+        estimate of a loaded model, never more than the cap it loads under)."""
+        model = group[0].base.model
+        loaded = self.cfg.catalog[model].loaded_gib_estimate() if model in self.cfg.catalog else math.inf
+        preload = min(self.runner.plan.cap_gib, loaded) if len(self.settings(group)) > 1 else 0.0
+        return slot_gib(self.runner.plan) + preload
+
+    def search_group(self, group: list[BoundaryTask], pool: WorkerPool, deadline: float | None) -> None:
+        """One group's searches in order, in the slot's worker pool. Its model settings follow
+        one another, so while one setting's searches run, the pool's spare preloads the next
+        setting's model."""
+        pool.expect(self.settings(group))
+        try:
+            for task in group:
+                if deadline is not None and time.perf_counter() > deadline:
+                    return
+                row = self._boundary(task, pool)
+                with self.lock:
+                    self.store.append(row, replace_key=self.cfg.overwrite)
+                    self.mirror.log_row(self.store.rows[-1], task.key)
+                    self._remember(task, row)
+                    self.counts["boundaries"] += 1
+                    self.counts["verified"] += row.get("verified") is True
+                    if self.progress:
+                        self.progress.advance(self.bar)
+        finally:
+            pool.expect([])  # a spare that preloaded a setting the deadline left out goes
+
+    def _remember(self, task: BoundaryTask, row: dict) -> None:
+        if row.get("status") == "ok" and str(row.get("max_value", "")) not in ("", "None"):
+            units = int(row["max_value"]) // task.step
+            self.found.setdefault(_family(task), {})[task.base.lora_rank] = units
+
+    def _hint(self, task: BoundaryTask) -> int | None:
+        """Where to start: the boundary of the same search at the nearest rank (the nearest
+        smaller one first: a larger rank never fits more, by more than noise), else, for a
+        batch search, the batch-1 sequence boundary's tokens over this length. None: no sibling."""
+        with self.lock:
+            ranks = dict(self.found.get(_family(task), {}))
+            seq = dict(self.found.get(_seq_family(task), {})) if task.axis == "batch_size" else {}
+        rank = task.base.lora_rank
+        if ranks:
+            nearest = min(ranks, key=lambda r: (r > rank, abs(r - rank)))
+            return ranks[nearest] or None
+        if seq:
+            nearest = min(seq, key=lambda r: (r != rank, abs(r - rank)))
+            tokens = seq[nearest] * SEQ_STEP
+            return max(1, tokens // task.base.seq_len) if tokens else None
+        return None
+
+    def _unsupported(self, task: BoundaryTask) -> str | None:
+        return self.runner.unsupported(task.at(task.start))
+
+    def _size(self, model: str) -> int:
+        config = self.cfg.catalog[model].config if model in self.cfg.catalog else {}
+        return config.get("hidden_size", 0) * config.get("num_hidden_layers", 0)
+
+    def _probe(self, pool: WorkerPool, task: BoundaryTask, spec: TrialSpec, purpose: str) -> dict:
+        t0 = time.perf_counter()
+        row = pool.run(self.runner.request(spec), self.cfg.timeout_s).row
+        wall = time.perf_counter() - t0
+        full = self.runner.row(spec, row, boundary_key=task.key, purpose=purpose, probe_wall_s=wall)
+        with self.lock:
+            self.probes.append(full)
+            self.counts["trials"] += 1
+        return row
+
+    def _boundary(self, task: BoundaryTask, pool: WorkerPool) -> dict:
+        spec = task.base
+        out = {
+            **{k: v for k, v in self.runner.env.items() if k in BOUNDARY_FIELDNAMES},
+            "boundary_key": task.key,
+            "axis": task.axis,
+            "model": spec.model,
+            "lora_rank": spec.lora_rank,
+            "lora_alpha": spec.lora_alpha,
+            "dtype": spec.dtype,
+            "grad_ckpt": spec.grad_ckpt,
+            "optimizer": spec.optimizer,
+            "step": task.step,
+            "upper_limit": task.upper * task.step,
+            "seq_len": spec.seq_len if task.axis == "batch_size" else None,
+            "batch_size": spec.batch_size if task.axis == "seq_len" else None,
+        }
+        reason = self._unsupported(task)
+        if reason:
+            return {
+                **out,
+                "status": "unsupported",
+                "reason": reason,
+                "search_trials": 0,
+                "timestamp_utc": utc_now(),
+            }
+        started = time.perf_counter()
+        hint = self._hint(task)
+        found = search(task, lambda s: self._probe(pool, task, s, "search"), self.runner.plan.cap_gib, hint)
+        if "error" in found:
+            out.update(status="error", reason=found["error"], search_trials=found["trials"])
+        else:
+            lo, hi = found["lo"], found["hi"]
+            at = found["fits"].get(lo, {})
+            out.update(
+                status="ok",
+                max_value=lo * task.step,
+                first_oom_value=None if hi is None else hi * task.step,
+                peak_alloc_gib=at.get("peak_alloc_gib"),
+                peak_reserved_gib=at.get("peak_reserved_gib"),
+                nvml_process_max_gib=at.get("nvml_process_max_gib"),
+                search_trials=found["trials"],
+                search_hint=None if hint is None else hint * task.step,
+            )
+            # Both ends of the bracket ran under the cap, each from a fresh load's allocator state
+            # (nothing is inferred): they are the verification. --reverify runs them again,
+            # each in a new worker.
+            fit = "ok" if lo else None
+            oom = "oom" if hi is not None else None
+            if self.cfg.reverify:
+                pool.retire()
+                fit = self._probe(pool, task, task.at(lo), "verify")["status"] if lo else None
+                pool.retire()
+                oom = self._probe(pool, task, task.at(hi), "verify")["status"] if hi is not None else None
+            out.update(
+                verify_fit_status=fit,
+                verify_oom_status=oom,
+                verified=(fit in (None, "ok")) and (oom in (None, "oom")),
+            )
+        out["search_wall_s"] = time.perf_counter() - started
+        out["timestamp_utc"] = utc_now()
+        return out

@@ -1,0 +1,156 @@
+"""Boundary searches on one host GPU: search slots, each a capped worker and a spare, share the
+host's memory (GpuBudget) and take one model group at a time; several profiles' runs are
+searched together (run_boundaries).
+
+Each worker's allocator cap is per process, so concurrent searches do not change each other's
+memory; they do share the GPU's SMs, which is why boundary rows carry no throughput.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from bench import emulation
+from bench.envinfo import utc_now
+from bench.messages import PrepareWeights
+from bench.pool import WorkerPool
+
+if TYPE_CHECKING:
+    from bench.boundary.run import BoundaryRun
+
+HOST_HEADROOM_GIB = 16.0  # kept free on the host GPU: contexts, NVML's view, fragmentation
+CONTEXT_GIB = 0.6  # a CUDA context on the H200, outside the allocator cap
+
+
+SPARES = 1  # a started worker per slot: it preloads the next model setting, or takes over after a failure
+
+
+def slot_gib(plan: emulation.Plan) -> float:
+    """Host GPU memory a search slot holds at least: its worker's allocator cap, and its worker's
+    and spare's CUDA contexts. While its spare preloads a model it holds that too
+    (BoundaryRun.share)."""
+    return plan.cap_gib + (1 + SPARES) * CONTEXT_GIB
+
+
+def auto_parallel(entries, host) -> int:
+    """Search slots for `entries` of (cfg, plan): as many as the host GPU holds of the smallest
+    slot among them (a slot starts a group's searches only when its slot_gib fits what the
+    running ones leave, GpuBudget, so larger caps run fewer at once); at most 8, and at most
+    one per 2 CPU cores."""
+    entries = [e for e in entries if e[0].device == "cuda" and e[1].cap_gib is not None]
+    if host is None or not entries:
+        return 1
+    smallest = min(slot_gib(plan) for _, plan in entries)
+    return max(1, min(8, (os.cpu_count() or 2) // 2, int((host.total_gib - HOST_HEADROOM_GIB) // smallest)))
+
+
+class GpuBudget:
+    """Host GPU memory shared by the slots: a slot takes the first waiting group whose share
+    fits what is free, and gives the share back after the group (a share larger than the whole
+    is clamped, so one group can always run)."""
+
+    def __init__(self, total_gib: float):
+        self.total = self.free = total_gib
+        self.cond = threading.Condition()
+
+    def take_first(self, waiting: list, share) -> tuple[object, float] | None:
+        """Remove and return the first of `waiting` whose `share(item)` fits, with the share
+        taken; wait while none fits; None when nothing is waiting. A large group at the head
+        of the queue does not hold back smaller ones that fit beside the running groups."""
+        with self.cond:
+            while waiting:
+                for i, item in enumerate(waiting):
+                    gib = min(share(item), self.total)
+                    if gib <= self.free:
+                        self.free -= gib
+                        return waiting.pop(i), gib
+                self.cond.wait()
+        return None
+
+    def give(self, gib: float) -> None:
+        with self.cond:
+            self.free += gib
+            self.cond.notify_all()
+
+
+def run_boundaries(runs: list[BoundaryRun], parallel: int | None = None, progress=None, time_budget=None):
+    """Search the boundaries of one or more profiles' runs together: their model groups share
+    the slots and the host GPU's memory budget, so one profile's small models fill what another
+    profile's large ones leave free, and no profile's tail leaves slots idle. Returns each run's
+    summary."""
+    started, started_utc = time.perf_counter(), utc_now()
+    host = runs[0].host
+    parallel = parallel or auto_parallel([(r.cfg, r.runner.plan) for r in runs], host)
+    cuda = runs[0].cfg.device == "cuda"
+    budgeted = cuda and host is not None  # else no host GPU memory to share: every share is 0
+    budget = GpuBudget(host.total_gib - HOST_HEADROOM_GIB if budgeted else float("inf"))
+    entered: list[BoundaryRun] = []
+    try:
+        for run in runs:
+            run.begin(parallel, progress)
+            entered.append(run)
+    except BaseException:  # e.g. another run holds a profile's results: nothing was searched
+        for run in entered:
+            run.store.unlock()
+        raise
+    try:
+        _prepare_weights(runs)
+        waiting = [(run, group) for run in runs for group in run.groups()]
+        # the longest groups first (larger model, larger cap, more searches), so the slots end together
+        waiting.sort(key=lambda item: -item[0].cost(item[1]))
+        deadline = started + time_budget if time_budget else None
+
+        def share(item) -> float:
+            return item[0].share(item[1]) if budgeted else 0.0
+
+        def slot() -> None:
+            # One worker pool per slot, from group to group: a spare with its CUDA context
+            # already created takes over for a group's first model setting, and one that
+            # preloaded it for each later setting.
+            pool = WorkerPool(spares=SPARES if cuda else 0, cuda=cuda)
+            try:
+                while deadline is None or time.perf_counter() < deadline:
+                    taken = budget.take_first(waiting, share)
+                    if taken is None:
+                        return
+                    (run, group), held = taken
+                    try:
+                        run.search_group(group, pool, deadline)
+                    finally:
+                        budget.give(held)
+            finally:
+                pool.close(graceful=False)
+
+        n_groups = len(waiting)
+        threads = [threading.Thread(target=slot, daemon=True) for _ in range(max(1, min(parallel, n_groups)))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        wall = round(time.perf_counter() - started, 1)
+        together = [r.cfg.profile.name for r in runs]
+        summaries = [run.end(wall, started_utc, together) for run in entered]
+    return summaries
+
+
+def _prepare_weights(runs: list[BoundaryRun]) -> None:
+    """Build each random-weight checkpoint once, before the slots race to build it."""
+    needed = {}
+    for run in runs:
+        if not run.cfg.weights_path:
+            for model in {t.base.model for t in run.todo}:
+                needed[model] = run.cfg
+    if not needed:
+        return
+    pool = WorkerPool()
+    try:
+        for model, cfg in sorted(needed.items()):
+            answer = pool.prepare(PrepareWeights(model, cfg.catalog[model].config, cfg.device), cfg.timeout_s)
+            if not answer.ok:
+                raise RuntimeError(f"could not build random weights for {model}: {answer.reason}")
+    finally:
+        pool.close()

@@ -1,0 +1,148 @@
+"""The pure boundary search: what a boundary is (BoundaryTask), every boundary of a grid
+(plan_tasks), and the guided bisection that finds one from probes (search). No processes, no
+files: `search` takes the probe as a function.
+
+Memory grows with sequence length and batch size, so the search brackets the boundary (from a
+sibling's boundary when one is known: the same search at another LoRA rank, or the batch-1
+sequence boundary for a batch search; else from below, by a line of peak reserved memory
+against the cap), then bisects, alternating fit-guided and midpoint probes so that a poor fit
+never costs more than twice plain bisection. It ends only when the boundary ran and fit and
+boundary + one step ran and ran out of memory: those two runs are the verification (none of it
+is inferred).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, replace
+
+from bench.config import BoundaryConfig
+from bench.spec import TrialSpec
+
+SEQ_STEP = 64
+SEQ_LIMIT = 32768
+BATCH_LIMIT = 256
+SEQ_START = 512
+
+
+@dataclass(frozen=True)
+class BoundaryTask:
+    axis: str  # seq_len | batch_size
+    base: TrialSpec  # the searched axis is overwritten per probe
+    upper: int  # in units of `step`
+    step: int
+    start: int  # first probe, in units
+
+    @property
+    def key(self) -> str:
+        short = "s" if self.axis == "seq_len" else "b"
+        return f"{self.axis}|" + self.at(0).key.replace(f"|{short}=0|", f"|{short}=*|")
+
+    def at(self, units: int) -> TrialSpec:
+        return replace(self.base, **{self.axis: units * self.step})
+
+
+def plan_tasks(cfg: BoundaryConfig) -> list[BoundaryTask]:
+    """Every boundary of the grid: per model x rank x dtype x checkpointing (x any added axis),
+    the longest sequence at batch 1 and the largest batch at each reference length."""
+    tasks = []
+    names = ["model", "lora_rank", "dtype", "grad_ckpt"]
+    names += [
+        n for n, v in cfg.axes.values.items() if n not in (*names, "seq_len", "batch_size") and len(v) > 1
+    ]
+    for combo in itertools.product(*(cfg.axes[n] for n in names)):
+        base = cfg.axes.spec(**dict(zip(names, combo, strict=True)), seq_len=0, batch_size=1)
+        model = base.model
+        context = cfg.catalog[model].context_len if model in cfg.catalog else SEQ_LIMIT
+        limit = min(context, SEQ_LIMIT)
+        if "seq_len" in cfg.search_axes:
+            tasks.append(
+                BoundaryTask("seq_len", base, limit // SEQ_STEP, SEQ_STEP, min(SEQ_START, limit) // SEQ_STEP)
+            )
+        if "batch_size" in cfg.search_axes:
+            for seq in cfg.ref_seq_lens:
+                if seq <= limit:
+                    tasks.append(
+                        BoundaryTask(
+                            "batch_size", replace(base, seq_len=seq, batch_size=0), BATCH_LIMIT, 1, 1
+                        )
+                    )
+    return tasks
+
+
+def _predict(fits: dict[int, float], cap_gib: float | None, floor_gib: float | None = None) -> int | None:
+    """Units at which peak reserved memory reaches the cap, by a line through the largest
+    fitting probe and the largest one well below it (adjacent probes differ by allocator
+    granularity more than by the step); with one probe, through `floor_gib` at zero (the loaded
+    model, which underestimates the boundary). None without a cap or a rising line."""
+    points = sorted((u, p) for u, p in fits.items() if p is not None)
+    if cap_gib is None or not points:
+        return None
+    u2, p2 = points[-1]
+    below = [(u, p) for u, p in points if u <= u2 - max(2, u2 // 8)]
+    if below:
+        u1, p1 = below[-1]
+    elif floor_gib is not None:
+        u1, p1 = 0, floor_gib
+    elif len(points) >= 2:
+        u1, p1 = points[-2]
+    else:
+        return None
+    slope = (p2 - p1) / (u2 - u1)
+    if slope <= 0:
+        return None
+    return int(u2 + (cap_gib - p2) / slope)
+
+
+def search(task: BoundaryTask, probe, cap_gib: float | None, hint: int | None = None) -> dict:
+    """Largest fitting units. `probe(spec) -> row`. Returns lo, hi (None: fits to the limit),
+    the fitting rows, the trial count, or an error.
+
+    Without a hint the search brackets from `task.start` upwards. With a hint (a close
+    sibling's boundary) it probes the hint, then one step past it on the side its result
+    points to, so a good hint settles the boundary in two trials; a poor one continues by
+    growing steps away from it and then bisection."""
+    fits: dict[int, dict] = {}
+    lo, hi = 0, None
+    units = max(1, min(task.start if hint is None else hint, task.upper))
+    trials, guided_last, away = 0, False, 0
+    floor = None
+    while True:
+        row = probe(task.at(units))
+        trials += 1
+        if row["status"] == "ok":
+            lo, fits[units] = max(lo, units), row
+            if floor is None:
+                floor = row.get("load_reserved_gib")
+        elif row["status"] == "oom":
+            hi = units if hi is None else min(hi, units)
+        else:
+            return {
+                "error": f"{row['status']} at {task.axis}={units * task.step}: {row.get('reason', '')}",
+                "trials": trials,
+            }
+        if hi is not None and hi - lo <= 1:
+            break
+        if hi is None and lo >= task.upper:
+            break
+        peaks = {u: r.get("peak_reserved_gib") for u, r in fits.items()}
+        predicted = _predict(peaks, cap_gib, floor)
+        if hint is not None and trials == 1:  # the hint's neighbour on the side it points to
+            units = units + 1 if hi is None else units - 1
+        elif hi is None:  # bracket from below: guided jump past the predicted boundary, or grow
+            if predicted is not None and predicted > lo:
+                units = min(task.upper, predicted + 1, 4 * max(lo, 1))
+            elif hint is not None:
+                away += 1
+                units = min(task.upper, lo + 2**away)
+            else:
+                units = min(task.upper, 2 * max(lo, 1)) if lo else 1
+            units = max(units, lo + 1)
+        elif lo == 0 and hint is not None:  # below a hint that ran out of memory: step down, growing
+            away += 1
+            units = max(1, hi - 2**away)
+        else:  # bisect, alternating a guided probe with the midpoint
+            mid = (lo + hi) // 2
+            use_guide = predicted is not None and lo < predicted < hi and not guided_last
+            units, guided_last = (predicted, True) if use_guide else (mid, False)
+    return {"lo": lo, "hi": hi, "fits": fits, "trials": trials}

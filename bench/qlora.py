@@ -1,0 +1,139 @@
+"""The QLoRA model as people build it, and the device settings it runs under.
+
+NF4 double-quant base -> prepare_model_for_kbit_training -> LoRA on all linear layers -> train
+mode (from_pretrained returns eval mode, and gradient checkpointing is a silent no-op there).
+Shared by the trial (bench.trial) and the SFT workload (bench.extraction.sft).
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import os
+import shutil
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from bench.paths import cache_dir
+from bench.schema import GIB
+
+# fp32 (no autocast) is for sft (--dtype fp32, its CPU default); sweep grids take fp16/bf16 only.
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc).lower()
+    return "out of memory" in text or "can't allocate memory" in text
+
+
+def random_weights_dir(name: str, config: dict, build_device: str) -> Path:
+    """A checkpoint of the architecture with random weights, built once and cached on disk."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+    final = cache_dir() / "random-weights" / f"{name}-{digest}"
+    if (final / "config.json").exists():
+        return final
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    cfg = AutoConfig.for_model(**config)
+    torch.manual_seed(0)
+    with torch.device(build_device):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    model.save_pretrained(tmp)
+    del model
+    if build_device == "cuda":
+        torch.cuda.empty_cache()
+    try:
+        tmp.rename(final)
+    except OSError:  # another process finished the same checkpoint first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def load_qlora_model(
+    source: str,
+    device: str,
+    *,
+    dtype: str,
+    grad_ckpt: bool,
+    lora_rank: int,
+    lora_alpha: int,
+    lora_dropout: float,
+    target_modules: str = "all-linear",
+):
+    """NF4 double-quant base + prepare_model_for_kbit_training + LoRA, in train mode."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    compute = DTYPES[dtype]
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute,
+    )
+    device_map = {"": torch.cuda.current_device()} if device == "cuda" else {"": "cpu"}
+    model = AutoModelForCausalLM.from_pretrained(
+        source,
+        quantization_config=quant,
+        dtype=compute,
+        device_map=device_map,
+        attn_implementation="sdpa",
+        local_files_only=True,
+    )
+    model.config.use_cache = False
+    model = prepare_model_for_kbit_training(
+        model,
+        use_gradient_checkpointing=grad_ckpt,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+    )
+    lora = LoraConfig(
+        r=lora_rank,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        task_type="CAUSAL_LM",
+        target_modules=target_modules if target_modules == "all-linear" else target_modules.split(","),
+    )
+    model = get_peft_model(model, lora)
+    model.train()
+    return model
+
+
+def sdpa_context(backends, device: str):
+    """Allow only these SDPA kernels (the emulated card's) on CUDA."""
+    if device != "cuda":
+        return nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    names = {
+        "flash": "FLASH_ATTENTION",
+        "efficient": "EFFICIENT_ATTENTION",
+        "math": "MATH",
+        "cudnn": "CUDNN_ATTENTION",
+    }
+    return sdpa_kernel([getattr(SDPBackend, names[b]) for b in backends])
+
+
+def free_memory(device: str) -> None:
+    """Drop unreferenced tensors and hand cached blocks back, so the next phase starts clean."""
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+
+def apply_cap(cap_gib: float | None) -> None:
+    """Cap PyTorch's caching allocator (reserved memory) at `cap_gib`; None lifts the cap."""
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(cap_gib * GIB / total if cap_gib else 1.0)
+
+
+def cleanup(device: str) -> None:
+    free_memory(device)
+    if device == "cuda":
+        apply_cap(None)

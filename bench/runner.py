@@ -1,0 +1,90 @@
+"""What a sweep and a boundary search share around a trial: where results live, the columns that
+say what ran it, the request a worker gets, and the row that goes to the CSV and to W&B."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from bench import emulation
+from bench.config import RunConfig
+from bench.envinfo import HostGPU, git_commit, library_versions, nvml_gpu, utc_now
+from bench.messages import TrialRequest
+from bench.profiles import Profile
+from bench.spec import TrialSpec
+
+
+def results_path(
+    results_dir: Path, profile: Profile, device: str, stem: str = "trials", ext: str = "csv"
+) -> Path:
+    """results/<profile>/<stem>.<ext> for GPU results; CPU runs go to <stem>-cpu.<ext> beside them."""
+    name = f"{stem}.{ext}" if device == "cuda" else f"{stem}-cpu.{ext}"
+    return Path(results_dir) / profile.name / name
+
+
+def host_gpu(cfg: RunConfig) -> HostGPU | None:
+    return nvml_gpu() if cfg.device == "cuda" else None
+
+
+def unsupported(cfg: RunConfig, host: HostGPU | None, spec: TrialSpec) -> str | None:
+    """Why this trial cannot run on the profile's card (its dtype, or a sequence past the model's
+    context), or None."""
+    reason = emulation.unsupported_reason(spec.dtype, cfg.profile, host, cfg.device)
+    arch = None if cfg.weights_path else cfg.catalog[spec.model]
+    if arch is not None and spec.seq_len > arch.context_len:
+        reason = f"seq_len {spec.seq_len} is past {arch.name}'s context of {arch.context_len}"
+    return reason
+
+
+class TrialRunner:
+    """A run's plan (emulation), its environment columns, and rows assembled from a trial's spec
+    and measurements."""
+
+    def __init__(self, cfg: RunConfig, host: HostGPU | None, threads: int | None = None):
+        self.cfg, self.host = cfg, host
+        self.plan = emulation.plan(cfg.profile, cfg.device, host)
+        if threads or cfg.worker_threads:
+            from dataclasses import replace
+
+            self.plan = replace(self.plan, threads=threads or cfg.worker_threads)
+        self.env = self._environment()
+
+    def _environment(self) -> dict:
+        import torch
+
+        cfg, plan, host = self.cfg, self.plan, self.host
+        env = {
+            "profile": cfg.profile.name,
+            "device": cfg.device,
+            "emulated": plan.emulated,
+            "host_gpu": plan.host_gpu,
+            "mem_cap_gib": plan.cap_gib,
+            "sdpa_backends": ",".join(plan.sdpa_backends),
+            "cuda": torch.version.cuda or "",
+            "git_commit": git_commit(),
+            "image": os.environ.get("QLORA_BENCH_IMAGE", ""),
+            **library_versions(),
+        }
+        if host is not None:
+            env.update(
+                gpu_name=host.name,
+                driver=host.driver,
+                gpu_total_gib=host.total_gib,
+                gpu_compute_capability=".".join(map(str, host.compute_capability)),
+            )
+        return env
+
+    def unsupported(self, spec: TrialSpec) -> str | None:
+        return unsupported(self.cfg, self.host, spec)
+
+    def request(self, spec: TrialSpec) -> TrialRequest:
+        return TrialRequest(spec, self.plan, self.cfg.source(spec.model))
+
+    def row(self, spec: TrialSpec, measured: dict, **extra) -> dict:
+        """The CSV row of a trial: what ran, where, what was measured. The host GPU's name and
+        driver are NVML's (the worker's torch view of the name is the same card)."""
+        row = {**spec.to_row(), **self.env, **measured, "trial_key": spec.key, **extra}
+        if self.host is not None:
+            row.update(gpu_name=self.host.name, driver=self.host.driver)
+        row["timestamp_utc"] = utc_now()
+        return row
