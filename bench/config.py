@@ -88,9 +88,11 @@ def _axes(
     lora_alpha_ratio: float,
     settings: dict,
     extra: dict,
+    problems: list[str],
 ) -> Axes:
     """The axes from the options, each falling back to the profile's grid; settings are one-value
-    axes; `extra` holds the added axes' values (None: the field's default)."""
+    axes; `extra` holds the added axes' values (None: the field's default). Problems with the
+    options are added to `problems`, each naming its option."""
     grid = profile.grid
     if weights:
         models = (weights,)
@@ -98,11 +100,11 @@ def _axes(
         models = models or ((CPU_MODEL,) if device == "cpu" else grid.models)
         unknown = [m for m in models if m not in catalog]
         if unknown:
-            raise BenchUsageError(f"--models: unknown model(s) {unknown}; known: {sorted(catalog)}")
+            problems.append(f"--models: unknown model(s) {unknown}; known: {sorted(catalog)}")
     dtypes = dtypes or grid.dtypes
     bad = [d for d in dtypes if d not in DTYPES]
     if bad:
-        raise BenchUsageError(f"--dtypes: unknown {bad}; choose from {', '.join(DTYPES)}")
+        problems.append(f"--dtypes: unknown {bad}; choose from {', '.join(DTYPES)}")
     values = {
         "model": tuple(models),
         "seq_len": seq_lens or grid.seq_lens,
@@ -122,6 +124,12 @@ def _axes(
 def _profile(name: str):
     catalog = load_catalog()
     return load_profile(name, set(catalog)), catalog
+
+
+def _refuse(problems: list[str]) -> None:
+    """Every problem with the command line at once (exit 2, nothing written)."""
+    if problems:
+        raise BenchUsageError("; ".join(problems) if len(problems) == 1 else "\n  ".join(["", *problems]))
 
 
 def sweep_config(
@@ -163,10 +171,12 @@ def sweep_config(
         measured_steps=measured_steps,
         workload=Workload(workload, sft_steps, sft_lr, sft_eval_samples) if workload == "sft" else Workload(),
     )
+    problems: list[str] = []
     axes = _axes(
         profile, catalog, device, weights, models, seq_lens, batch_sizes, ranks, dtypes, grad_ckpt,
-        lora_alpha_ratio, settings, extra_axes,
+        lora_alpha_ratio, settings, extra_axes, problems,
     )  # fmt: skip
+    _refuse(problems)
     return SweepConfig(
         profile=profile,
         catalog=catalog,
@@ -204,17 +214,19 @@ def boundary_configs(
     extra_axes: dict,
 ) -> list[BoundaryConfig]:
     """One config per profile (an alias named twice runs once), searched together."""
+    problems: list[str] = []
     bad = [a for a in search_axes if a not in BOUNDARY_AXES]
     if bad:
-        raise BenchUsageError(f"--axes: unknown {bad}; choose from {', '.join(BOUNDARY_AXES)}")
+        problems.append(f"--axes: unknown {bad}; choose from {', '.join(BOUNDARY_AXES)}")
     settings = dict(optimizer=optimizer, warmup_steps=warmup_steps, measured_steps=measured_steps)
     configs: dict[str, BoundaryConfig] = {}
     for name in profile_names:
         profile, catalog = _profile(name)
         axes = _axes(
             profile, catalog, device, None, models, None, None, ranks, dtypes, grad_ckpt,
-            lora_alpha_ratio, settings, extra_axes,
+            lora_alpha_ratio, settings, extra_axes, problems,
         )  # fmt: skip
+        _refuse(problems)
         configs.setdefault(
             profile.name,
             BoundaryConfig(
