@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Two runs' boundaries, compared: how many boundaries both searched have the same value, and
 every one that differs (with both runs' fit / OOM values).
-Usage: scripts/boundary-diff.py OLD_RESULTS_DIR NEW_RESULTS_DIR
+Usage: python -m analysis.boundary_diff OLD_RESULTS_DIR NEW_RESULTS_DIR
 """
 
 import csv

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """How fast the boundary search was, from the files the run itself wrote.
 
 Per results/<profile>/: boundaries and trials per boundary (search, and --reverify re-runs where
@@ -16,7 +15,7 @@ time, marked "joint", and the total counts each invocation once).
 Then, per profile, where a probe's overhead goes and how far each searched boundary point's
 peaks are from its re-run in a fresh worker; and the overhead by how the probe got its model
 (loaded, preloaded, reused) and how it ended, with the loads a run made per model setting.
-Usage: scripts/boundary-speed.py [RESULTS_DIR [PROFILE...]]  (default: every profile there)
+Usage: python -m analysis.boundary_speed [RESULTS_DIR [PROFILE...]]  (default: every profile there)
 """
 
 import csv
@@ -204,8 +203,12 @@ def _n_mean(values: list[float]) -> str:
     return f"{len(values)}, {statistics.mean(values):.2f}" if values else "0"
 
 
+def cli(argv: list[str]) -> None:
+    where = Path(argv[0] if argv else "results")
+    main(where, argv[1:])
+    breakdown(where, argv[1:])
+    by_load(where, argv[1:])
+
+
 if __name__ == "__main__":
-    where = Path(sys.argv[1] if len(sys.argv) > 1 else "results")
-    main(where, sys.argv[2:])
-    breakdown(where, sys.argv[2:])
-    by_load(where, sys.argv[2:])
+    cli(sys.argv[1:])

@@ -1,29 +1,27 @@
-#!/usr/bin/env python3
 """Where a trial's model load goes: random-weight checkpoint -> from_pretrained (NF4) ->
 prepare_model_for_kbit_training -> get_peft_model, each timed, in this process.
-Usage: scripts/load-timing.py MODEL DTYPE THREADS [REPEATS]  (on a CUDA host)
+Usage: python -m analysis.load_timing MODEL DTYPE THREADS [REPEATS]  (on a CUDA host)
 """
 
 import sys
 import time
 from itertools import pairwise
 
-import torch
-
 
 def main(name: str, dtype: str, threads: int, repeats: int) -> None:
+    import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from bench import trial
+    from bench import qlora
     from bench.catalog import load_catalog
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     torch.zeros(1, device="cuda")
     ctx = time.perf_counter() - t0
-    source = trial.random_weights_dir(name, load_catalog()[name].config, "cuda")
-    dt = trial.DTYPES[dtype]
+    source = qlora.random_weights_dir(name, load_catalog()[name].config, "cuda")
+    dt = qlora.DTYPES[dtype]
     for i in range(repeats):
         marks = [time.perf_counter()]
         quant = BitsAndBytesConfig(
@@ -50,7 +48,7 @@ def main(name: str, dtype: str, threads: int, repeats: int) -> None:
             flush=True,
         )
         del model
-        trial.free_memory("cuda")
+        qlora.free_memory("cuda")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ and the code that acts on it): at its default it leaves every recorded key uncha
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import types
@@ -112,7 +113,7 @@ class TrialSpec:
             text = row.get(f.name)
             if text in (None, ""):
                 continue
-            kind = _HINTS[f.name]
+            kind = _hints(cls)[f.name]
             if kind is bool:
                 values[f.name] = str(text).lower() == "true"
             elif kind is Workload:
@@ -145,12 +146,14 @@ def _type(hint) -> type:
     )
 
 
-_HINTS = {name: _type(hint) for name, hint in typing.get_type_hints(TrialSpec).items()}
+@functools.cache
+def _hints(cls) -> dict[str, type]:
+    return {name: _type(hint) for name, hint in typing.get_type_hints(cls).items()}
 
 
 def field_type(name: str) -> type:
     """A TrialSpec field's value type (int, float, bool, str, Workload)."""
-    return _HINTS[name]
+    return _hints(TrialSpec)[name]
 
 
 _LEGACY_FIELDS = {f.name for f in fields(TrialSpec) if "{" + f.name in LEGACY_KEY}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Find and verify the OOM boundaries of the design-card profiles on one large GPU (how
-# results/<profile>/boundaries.csv was made; see results/README.md), then write the tables.
+# results/<profile>/boundaries.csv was made; see docs/published-results.md), then write the tables.
 # The profiles are searched together in one run (their model groups share the slots and the
 # host GPU's memory, `--parallel auto`: as many capped workers as the host GPU holds, at most
 # 8). Resumable: boundaries already recorded are skipped, so a run cut short is finished by

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Measure the published sweeps on a GPU host (how results/ was made; see results/README.md).
+# Measure the published sweeps on a GPU host (how results/ was made; see docs/published-results.md).
 # Usage: scripts/measure-gpu.sh PROFILE [PROFILE ...]
 # Resumable: rows already in results/<profile>/trials.csv are skipped, so a run cut short by a
 # time limit continues where it stopped. Extra sweep flags go in QLORA_BENCH_FLAGS.

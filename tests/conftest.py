@@ -19,6 +19,11 @@ def _has_cuda() -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
+    """slow and gpu tests need torch too (`-m "not torch"` is the quick set); gpu tests skip
+    without CUDA."""
+    for item in items:
+        if "slow" in item.keywords or "gpu" in item.keywords:
+            item.add_marker(pytest.mark.torch)
     if _has_cuda():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
@@ -35,7 +40,10 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
-def cli(*args, env=None, timeout=600, **kwargs) -> subprocess.CompletedProcess:
+HANG_S = 1800  # a guard against a hung command, far past any run's time on a loaded 2-core machine
+
+
+def cli(*args, env=None, timeout=HANG_S, **kwargs) -> subprocess.CompletedProcess:
     """Run qlora-bench as a user does (a separate process), returning the completed process."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
@@ -66,3 +74,31 @@ def cpu_request(spec, source=None, threads=1):
 
     plan = Plan("cpu", False, "", None, ("math",), False, threads)
     return TrialRequest(spec, plan, source or ModelSource(config=load_catalog()[spec.model].config))
+
+
+def boundary_config(profile: str, results_dir, device: str = "cuda"):
+    """The boundary search of a profile's default grid, as `qlora-bench boundary --profile P`
+    configures it."""
+    from bench.config import boundary_configs
+
+    (cfg,) = boundary_configs(
+        profile_names=[profile],
+        device=device,
+        models=None,
+        ranks=None,
+        dtypes=None,
+        grad_ckpt=None,
+        ref_seq_lens=None,
+        search_axes=("seq_len", "batch_size"),
+        reverify=False,
+        lora_alpha_ratio=2.0,
+        optimizer="adamw_torch",
+        warmup_steps=1,
+        measured_steps=2,
+        results_dir=results_dir,
+        timeout_s=600,
+        wandb_mode="off",
+        overwrite=False,
+        extra_axes={},
+    )
+    return cfg

@@ -3,7 +3,7 @@
 import csv
 
 import pytest
-from conftest import cli
+from conftest import boundary_config, cli
 
 from bench.boundary import SEQ_STEP, BoundaryTask, search
 from bench.spec import TrialSpec
@@ -186,6 +186,7 @@ def test_a_hint_past_either_end_is_clamped():
     assert search(huge, fake_probe(calls), CAP, hint=0)["lo"] == 0 and len(calls) == 1
 
 
+@pytest.mark.torch
 def test_slots_are_sized_for_the_smallest_cap_and_larger_caps_run_fewer_at_once(monkeypatch, tmp_path):
     """On the H200 (139.8 GiB by NVML) an l4 slot holds its 21.7 GiB cap and two CUDA contexts
     (worker and spare): five l4 searches at once; with a 4 GB card's profile beside it, 8 slots
@@ -196,32 +197,12 @@ def test_slots_are_sized_for_the_smallest_cap_and_larger_caps_run_fewer_at_once(
     from bench import emulation
     from bench.boundary import BoundaryRun
     from bench.boundary.schedule import HOST_HEADROOM_GIB, GpuBudget, auto_parallel, slot_gib
-    from bench.config import boundary_configs
     from bench.envinfo import HostGPU
     from bench.profiles import load_profile
 
     monkeypatch.setattr("os.cpu_count", lambda: 16)
     host = HostGPU("NVIDIA H200", 139.8, (9, 0), "580")
-    (cfg,) = boundary_configs(
-        profile_names=["l4"],
-        device="cuda",
-        models=None,
-        ranks=None,
-        dtypes=None,
-        grad_ckpt=None,
-        ref_seq_lens=None,
-        search_axes=("seq_len", "batch_size"),
-        reverify=False,
-        lora_alpha_ratio=2.0,
-        optimizer="adamw_torch",
-        warmup_steps=1,
-        measured_steps=2,
-        results_dir=tmp_path,
-        timeout_s=600,
-        wandb_mode="off",
-        overwrite=False,
-        extra_axes={},
-    )
+    cfg = boundary_config("l4", tmp_path)
     plan = emulation.plan(cfg.profile, "cuda", host)
     budget = host.total_gib - HOST_HEADROOM_GIB
     assert auto_parallel([(cfg, plan)], host) == int(budget // slot_gib(plan)) == 5

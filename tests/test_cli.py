@@ -61,6 +61,7 @@ def test_profiles_and_schema_commands():
     assert schema.returncode == 0 and "peak_reserved_gib" in schema.stdout
 
 
+@pytest.mark.torch
 def test_seq_len_past_the_model_context_is_unsupported(tmp_path):
     result = cli(
         "--profile",

@@ -1,8 +1,8 @@
 """Fault injection: every trial ends recorded, nothing is lost or doubled, bad input is refused.
 
 Each test injects its faults into real CPU sweeps (the tiny model, real QLoRA steps) and tallies
-what happened in OUTCOMES; the last test renders the tally as the README's table (between the
-`faults:` markers) and checks the README shows exactly that. After a change to the suite, write
+what happened in OUTCOMES; the last test renders the tally as docs/reliability.md's table (between the
+`faults:` markers) and checks the page shows exactly that. After a change to the suite, write
 the table with `QLORA_BENCH_WRITE_FAULT_TABLE=1 python -m pytest tests/test_faults.py`.
 """
 
@@ -345,11 +345,11 @@ def render() -> str:
 BEGIN, END = "<!-- faults:begin -->", "<!-- faults:end -->"
 
 
-def test_the_readme_table_is_this_suites_output():
+def test_the_reliability_table_is_this_suites_output():
     missing = [f for f in ORDER if f not in OUTCOMES]
     if missing:
         pytest.skip(f"the whole suite did not run (missing: {missing[:3]}...)")
-    readme = REPO / "README.md"
+    readme = REPO / "docs" / "reliability.md"
     text = readme.read_text()
     head, _, rest = text.partition(BEGIN)
     _, _, tail = rest.partition(END)

@@ -44,6 +44,7 @@ def test_catalogue_has_design_card_models(catalog):
     assert catalog["qwen2.5-0.5b"].hub_id == "Qwen/Qwen2.5-0.5B"
 
 
+@pytest.mark.torch
 def test_catalogue_configs_build_real_sizes(catalog):
     """Parameter counts from the config values match the published model sizes."""
     import torch

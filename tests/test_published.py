@@ -15,7 +15,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
-from conftest import read_rows
+from conftest import boundary_config, read_rows
 
 from bench import report
 
@@ -138,3 +138,41 @@ def test_report_regenerates_the_purchase_summary_byte_for_byte():
     text = summary.render(RESULTS)
     assert text == (RESULTS / "purchase.md").read_text()
     assert "**projected**" in text and "not measured" in text  # a projection says what it is
+
+
+def test_every_recorded_row_keeps_its_key_and_every_published_search_is_still_planned():
+    """The key is derived from TrialSpec's fields: every committed row (archives included) must
+    re-derive its own key, or a resumed run would redo what is recorded; and the default grids
+    must plan exactly the published boundaries."""
+    from bench.boundary import plan_tasks
+    from bench.spec import TrialSpec
+
+    repo = RESULTS.parent
+    for path in [*repo.glob("results/*/*.csv"), *repo.glob("archive/**/*.csv")]:
+        for row in read_rows(path):
+            if row.get("trial_key"):
+                assert TrialSpec.from_row(row).key == row["trial_key"], path
+    for path in FILES:
+        cfg = boundary_config(path.parent.name, RESULTS)
+        assert sorted(t.key for t in plan_tasks(cfg)) == sorted(r["boundary_key"] for r in read_rows(path))
+
+
+def test_the_speed_and_diff_figures_come_from_their_modules(capsys):
+    """docs/boundaries.md cites these: the five design-card tables took 14.0 min at 1.05 s of
+    overhead per trial, and found the same 544 boundaries as the run before."""
+    from analysis import boundary_diff, boundary_speed
+
+    boundary_speed.cli([str(RESULTS), "gtx1650", "rtx3050-laptop", "rtx3070", "t4", "l4"])
+    speed = capsys.readouterr().out
+    assert "| all | | | | 1.05 (0.36) | 1.73 (0.88) |" in speed
+    assert "14.0 in 2 invocations, 1309 trials (0.64 s wall per trial)" in speed
+    boundary_diff.main(RESULTS.parent / "archive" / "run-ff1da45", RESULTS)
+    assert capsys.readouterr().out.strip().endswith("same: 544 of 544; differ: 0")
+
+
+def test_load_timing_is_an_importable_module():
+    """A GPU-only measurement, but a module like the others: importable anywhere (torch is
+    imported when it runs), invoked as `python -m analysis.load_timing`."""
+    from analysis import load_timing
+
+    assert callable(load_timing.main)

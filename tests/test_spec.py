@@ -49,3 +49,30 @@ def test_rank_implication_ignores_alpha_which_follows_rank():
     r8, r16 = specs
     assert (r8.lora_alpha, r16.lora_alpha) == (16, 32)
     assert implied_oom(r16, [r8]) == r8
+
+
+def test_an_added_field_at_its_default_leaves_every_key_as_it_was():
+    """docs/adding-an-axis.md: a field added to TrialSpec changes no recorded key at its
+    default, and is in the key (as name=value) when it is not."""
+    from dataclasses import dataclass, replace
+
+    from bench.spec import TrialSpec, _field
+
+    @dataclass(frozen=True)
+    class WithKernel(TrialSpec):
+        sdpa: str = _field("card", help="SDPA kernels", axis=True)
+
+    base = TrialSpec("qwen2.5-0.5b", 512, 1, 8, "fp16", True, 16)
+    extended = WithKernel("qwen2.5-0.5b", 512, 1, 8, "fp16", True, 16)
+    assert extended.key == base.key
+    assert replace(extended, sdpa="math").key == base.key + "|sdpa=math"
+    assert WithKernel.from_row({**replace(extended, sdpa="math").to_row()}).sdpa == "math"
+
+
+def test_a_row_reads_back_as_the_spec_that_wrote_it():
+    from bench.spec import TrialSpec, Workload
+
+    spec = TrialSpec("tiny", 64, 2, 4, "bf16", False, 8, workload=Workload("sft", 10, 1e-3, 5))
+    text = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in spec.to_row().items()}
+    assert TrialSpec.from_row(text) == spec
+    assert spec.key.endswith("|sft:10:0.001:5")

@@ -216,16 +216,10 @@ class BoundaryRun:
 
     def _boundary(self, task: BoundaryTask, pool: WorkerPool) -> dict:
         spec = task.base
-        out = {
-            **{k: v for k, v in self.runner.env.items() if k in BOUNDARY_FIELDNAMES},
+        out = {  # the boundary's columns of the environment and the spec (the searched axis blank)
+            **{k: v for k, v in {**self.runner.env, **spec.to_row()}.items() if k in BOUNDARY_FIELDNAMES},
             "boundary_key": task.key,
             "axis": task.axis,
-            "model": spec.model,
-            "lora_rank": spec.lora_rank,
-            "lora_alpha": spec.lora_alpha,
-            "dtype": spec.dtype,
-            "grad_ckpt": spec.grad_ckpt,
-            "optimizer": spec.optimizer,
             "step": task.step,
             "upper_limit": task.upper * task.step,
             "seq_len": spec.seq_len if task.axis == "batch_size" else None,
