@@ -176,3 +176,15 @@ def test_load_timing_is_an_importable_module():
     from analysis import load_timing
 
     assert callable(load_timing.main)
+
+
+@pytest.mark.parametrize("profile, points", [("rtx3050-laptop", 192), ("t4", 320)])
+def test_the_published_sweeps_resume_with_nothing_left_to_run(profile, points):
+    """The schema-1 trials files, read by today's code: every point of the default grid is
+    recorded (a resumed sweep would run nothing). The dry run needs no GPU."""
+    from conftest import cli
+
+    result = cli("--profile", profile, "--dry-run", "--results-dir", str(RESULTS), env={"COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr
+    actions = [line.split("│")[-2].strip() for line in result.stdout.splitlines() if line.count("│") > 2]
+    assert actions == ["recorded"] * points
