@@ -10,6 +10,7 @@ import pandas as pd
 
 from bench.catalog import load_catalog
 from bench.profiles import available_profiles, load_profile
+from bench.results import read_results
 
 
 def model_order() -> list[str]:
@@ -27,8 +28,12 @@ PROFILE_ORDER = [p.name for p in profiles()]
 
 
 def _read(paths, **extra) -> pd.DataFrame:
+    """The files' rows in one frame; a damaged file is a usage error naming it and its line
+    (bench.results.read_results), checked before pandas parses it."""
     frames = []
     for path in paths:
+        if not read_results(path):
+            continue
         frame = pd.read_csv(path, keep_default_na=True)
         frames.append(frame.assign(**extra))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

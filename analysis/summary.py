@@ -99,9 +99,3 @@ def _setting(row) -> str:
 def _hours(projection, profile, row) -> str:
     step = projection.step_s(profile, row.model, TOKENS, 1, bool(row.grad_ckpt), row["dtype"])
     return f"{STEPS * step / 3600:.1f}"
-
-
-def write(results_dir: Path) -> Path:
-    out = Path(results_dir) / "purchase.md"
-    out.write_text(render(results_dir))
-    return out

@@ -22,6 +22,7 @@ from bench.options import (
     SFT_OPTIONS,
     TIMEOUT,
     WANDB,
+    DefaultGroup,
     csv_list,
     extra_axes,
     parallel_count,
@@ -31,18 +32,7 @@ from bench.options import (
 EXIT_USAGE = 2
 
 
-class DefaultGroup(click.Group):
-    """A group whose first argument, when it is not a subcommand, goes to `sweep`."""
-
-    def parse_args(self, ctx, args):
-        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
-            args = ["sweep", *args]
-        elif not args:
-            args = ["sweep"]
-        return super().parse_args(ctx, args)
-
-
-@click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=DefaultGroup, no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="qlora-bench")
 def main():
     """What QLoRA run fits on this GPU, and how fast?
@@ -208,13 +198,19 @@ def boundary(parallel, time_budget, **options):
 @click.option(
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Where to write the markdown (default: RESULTS_DIR/boundaries.md).",
+    help="Where to write the tables (default: RESULTS_DIR/boundaries.md); the purchase summary "
+    "goes beside it as purchase.md.",
 )
 def report(results_dir, output):
-    """Write the OOM-boundary tables (markdown) from the boundary CSVs."""
-    from bench import report as report_module
+    """Write the OOM-boundary tables and the purchase summary (markdown) from the result CSVs."""
 
-    click.echo(report_module.write(results_dir, output))
+    def run():
+        from bench import report as report_module
+
+        for path in report_module.write(results_dir, output):
+            click.echo(path)
+
+    _guard(run)
 
 
 @main.command()
@@ -250,13 +246,19 @@ def compare(profiles, models, ref_seq, results_dir):
 )
 def plot(results_dir, out):
     """Seaborn figures (PNG) from the result CSVs: memory, boundaries, throughput, format success."""
-    from analysis.figures import make_all
 
-    made = make_all(results_dir, out)
-    if not made:
-        raise click.UsageError(f"no result CSVs with rows to plot under {results_dir}")
-    for path in made:
-        click.echo(path)
+    def run():
+        from analysis.figures import make_all
+
+        made = make_all(results_dir, out)
+        if not made:
+            cpu = sorted(results_dir.glob("*/*-cpu.csv"))
+            why = f"; only CPU test runs ({', '.join(map(str, cpu))}), which are not plotted" if cpu else ""
+            raise BenchUsageError(f"no GPU result rows to plot under {results_dir}{why}")
+        for path in made:
+            click.echo(path)
+
+    _guard(run)
 
 
 @main.command()

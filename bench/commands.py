@@ -54,7 +54,7 @@ def run_sweep_command(cfg: SweepConfig, dry_run: bool, boundaries: bool = False)
     console.print(f"{cfg.profile.name}: {summary} -> {store.path}")
     if boundaries:
         _run_boundaries([boundary_config_of(cfg)], None, console)
-    return 1 if written.get("error") else 0
+    return 1 if written.get("error") or written.get("timeout") else 0
 
 
 def _cell(value) -> str:
@@ -156,9 +156,6 @@ def run_sft_command(
             "Qwen/Qwen2.5-0.5B-Instruct` on a machine with network), or use --device cpu for the tiny model"
         )
     out = out or Path("results") / "sft" / f"{name}-{device}"
-    if fresh and out.exists():
-        shutil.rmtree(out)
-    data.save(splits, out / "data")
     cfg = sft.SFTConfig(
         source=source,
         out=out,
@@ -175,7 +172,15 @@ def run_sft_command(
         max_new_tokens=max_new_tokens,
         seed=seed,
         wandb=wandb,
+        dataset_size=dataset_size,
     )
+    if fresh and out.exists():
+        shutil.rmtree(out)
+    sft.check_resume(cfg)
+    try:
+        data.save(splits, out / "data")
+    except OSError as exc:
+        raise BenchUsageError(f"cannot write the run to {out}: {exc}") from exc
     console = Console(stderr=True)
     result = sft.train(cfg, splits, plan, log=console.print)
     console.print(

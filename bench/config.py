@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.catalog import ModelArch, load_catalog
+from bench.catalog import ModelArch, largest_rank, load_catalog
 from bench.errors import BenchUsageError
 from bench.messages import ModelSource
 from bench.profiles import DTYPES, Profile, load_profile
@@ -118,6 +118,15 @@ def _axes(
     for f in EXTRA_AXES:
         if extra.get(f.name):
             values[f.name] = tuple(extra[f.name])
+    targets = settings.get("target_modules", "all-linear")
+    for model in () if weights else models:
+        limit = largest_rank(catalog[model].config, targets) if model in catalog else None
+        too_big = [r for r in values["lora_rank"] if limit is not None and r > limit[0]]
+        if too_big:
+            problems.append(
+                f"--ranks: {too_big} larger than both dimensions of {model}'s {limit[1]} "
+                f"({'x'.join(map(str, catalog[model].linear_shapes()[limit[1]]))})"
+            )
     return Axes(values, lora_alpha_ratio)
 
 

@@ -1,12 +1,14 @@
 """The command line's options and value parsers, declared once (help text included) and shared
-by the commands in bench.cli."""
+by the commands in bench.cli, and the group that routes `qlora-bench --profile X` to `sweep`."""
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 import click
 
+from bench.paths import REPO_ROOT
 from bench.spec import EXTRA_AXES, field_type
 
 
@@ -23,37 +25,47 @@ def parallel_count(value: str) -> int | None:
 
 
 def csv_list(kind, choices=None):
+    """A comma-separated option parsed into a tuple of `kind`: an empty item, a value given twice
+    or one that does not parse is a usage error (exit 2), never dropped or run twice."""
+
     def convert(ctx, param, value):
         if value is None:
             return None
-        items = [v.strip() for v in value.split(",") if v.strip()]
-        if not items:
+        items = [v.strip() for v in value.split(",")]
+        if not any(items):
             raise click.BadParameter("empty list")
-        if kind is int:
-            try:
-                numbers = [int(v) for v in items]
-            except ValueError:
-                raise click.BadParameter(f"{value!r}: must be whole numbers, comma-separated") from None
-            if any(n <= 0 for n in numbers):
-                raise click.BadParameter(f"{value!r}: every value must be > 0")
-            return tuple(numbers)
-        if kind is bool:
-            table = {"on": True, "true": True, "1": True, "off": False, "false": False, "0": False}
-            try:
-                return tuple(dict.fromkeys(table[v.lower()] for v in items))
-            except KeyError:
-                raise click.BadParameter(f"{value!r}: use on,off") from None
-        if kind is float:
-            try:
-                return tuple(float(v) for v in items)
-            except ValueError:
-                raise click.BadParameter(f"{value!r}: must be numbers, comma-separated") from None
-        bad = [v for v in items if choices and v not in choices]
-        if bad:
-            raise click.BadParameter(f"unknown {bad}; choose from {', '.join(choices)}")
-        return tuple(items)
+        if "" in items:
+            raise click.BadParameter(f"{value!r}: an empty item (two commas, or one at an end)")
+        values = tuple(_parse(kind, v, value, choices) for v in items)
+        twice = list(
+            dict.fromkeys(item for item, v in zip(items, values, strict=True) if values.count(v) > 1)
+        )
+        if twice:
+            what = (
+                f"{twice[0]} given twice" if len(twice) == 1 else f"{' and '.join(twice)} are the same value"
+            )
+            raise click.BadParameter(f"{value!r}: {what}")
+        return values
 
     return convert
+
+
+BOOLEANS = {"on": True, "true": True, "1": True, "off": False, "false": False, "0": False}
+
+
+def _parse(kind, item: str, value: str, choices):
+    try:
+        if kind is bool:
+            return BOOLEANS[item.lower()]
+        parsed = kind(item)
+    except (KeyError, ValueError):
+        expected = {bool: "on or off", int: "whole numbers", float: "numbers"}.get(kind, kind.__name__)
+        raise click.BadParameter(f"{value!r}: must be {expected}, comma-separated") from None
+    if kind is int and parsed <= 0:
+        raise click.BadParameter(f"{value!r}: every value must be > 0")
+    if choices and parsed not in choices:
+        raise click.BadParameter(f"unknown [{item!r}]; choose from {', '.join(choices)}")
+    return parsed
 
 
 def _stack(*decorators):
@@ -107,11 +119,25 @@ RESULTS_DIR = click.option(
     default=Path("results"),
     show_default=True,
 )
-RESULTS_IN = click.option(  # commands that read results: the folder must exist
+
+
+def _results_in(ctx, param, value: Path | None) -> Path:
+    """./results where there is one, else the published results of this installation's source
+    tree (found without a path from any directory); an explicit folder must exist."""
+    if value is not None:
+        return value
+    for candidate in (Path("results"), REPO_ROOT / "results"):
+        if candidate.is_dir():
+            return candidate
+    raise click.BadParameter("no ./results here and no published results beside the package: give the folder")
+
+
+RESULTS_IN = click.option(  # commands that read results
     "--results-dir",
     type=click.Path(file_okay=False, exists=True, path_type=Path),
-    default=Path("results"),
-    show_default=True,
+    callback=_results_in,
+    help="Folder of results to read. Default: ./results, else the published results/ of the "
+    "qlora-bench source tree.",
 )
 WANDB = click.option(
     "--wandb",
@@ -213,3 +239,21 @@ SFT_OPTIONS = _stack(
     ),
     click.option("--fresh", is_flag=True, help="Start over instead of resuming from --out's checkpoint."),
 )
+
+
+class DefaultGroup(click.Group):
+    """A group whose options-first arguments go to `sweep` (`qlora-bench --profile t4`). A bare
+    `qlora-bench` shows the help; a word that is no command says so, with the closest one."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0].startswith("-") and args[0] not in ("--help", "-h", "--version"):
+            args = ["sweep", *args]
+        return super().parse_args(ctx, args)
+
+    def resolve_command(self, ctx, args):
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            close = difflib.get_close_matches(name, self.list_commands(ctx), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            ctx.fail(f"no such command {name!r}{hint}; commands: {', '.join(self.list_commands(ctx))}")
+        return super().resolve_command(ctx, args)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,13 +136,30 @@ def _compute_capability(check: Checker, gpu: dict, prefix: str):
         return None
 
 
+TOP_KEYS = ("name", "aliases", "description", "gpu", "grid")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _unknown_keys(check: Checker, data: dict, known, prefix: str) -> None:
+    """A key the profile format does not have is a mistake (a typo would leave the intended value
+    unset), never ignored."""
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else f"; known: {', '.join(known)}"
+            check.add(f"{prefix}{key}", f"unknown key{hint}")
+
+
 def parse_profile(data, source: str, known_models: set[str] | None = None) -> Profile:
     """Validate a profile mapping; every problem is reported at once, naming its field."""
     check = Checker(source)
     if not isinstance(data, dict):
         check.add("(top level)", "must be a mapping with name, gpu and grid")
         check.raise_if_any()
+    _unknown_keys(check, data, TOP_KEYS, "")
     name = check.string(data, "name", "")
+    if name and (not NAME_PATTERN.fullmatch(name) or ".." in name):
+        check.add("name", f"{name!r}: letters, digits, '.', '_' and '-' only (it names the results folder)")
     aliases = data.get("aliases") or []
     if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
         check.add("aliases", f"must be a list of names (got {aliases!r})")
@@ -152,6 +172,7 @@ def parse_profile(data, source: str, known_models: set[str] | None = None) -> Pr
         check.add("gpu", "missing or not a mapping")
     else:
         p = "gpu."
+        _unknown_keys(check, gpu, [f.name for f in dataclasses.fields(GPUSpec)], p)
         match = check.str_list(gpu, "match", p)
         total = check.number(gpu, "total_vram_gib", p)
         usable = check.number(gpu, "usable_vram_gib", p)
@@ -198,6 +219,7 @@ def parse_profile(data, source: str, known_models: set[str] | None = None) -> Pr
         check.add("grid", "missing or not a mapping")
     else:
         p = "grid."
+        _unknown_keys(check, grid, [f.name for f in dataclasses.fields(Grid)], p)
         models = check.str_list(grid, "models", p)
         if models and known_models is not None:
             unknown = [m for m in models if m not in known_models]

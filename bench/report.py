@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from bench.catalog import load_catalog
+from bench.errors import BenchUsageError
+from bench.results import read_results
 
 COLUMNS = [("fp16", "true"), ("fp16", "false"), ("bf16", "true"), ("bf16", "false")]
 HEAD = {
@@ -132,19 +133,34 @@ def render(results_dir: Path) -> str:
         "an OOM is decided on reserved memory, fragmentation included.",
         "",
     ]
+    sections = 0
     for path in sorted(Path(results_dir).glob("*/boundaries.csv")):
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
+        rows = read_results(path)
         if rows:
             lines += profile_section(path.parent.name, rows, model_order)
+            sections += 1
+    if not sections:
+        cpu = sorted(Path(results_dir).glob("*/boundaries-cpu.csv"))
+        why = (
+            f" (only CPU test runs: {', '.join(str(p) for p in cpu)}, which are not reported)" if cpu else ""
+        )
+        raise BenchUsageError(
+            f"no GPU boundary rows under {results_dir} (<profile>/boundaries.csv){why}: nothing to report"
+        )
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write(results_dir: Path, out: Path | None = None) -> Path:
-    """The boundary tables, and beside them (results_dir/purchase.md) the purchase summary."""
+def write(results_dir: Path, out: Path | None = None) -> list[Path]:
+    """The boundary tables (results_dir/boundaries.md, or `out`) and beside them the purchase
+    summary (purchase.md). Both are rendered before either is written: a damaged results file
+    writes nothing."""
     from analysis import summary
 
-    out = out or Path(results_dir) / "boundaries.md"
-    out.write_text(render(results_dir))
-    summary.write(results_dir)
-    return out
+    out = Path(out or Path(results_dir) / "boundaries.md")
+    texts = {out: render(results_dir), out.with_name("purchase.md"): summary.render(results_dir)}
+    for path, text in texts.items():
+        try:
+            path.write_text(text)
+        except OSError as exc:
+            raise BenchUsageError(f"cannot write {path}: {exc}") from exc
+    return list(texts)

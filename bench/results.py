@@ -39,11 +39,51 @@ def _format(value) -> str:
     return str(value)
 
 
+def _schema_for(path: Path) -> list[str]:
+    """The columns a results file of this name has (trials, boundary probes, boundaries)."""
+    from bench.schema import BOUNDARY_FIELDNAMES, PROBE_FIELDNAMES
+
+    stem = Path(path).name.removesuffix(".csv").removesuffix("-cpu")
+    return {"boundaries": BOUNDARY_FIELDNAMES, "boundary-trials": PROBE_FIELDNAMES}.get(stem, FIELDNAMES)
+
+
+def read_results(path: Path) -> list[dict]:
+    """Every row of a results CSV, for reports: strict. An empty file, a header of another schema,
+    a torn last line or a malformed row is a usage error naming the file and the line (a sweep,
+    which can repair a torn line by running its trial again, reads with ResultsFile instead)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BenchUsageError(f"cannot read results file {path}: {exc}") from exc
+    if not text:
+        raise BenchUsageError(f"{path} is empty (not even a header): move it aside or run its command again")
+    if not text.endswith("\n"):
+        line = text.count("\n") + 1
+        raise BenchUsageError(
+            f"{path}, line {line}: torn (the file ends mid-row, a crash while writing it); a rerun of the "
+            "command that writes it repairs it, or move the file aside"
+        )
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    fieldnames = _schema_for(path)
+    versions = range(1, SCHEMA_VERSION + 1)
+    if not any(fieldnames_at(fieldnames, v) == reader.fieldnames for v in versions):
+        raise BenchUsageError(f"{path}, line 1: columns of no schema version this qlora-bench reads")
+    rows = []
+    for row in reader:
+        if None in row or any(v is None for v in row.values()):
+            raise BenchUsageError(f"{path}, line {reader.line_num}: malformed row (wrong number of fields)")
+        rows.append(row)
+    return rows
+
+
 class ResultsFile:
-    def __init__(self, path: Path, fieldnames: list[str] = FIELDNAMES, key: str = "trial_key"):
+    def __init__(
+        self, path: Path, fieldnames: list[str] = FIELDNAMES, key: str | tuple[str, ...] = "trial_key"
+    ):
         self.path = Path(path)
         self.fieldnames = fieldnames
-        self.key = key
+        self.key = (key,) if isinstance(key, str) else tuple(key)  # the columns that identify a row
         self.torn = ""  # a cut-short last line found on read (not trusted)
         self.rows: list[dict] = self._read() if self.path.exists() else []
         self._lock_fd: int | None = None
@@ -94,7 +134,12 @@ class ResultsFile:
         return [{**r, **added, "schema_version": str(SCHEMA_VERSION)} for r in rows]
 
     def keys(self) -> set[str]:
-        return {r[self.key] for r in self.rows}
+        return {self.key_of(r) for r in self.rows}
+
+    def key_of(self, row: dict):
+        """A row's identity: its key column's value (a tuple of them for a composite key)."""
+        values = tuple(row[k] for k in self.key)
+        return values[0] if len(values) == 1 else values
 
     def lock(self) -> None:
         """Take the sweep lock on this CSV or refuse, naming the holder."""
@@ -141,7 +186,7 @@ class ResultsFile:
             raise ValueError(f"{self.path}: row has columns the schema does not know: {unknown}")
         row = {name: _format(row.get(name)) for name in self.fieldnames}
         row["schema_version"] = str(SCHEMA_VERSION)
-        rows = [r for r in self.rows if not (replace_key and r[self.key] == row[self.key])]
+        rows = [r for r in self.rows if not (replace_key and self.key_of(r) == self.key_of(row))]
         rows.append(row)
         self._write(rows)
         self.rows = rows

@@ -9,8 +9,10 @@ from pathlib import Path
 from bench import emulation
 from bench.config import RunConfig
 from bench.envinfo import HostGPU, git_commit, library_versions, nvml_gpu, utc_now
+from bench.errors import BenchUsageError
 from bench.messages import TrialRequest
 from bench.profiles import Profile
+from bench.results import _format
 from bench.spec import TrialSpec
 
 
@@ -34,6 +36,38 @@ def unsupported(cfg: RunConfig, host: HostGPU | None, spec: TrialSpec) -> str | 
     if arch is not None and spec.seq_len > arch.context_len:
         reason = f"seq_len {spec.seq_len} is past {arch.name}'s context of {arch.context_len}"
     return reason
+
+
+def check_recorded(cfg: RunConfig, path: Path, rows: list[dict]) -> None:
+    """Refuse to add to (or resume from) rows measured with other facts of the card than this
+    profile's: results are filed by profile name, so a copied profile that keeps the name but
+    changes the memory, the kernels or bf16 would otherwise be answered with the other card's
+    rows."""
+    gpu, found = cfg.profile.gpu, {}
+    cap = _format(gpu.allocator_cap_gib)
+    kernels = ",".join(gpu.sdpa_backends)
+    for row in rows:
+        if row.get("emulated") == "true" and row.get("mem_cap_gib") not in ("", cap):
+            found.setdefault("allocator cap (mem_cap_gib)", (row["mem_cap_gib"], cap))
+        if row.get("sdpa_backends") and row["sdpa_backends"] != kernels:
+            found.setdefault("SDPA kernels (sdpa_backends)", (row["sdpa_backends"], kernels))
+        if row.get("dtype") == "bf16" and row.get("status") in ("ok", "oom", "unsupported"):
+            recorded = row["status"] != "unsupported" or "compute capability" not in row.get("reason", "")
+            if recorded != gpu.native_bf16:
+                found.setdefault("bf16 support", (_yes(recorded), _yes(gpu.native_bf16)))
+    if found:
+        diffs = "; ".join(
+            f"{what}: {old} recorded, {new} in {cfg.profile.source}" for what, (old, new) in found.items()
+        )
+        raise BenchUsageError(
+            f"{path} was measured for another card than profile {cfg.profile.name!r} describes now "
+            f"({diffs}). Results are filed by profile name: give a changed profile a name of its own, "
+            "or another --results-dir"
+        )
+
+
+def _yes(value: bool) -> str:
+    return "yes" if value else "no"
 
 
 class TrialRunner:

@@ -202,5 +202,5 @@ BOUNDARY_FIELDNAMES = [name for name, _ in BOUNDARY_COLUMNS]
 
 def markdown() -> str:
     lines = ["| column | meaning |", "| --- | --- |"]
-    lines += [f"| `{name}` | {doc} |" for name, doc in COLUMNS]
+    lines += [f"| `{name}` | {doc.replace('|', chr(92) + '|')} |" for name, doc in COLUMNS]
     return "\n".join(lines)

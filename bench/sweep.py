@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from bench.config import SweepConfig
 from bench.envinfo import HostGPU
 from bench.results import ResultsFile
-from bench.runner import TrialRunner, host_gpu, results_path, unsupported
+from bench.runner import TrialRunner, check_recorded, host_gpu, results_path, unsupported
 from bench.spec import TrialSpec, expand, implied_oom
 from bench.wblog import WandbMirror
 
@@ -20,8 +20,12 @@ class Planned:
     reason: str = ""
 
 
+RETRIED = ("timeout",)  # a recorded status a rerun tries again (with the rerun's --timeout)
+
+
 def plan_sweep(cfg: SweepConfig, host: HostGPU | None, store: ResultsFile) -> list[Planned]:
-    recorded = set() if cfg.overwrite else store.keys()
+    check_recorded(cfg, store.path, store.rows)
+    recorded = set() if cfg.overwrite else {r["trial_key"] for r in store.rows if r["status"] not in RETRIED}
     planned = []
     for spec in expand(cfg.axes):
         reason = unsupported(cfg, host, spec)
@@ -76,7 +80,7 @@ def _run(cfg: SweepConfig, runner: TrialRunner, store: ResultsFile, progress) ->
                 measured = pool.run(runner.request(spec), cfg.timeout_s).row
             if measured["status"] == "oom":
                 ooms.append(spec)
-            store.append(runner.row(spec, measured), replace_key=cfg.overwrite)
+            store.append(runner.row(spec, measured), replace_key=True)  # a retried timeout's row goes
             mirror.log_row(store.rows[-1], spec.key)  # after the CSV: W&B never costs a row
             written[measured["status"]] += 1
             if progress:

@@ -19,7 +19,7 @@ def test_plot_makes_the_figures_from_the_csvs_alone(tmp_path):
 
 def test_plot_with_nothing_to_plot_is_a_usage_error(tmp_path):
     result = cli("plot", "--results-dir", str(tmp_path))
-    assert result.returncode == 2 and "no result CSVs" in result.stderr
+    assert result.returncode == 2 and "no GPU result rows to plot" in result.stderr
 
 
 def test_compare_shows_the_measured_boundaries_side_by_side():

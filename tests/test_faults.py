@@ -9,6 +9,7 @@ the table with `QLORA_BENCH_WRITE_FAULT_TABLE=1 python -m pytest tests/test_faul
 import csv
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,6 +46,19 @@ ORDER = [
     "disk full while writing a row",
     "W&B online, unreachable, no key",
     "NVML unavailable (no driver library)",
+    "duplicate or empty item in a list option",
+    "unknown key in a profile YAML",
+    "profile name that is a path",
+    "LoRA rank larger than the model's layers",
+    "mistyped subcommand",
+    "copied profile keeps a shipped name, other card facts",
+    "damaged results file read by report / plot / compare",
+    "report --output into a missing folder",
+    "sft resumed with other settings",
+    "sft into an unwritable folder",
+    "trial timed out, rerun with a longer --timeout",
+    "boundary search killed (SIGKILL), then rerun",
+    "sweep's main process alone killed (SIGKILL, as the OOM killer), rerun at once",
 ]
 
 
@@ -214,11 +228,41 @@ INCOMPLETE_YAML = "name: half\ndescription: no gpu section\ngrid: {models: [tiny
         ("zero or negative length / rank / batch", ["--profile", "t4", "--seq-lens", "0"], "must be > 0"),
         ("zero or negative length / rank / batch", ["--profile", "t4", "--ranks", "-8"], "must be > 0"),
         ("zero or negative length / rank / batch", ["--profile", "t4", "--batch-sizes", "0"], "must be > 0"),
+        (
+            "duplicate or empty item in a list option",
+            ["--profile", "t4", "--seq-lens", "128,128"],
+            "given twice",
+        ),
+        (
+            "duplicate or empty item in a list option",
+            ["--profile", "t4", "--seq-lens", "512,,1024"],
+            "empty item",
+        ),
+        (
+            "duplicate or empty item in a list option",
+            ["--profile", "t4", "--models", "tiny,tiny"],
+            "given twice",
+        ),
+        (
+            "unknown key in a profile YAML",
+            ["--profile", "{dir}/typo.yaml"],
+            "gpu.usable_vram_gibb: unknown key (did you mean usable_vram_gib?)",
+        ),
+        ("profile name that is a path", ["--profile", "{dir}/escape.yaml"], "it names the results folder"),
+        (
+            "LoRA rank larger than the model's layers",
+            ["--profile", "t4", "--ranks", "100000"],
+            "larger than both dimensions of tiny's",
+        ),
+        ("mistyped subcommand", ["reprot"], "no such command 'reprot' (did you mean report?)"),
     ],
 )
 def test_bad_input_is_refused_with_exit_2_and_nothing_written(tmp_path, fault, args, message):
     (tmp_path / "bad.yaml").write_text(BAD_YAML)
     (tmp_path / "half.yaml").write_text(INCOMPLETE_YAML)
+    t4 = (REPO / "profiles" / "t4.yaml").read_text()
+    (tmp_path / "typo.yaml").write_text(t4.replace("usable_vram_gib:", "usable_vram_gibb:"))
+    (tmp_path / "escape.yaml").write_text(t4.replace("name: t4", "name: ../../etc"))
     args = [a.format(dir=tmp_path) for a in args]
     results = tmp_path / "results"
     result = cli(*args, "--device", "cpu", "--results-dir", str(results))
@@ -325,6 +369,166 @@ def test_nvml_unavailable_falls_back_to_torch_and_says_what_is_lost(monkeypatch,
         "NVML unavailable (no driver library)",
         "the GPU from torch; stderr names the columns left "
         "empty (driver, NVML memory); torch's figures measured",
+    )
+
+
+def test_a_copied_profile_under_a_shipped_name_is_not_answered_with_that_cards_rows(tmp_path):
+    """results are filed by profile name: a copy of t4.yaml with less memory but the same name
+    must not find the T4's rows recorded (it would report T4 numbers for an 11 GiB card)."""
+    shutil.copytree(REPO / "results" / "t4", tmp_path / "results" / "t4")
+    mine = tmp_path / "my-t4.yaml"
+    text = (REPO / "profiles" / "t4.yaml").read_text()
+    mine.write_text(
+        text.replace("usable_vram_gib: 14.56", "usable_vram_gib: 11.0").replace(
+            "total_vram_gib: 15.0", "total_vram_gib: 12.0"
+        )
+    )
+    before = snapshot(tmp_path / "results")
+    result = cli("--profile", str(mine), "--dry-run", "--results-dir", str(tmp_path / "results"))
+    assert result.returncode == 2, result.stdout
+    assert "allocator cap (mem_cap_gib): 14.26 recorded, 10.7" in result.stderr, result.stderr
+    assert snapshot(tmp_path / "results") == before
+    tally(
+        "copied profile keeps a shipped name, other card facts",
+        "exit 2 naming what differs (cap, kernels, bf16); nothing written",
+        2,
+    )
+
+
+@pytest.mark.parametrize("damage", ["empty", "header only", "torn", "malformed row"])
+def test_damaged_results_files_stop_report_plot_and_compare_naming_the_file(tmp_path, damage):
+    results = tmp_path / "results"
+    shutil.copytree(REPO / "results", results)
+    path = results / "t4" / "boundaries.csv"
+    text = path.read_text()
+    header, first, *_ = text.split("\n")
+    path.write_text(
+        {
+            "empty": "",
+            "header only": header + "\n",
+            "torn": text[:-40],
+            "malformed row": f"{header}\n{first},extra\n",
+        }[damage]
+    )
+    before = snapshot(results)
+    commands = [["compare", "t4", "l4"], ["report"], ["plot", "--out", str(results / "figures")]]
+    for command in commands:
+        result = cli(*command, "--results-dir", str(results))
+        if damage == "header only":  # a file with no rows yet is valid: t4 has nothing measured
+            assert "Traceback" not in result.stderr, (command, result.stderr)
+            continue
+        assert result.returncode == 2, (command, result.stdout, result.stderr)
+        assert str(path) in result.stderr and "Traceback" not in result.stderr, result.stderr
+        if damage != "empty":
+            assert "line" in result.stderr
+        assert snapshot(results) == before, command
+    if damage != "header only":
+        tally(
+            "damaged results file read by report / plot / compare",
+            "exit 2 naming the file (and line); nothing written",
+            2,
+            injected=len(commands),
+        )
+
+
+def test_report_into_a_missing_folder_is_refused(tmp_path):
+    result = cli("report", "--output", str(tmp_path / "nowhere" / "tables.md"))
+    assert result.returncode == 2 and "cannot write" in result.stderr and "Traceback" not in result.stderr
+    tally("report --output into a missing folder", "exit 2 naming the path", 2)
+
+
+def test_sft_resumed_with_other_settings_is_refused_before_anything_is_written(tmp_path):
+    run = ["sft", "--device", "cpu", "--steps", "2", "--eval-every", "2", "--eval-samples", "1"]
+    run += ["--max-new-tokens", "8", "--out", str(tmp_path / "run")]
+    assert cli(*run).returncode == 0
+    before = snapshot(tmp_path / "run")
+    for change, named in ((["--rank", "8"], "--rank 16 then, 8 now"), (["--lr", "0.001"], "--lr 0.003 then")):
+        result = cli(*run, *change)
+        assert result.returncode == 2 and named in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and snapshot(tmp_path / "run") == before
+        tally("sft resumed with other settings", "exit 2 naming each difference; the run untouched", 2)
+    assert cli(*run, "--steps", "3").returncode == 0  # a longer run of the same settings resumes
+
+
+def test_sft_into_an_unwritable_folder_is_refused(tmp_path):
+    (tmp_path / "file").write_text("a file where the run's folder would be")
+    result = cli("sft", "--device", "cpu", "--steps", "1", "--out", str(tmp_path / "file" / "run"))
+    assert result.returncode == 2 and "cannot write the run to" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    tally("sft into an unwritable folder", "exit 2 naming the folder; nothing written", 2)
+
+
+def test_a_timed_out_trial_is_retried_by_a_rerun(tmp_path):
+    args = [*GRID, "--seq-lens", "64,128", "--results-dir", str(tmp_path)]
+    path = tmp_path / "rtx3050-laptop" / "trials-cpu.csv"
+    first = cli(*args, "--timeout", "20", env={"QLORA_BENCH_INJECT": "s=64|b=1:hang"})
+    assert first.returncode == 1, first.stderr  # a timeout is a failed trial
+    assert [(r["seq_len"], r["status"]) for r in read_rows(path)] == [("64", "timeout"), ("128", "ok")]
+    again = cli(*args, "--timeout", "300")
+    assert again.returncode == 0, again.stderr
+    rows = read_rows(path)
+    assert sorted((r["seq_len"], r["status"]) for r in rows) == [("128", "ok"), ("64", "ok")]
+    tally(
+        "trial timed out, rerun with a longer --timeout",
+        "exit 1; the rerun runs that trial again and replaces its row",
+        1,
+    )
+
+
+def test_a_boundary_search_killed_and_rerun_records_each_probe_once(tmp_path):
+    args = ["boundary", "--profile", "rtx3050", "--device", "cpu", "--ranks", "4", "--dtypes", "fp16"]
+    args += ["--grad-ckpt", "off", "--axes", "seq_len", "--warmup-steps", "1", "--steps", "1"]
+    args += ["--wandb", "off", "--results-dir", str(tmp_path)]
+    env = {**os.environ, "QLORA_BENCH_INJECT": "tokens>1000:oom"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench", *args], cwd=REPO, env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    probes = tmp_path / "rtx3050-laptop" / "boundary-trials-cpu.csv"
+    deadline = time.monotonic() + 600
+    while not (probes.exists() and len(read_rows(probes)) >= 2) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "rtx3050-laptop" / "boundaries-cpu.csv").exists()  # killed mid-search
+    again = cli(*args, env={"QLORA_BENCH_INJECT": "tokens>1000:oom"})
+    assert again.returncode == 0, again.stderr
+    rows = read_rows(probes)
+    keys = [(r["boundary_key"], r["trial_key"], r["purpose"]) for r in rows]
+    assert len(keys) == len(set(keys)), keys
+    (bound,) = read_rows(tmp_path / "rtx3050-laptop" / "boundaries-cpu.csv")
+    assert bound["max_value"] == "960" and bound["verified"] == "true"
+    tally(
+        "boundary search killed (SIGKILL), then rerun",
+        "the search runs again; each probe recorded once (a probe run again replaces its row)",
+        -9,
+    )
+
+
+def test_the_main_process_killed_alone_leaves_no_lock_and_no_worker_behind(tmp_path):
+    """The OOM killer takes one process, not the group: the sweep's workers must die with it (they
+    ask Linux for SIGKILL when their parent goes) and the results lock with it, so a rerun started
+    at once runs."""
+    args = [*GRID, "--seq-lens", ",".join(str(64 * i) for i in range(1, 21)), "--results-dir", str(tmp_path)]
+    path = tmp_path / "rtx3050-laptop" / "trials-cpu.csv"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench", *args], cwd=REPO, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 600
+    while not (path.exists() and read_rows(path)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    before = read_rows(path)
+    os.kill(proc.pid, signal.SIGKILL)  # the main process alone
+    proc.wait()
+    again = cli(*args)
+    assert again.returncode == 0 and "another sweep" not in again.stderr, again.stderr
+    rows = read_rows(path)
+    assert rows[: len(before)] == before and len({r["trial_key"] for r in rows}) == len(rows) == 20
+    tally(
+        "sweep's main process alone killed (SIGKILL, as the OOM killer), rerun at once",
+        "its workers die with it, the lock with it; the rerun completes the grid",
+        -9,
     )
 
 

@@ -27,10 +27,12 @@ from bench.envinfo import utc_now
 from bench.messages import TrialRequest
 from bench.pool import WorkerPool
 from bench.results import ResultsFile
-from bench.runner import TrialRunner, host_gpu, results_path
+from bench.runner import TrialRunner, check_recorded, host_gpu, results_path
 from bench.schema import BOUNDARY_FIELDNAMES, PROBE_FIELDNAMES
 from bench.spec import TrialSpec
 from bench.wblog import WandbMirror
+
+PROBE_KEY = ("boundary_key", "trial_key", "purpose")
 
 
 def _family(task: BoundaryTask) -> tuple[str, str]:
@@ -57,7 +59,9 @@ class BoundaryRun:
             return results_path(cfg.results_dir, cfg.profile, cfg.device, stem, ext)
 
         self.store = ResultsFile(path("boundaries"), BOUNDARY_FIELDNAMES, "boundary_key")
-        self.probes = ResultsFile(path("boundary-trials"), PROBE_FIELDNAMES)
+        # a probe is one trial of one search for one purpose: a search restarted after a crash
+        # that probes a point again replaces that row (the audit file holds each probe once)
+        self.probes = ResultsFile(path("boundary-trials"), PROBE_FIELDNAMES, PROBE_KEY)
         self.runs_log = path("boundary-runs", "jsonl")
         self.lock = threading.Lock()
 
@@ -72,10 +76,17 @@ class BoundaryRun:
 
     def _begin(self, parallel: int, progress) -> None:
         self.parallel, self.progress = parallel, progress
+        check_recorded(self.cfg, self.store.path, self.store.rows)
+        check_recorded(self.cfg, self.probes.path, self.probes.rows)
         if self.cfg.worker_threads is None:  # the slots' workers share the cores
             threads = max(2, (os.cpu_count() or 2) // parallel)
             self.runner.plan = replace(self.runner.plan, threads=threads)
-        done = set() if self.cfg.overwrite else self.store.keys()
+        # a boundary whose search failed (a crash, a timeout) is searched again; its row replaced
+        done = (
+            set()
+            if self.cfg.overwrite
+            else {r["boundary_key"] for r in self.store.rows if r["status"] != "error"}
+        )
         self.todo = [t for t in self.tasks if t.key not in done]
         self.found: dict[tuple, dict[int, int]] = {}  # family -> rank -> boundary units
         by_key = {t.key: t for t in self.tasks}
@@ -165,7 +176,7 @@ class BoundaryRun:
                     return
                 row = self._boundary(task, pool)
                 with self.lock:
-                    self.store.append(row, replace_key=self.cfg.overwrite)
+                    self.store.append(row, replace_key=True)
                     self.mirror.log_row(self.store.rows[-1], task.key)
                     self._remember(task, row)
                     self.counts["boundaries"] += 1
@@ -210,7 +221,7 @@ class BoundaryRun:
         wall = time.perf_counter() - t0
         full = self.runner.row(spec, row, boundary_key=task.key, purpose=purpose, probe_wall_s=wall)
         with self.lock:
-            self.probes.append(full)
+            self.probes.append(full, replace_key=True)
             self.counts["trials"] += 1
         return row
 

@@ -8,7 +8,6 @@ resumes from its last one.
 
 from __future__ import annotations
 
-import csv
 import json
 import random
 import time
@@ -18,11 +17,11 @@ from pathlib import Path
 import torch
 
 from bench.emulation import Plan
+from bench.errors import BenchUsageError
 from bench.extraction import metric
+from bench.extraction.curves import WandbCurves, read_curves, write_before_after, write_curves
 from bench.extraction.data import SCHEMAS
 from bench.qlora import DTYPES, apply_cap, free_memory, load_qlora_model, sdpa_context
-
-CURVE_FIELDS = ["step", "train_loss", "eval_loss", "format_success", "field_accuracy", "n_eval", "elapsed_s"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +43,51 @@ class SFTConfig:
     max_len: int = 256
     seed: int = 0
     wandb: bool = False  # also log the curves to W&B (offline unless WANDB_MODE says otherwise)
+    dataset_size: int = 2000  # examples generated (the data split depends on it and the seed)
+
+
+# What a resumed run must share with the run it resumes (the CLI option that sets it): changing
+# any of these would continue a run under settings it did not start with. --steps and
+# --eval-every may change (a run is extended, or evaluated more often).
+RESUME_FIXED = {
+    "source": "--weights",
+    "device": "--device",
+    "dtype": "--dtype",
+    "lora_rank": "--rank",
+    "lora_alpha": "lora_alpha",
+    "lora_dropout": "lora_dropout",
+    "grad_ckpt": "--grad-ckpt",
+    "lr": "--lr",
+    "batch_size": "--batch-size",
+    "eval_samples": "--eval-samples",
+    "max_new_tokens": "--max-new-tokens",
+    "max_len": "max_len",
+    "seed": "--seed",
+    "dataset_size": "--dataset-size",
+}
+
+
+def check_resume(cfg: SFTConfig) -> None:
+    """Refuse to resume a run in `cfg.out` under other settings than it started with (before
+    anything in it is written)."""
+    saved = cfg.out / "config.json"
+    if not (cfg.out / "checkpoint" / "state.pt").exists() or not saved.exists():
+        return
+    try:
+        old = json.loads(saved.read_text())
+    except (OSError, ValueError) as exc:
+        raise BenchUsageError(f"{saved}: unreadable ({exc}); --fresh starts the run over") from exc
+    now = json.loads(json.dumps({**asdict(cfg), "out": str(cfg.out)}))
+    diffs = [
+        f"{flag} {old.get(name)!r} then, {now[name]!r} now"
+        for name, flag in RESUME_FIXED.items()
+        if old.get(name) != now[name]
+    ]
+    if diffs:
+        raise BenchUsageError(
+            f"{cfg.out} holds a run started with other settings ({'; '.join(diffs)}); it would resume "
+            "as if it had run under these. Give its settings again, another --out, or --fresh to start over"
+        )
 
 
 def _autocast(device: str, dtype):
@@ -117,61 +161,6 @@ def evaluate(model, tokenizer, rows: list[dict], eval_rows: list[dict], cfg: SFT
     return summary, outputs
 
 
-def _read_curves(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-class _WandbCurves:
-    """Mirrors curve rows to a W&B run. Offline by default (no account: files under the run
-    directory, `wandb sync` later). W&B failing never costs a CSV row or stops training."""
-
-    def __init__(self, cfg: SFTConfig, log):
-        self.run, self.log = None, log
-        if not cfg.wandb:
-            return
-        try:
-            import os
-
-            import wandb
-
-            os.environ.setdefault("WANDB_MODE", "offline")
-            self.run = wandb.init(
-                project="qlora-bench",
-                group="sft",
-                dir=str(cfg.out),
-                config={k: str(v) for k, v in asdict(cfg).items()},
-            )
-        except Exception as exc:  # any W&B failure is reported, never fatal
-            log(f"W&B unavailable, curves go to CSV only: {type(exc).__name__}: {exc}")
-
-    def __call__(self, row: dict) -> None:
-        if self.run is None:
-            return
-        try:
-            self.run.log({k: float(v) for k, v in row.items() if v not in (None, "")}, step=int(row["step"]))
-        except Exception as exc:
-            self.log(f"W&B log failed ({type(exc).__name__}); CSV unaffected")
-
-    def finish(self) -> None:
-        if self.run is not None:
-            try:
-                self.run.finish()
-            except Exception:
-                pass
-
-
-def _write_curves(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CURVE_FIELDS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows({k: r.get(k) for k in CURVE_FIELDS} for r in rows)
-    tmp.replace(path)
-
-
 def train(cfg: SFTConfig, splits: dict, plan: Plan | None = None, log=print) -> dict:
     """Train with the profile's emulation plan (allocator cap, SDPA kernels) applied."""
     if cfg.device == "cuda" and plan is not None and plan.cap_gib:
@@ -212,8 +201,8 @@ def _train(cfg: SFTConfig, splits: dict, log) -> dict:
     test = splits["test"][: cfg.eval_samples]
     held = splits["eval"][: max(cfg.batch_size, cfg.eval_samples)]
     curves_path, ckpt = cfg.out / "curves.csv", cfg.out / "checkpoint"
-    curves, step, before = _read_curves(curves_path), 0, None
-    mirror = _WandbCurves(cfg, log)
+    curves, step, before = read_curves(curves_path), 0, None
+    mirror = WandbCurves(cfg, log)
     if (ckpt / "state.pt").exists():  # resume
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
@@ -231,7 +220,7 @@ def _train(cfg: SFTConfig, splits: dict, log) -> dict:
     if step == 0:
         summary, before = evaluate(model, tokenizer, test, held, cfg, dtype)
         curves.append({"step": 0, **summary, "n_eval": summary["n"], "elapsed_s": 0.0})
-        _write_curves(curves_path, curves)
+        write_curves(curves_path, curves)
         mirror(curves[-1])
         log(f"step 0: format success {summary['format_success']:.2f}")
     window, after = [], None
@@ -260,7 +249,7 @@ def _train(cfg: SFTConfig, splits: dict, log) -> dict:
                 }
             )
             window = []
-            _write_curves(curves_path, curves)
+            write_curves(curves_path, curves)
             mirror(curves[-1])
             log(
                 f"step {step}: train loss {curves[-1]['train_loss']:.3f}, "
@@ -268,7 +257,7 @@ def _train(cfg: SFTConfig, splits: dict, log) -> dict:
             )
     mirror.finish()
     if after is not None:  # a run resumed after its last step has nothing new to write
-        _write_before_after(cfg.out / "before_after.jsonl", test, before, after)
+        write_before_after(cfg.out / "before_after.jsonl", test, before, after)
     return {
         "before": float(curves[0]["format_success"]),
         "after": float(curves[-1]["format_success"]),
@@ -295,15 +284,3 @@ def _save(model, optimizer, schedule, scaler, step, before, ckpt: Path) -> None:
 
         shutil.rmtree(ckpt)
     tmp.rename(ckpt)
-
-
-def _write_before_after(path: Path, rows, before, after) -> None:
-    with open(path, "w") as f:
-        for row, b, a in zip(rows, before, after, strict=True):
-            f.write(
-                json.dumps(
-                    {"prompt": row["prompt"], "reference": row["completion"], "before": b, "after": a},
-                    ensure_ascii=False,
-                )
-                + "\n"
-            )
