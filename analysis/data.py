@@ -35,6 +35,8 @@ def _read(paths, **extra) -> pd.DataFrame:
         if not read_results(path):
             continue
         frame = pd.read_csv(path, keep_default_na=True)
+        if "recipe" in frame:  # figures, comparisons and projections are of the peft recipe
+            frame = frame[frame.recipe.fillna("peft") == "peft"]
         frames.append(frame.assign(**extra))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 

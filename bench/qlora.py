@@ -1,7 +1,8 @@
 """The QLoRA model as people build it, and the device settings it runs under.
 
-NF4 double-quant base -> prepare_model_for_kbit_training -> LoRA on all linear layers -> train
-mode (from_pretrained returns eval mode, and gradient checkpointing is a silent no-op there).
+NF4 double-quant base -> the recipe's preparation (peft's prepare_model_for_kbit_training, or a
+hand-written loop's checkpointing alone) -> LoRA on all linear layers -> train mode
+(from_pretrained returns eval mode, and gradient checkpointing is a silent no-op there).
 Shared by the trial (bench.trial) and the SFT workload (bench.extraction.sft).
 """
 
@@ -66,8 +67,12 @@ def load_qlora_model(
     lora_alpha: int,
     lora_dropout: float,
     target_modules: str = "all-linear",
+    recipe: str = "peft",
 ):
-    """NF4 double-quant base + prepare_model_for_kbit_training + LoRA, in train mode."""
+    """NF4 double-quant base + LoRA, in train mode, prepared as the recipe does it: `peft` with
+    prepare_model_for_kbit_training (which casts every parameter that is not 4-bit, embeddings
+    and LM head included, to fp32, and enables checkpointing), `loop` as hand-written small-GPU
+    scripts do (the same checkpointing, parameters left in the compute dtype)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -88,11 +93,13 @@ def load_qlora_model(
         local_files_only=True,
     )
     model.config.use_cache = False
-    model = prepare_model_for_kbit_training(
-        model,
-        use_gradient_checkpointing=grad_ckpt,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
-    )
+    checkpointing = {"use_reentrant": False}
+    if recipe == "peft":
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=grad_ckpt, gradient_checkpointing_kwargs=checkpointing
+        )
+    elif grad_ckpt:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
     lora = LoraConfig(
         r=lora_rank,
         lora_alpha=lora_alpha,

@@ -7,6 +7,7 @@ from pathlib import Path
 from bench.catalog import load_catalog
 from bench.errors import BenchUsageError
 from bench.results import read_results
+from bench.spec import RECIPES
 
 COLUMNS = [("fp16", "true"), ("fp16", "false"), ("bf16", "true"), ("bf16", "false")]
 HEAD = {
@@ -135,9 +136,13 @@ def render(results_dir: Path) -> str:
     ]
     sections = 0
     for path in sorted(Path(results_dir).glob("*/boundaries.csv")):
-        rows = read_results(path)
-        if rows:
-            lines += profile_section(path.parent.name, rows, model_order)
+        by_recipe: dict[str, list[dict]] = {}
+        for row in read_results(path):  # files before schema 6 are the peft recipe's
+            by_recipe.setdefault(row.get("recipe") or "peft", []).append(row)
+        order = {r: i for i, r in enumerate(RECIPES)}
+        for recipe in sorted(by_recipe, key=lambda r: (order.get(r, len(order)), r)):
+            title = path.parent.name if recipe == "peft" else f"{path.parent.name}, recipe {recipe}"
+            lines += profile_section(title, by_recipe[recipe], model_order)
             sections += 1
     if not sections:
         cpu = sorted(Path(results_dir).glob("*/boundaries-cpu.csv"))

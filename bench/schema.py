@@ -5,7 +5,7 @@ A trial's configuration columns are TrialSpec's fields, documented there (bench.
 
 from bench.spec import TRIAL_DOC
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 GIB = 2**30
 
 STATUSES = ("ok", "oom", "unsupported", "error", "timeout")
@@ -90,6 +90,7 @@ COLUMNS: list[tuple[str, str]] = [
     ("python", "version"),
     ("git_commit", "qlora-bench commit (+dirty when the tree had changes)"),
     ("image", "container image that ran it (QLORA_BENCH_IMAGE, set in the image); empty outside one"),
+    ("recipe", TRIAL_DOC["recipe"]),
     ("timestamp_utc", "when the trial ended, ISO 8601"),
 ]
 
@@ -127,9 +128,10 @@ ADDED_IN = {
     3: ["model_load", "load_s"],
     4: ["search_hint"],
     5: ["warmup_s", "image"],
+    6: ["recipe"],
 }
 # What an upgraded row gets in an added column when empty would be wrong.
-UPGRADE_VALUES = {"workload": "step"}
+UPGRADE_VALUES = {"workload": "step", "recipe": "peft"}
 
 
 def fieldnames_at(fieldnames: list[str], version: int) -> list[str]:
@@ -195,6 +197,7 @@ BOUNDARY_COLUMNS: list[tuple[str, str]] = [
     ("bitsandbytes", "version"),
     ("git_commit", "qlora-bench commit"),
     ("image", "container image that ran it; empty outside one"),
+    ("recipe", "training stack the probes ran (see the trial columns)"),
     ("timestamp_utc", "when the boundary was recorded"),
 ]
 BOUNDARY_FIELDNAMES = [name for name, _ in BOUNDARY_COLUMNS]

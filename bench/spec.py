@@ -17,6 +17,8 @@ import typing
 from dataclasses import MISSING, dataclass, field, fields, replace
 
 OPTIMIZERS = ("adamw_torch", "paged_adamw_8bit")
+RECIPES = ("peft", "loop")
+RECIPES = ("peft", "loop")
 
 # Axes along which peak memory grows with everything else equal: an OOM at a value implies an
 # OOM at every larger value.
@@ -88,6 +90,14 @@ class TrialSpec:
         Workload(),
         help="step (memory and speed only) or sft (plus format success after a short SFT)",
         key="{}",
+    )
+    recipe: str = _field(
+        "peft",
+        help="training stack: peft (prepare_model_for_kbit_training, as transformers' Trainer "
+        "examples do) or loop (a hand-written loop: peft adapters on the 4-bit model, no fp32 upcast)",
+        model=True,
+        axis=True,
+        choices=RECIPES,
     )
 
     @property

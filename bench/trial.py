@@ -120,6 +120,7 @@ def load_into(slot: ModelSlot, request: TrialRequest, probe: MemoryProbe) -> Non
         lora_alpha=spec.lora_alpha,
         lora_dropout=spec.lora_dropout,
         target_modules=spec.target_modules,
+        recipe=spec.recipe,
     )
     assert model.training, "model must be in train mode for gradient checkpointing to act"
     probe.sync()

@@ -319,3 +319,35 @@ def test_sft_workload_puts_format_success_in_the_row_or_says_why_not(tmp_path):
     assert row["status"] == "ok", row["reason"]
     assert 0.0 <= float(row["format_success"]) <= 1.0 and row["workload"] == "sft:20:0.003:3"
     assert row["format_note"].startswith("after 20 SFT steps")
+
+
+def test_the_loop_recipe_keeps_the_frozen_parameters_in_the_compute_dtype(tmp_path):
+    """peft's prepare_model_for_kbit_training casts every parameter that is not 4-bit (embeddings,
+    LM head, norms) to fp32; a hand-written loop (recipe loop) leaves them in the compute dtype.
+    Both train the same LoRA parameters; a sweep of both records one row per recipe, the peft row
+    under the key it always had."""
+    import torch
+
+    from bench.catalog import load_catalog
+    from bench.qlora import load_qlora_model, random_weights_dir
+
+    source = str(random_weights_dir("tiny", load_catalog()["tiny"].config, "cpu"))
+    settings = dict(dtype="fp16", grad_ckpt=True, lora_rank=4, lora_alpha=8, lora_dropout=0.05)
+    peft = load_qlora_model(source, "cpu", recipe="peft", **settings)
+    loop = load_qlora_model(source, "cpu", recipe="loop", **settings)
+    assert peft.get_input_embeddings().weight.dtype == torch.float32
+    assert loop.get_input_embeddings().weight.dtype == torch.float16
+    assert peft.get_nb_trainable_parameters() == loop.get_nb_trainable_parameters()
+    assert loop.training and loop.base_model.model.is_gradient_checkpointing
+
+    result = cli(*SWEEP[:5], "64", *SWEEP[6:], "--recipe", "peft,loop", "--results-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    rows = read_rows(tmp_path / "rtx3050-laptop" / "trials-cpu.csv")
+    assert sorted((r["recipe"], r["grad_ckpt"], r["status"]) for r in rows) == [
+        ("loop", "false", "ok"),
+        ("loop", "true", "ok"),
+        ("peft", "false", "ok"),
+        ("peft", "true", "ok"),
+    ]
+    for row in rows:
+        assert row["trial_key"].endswith("|recipe=loop") == (row["recipe"] == "loop")
