@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -46,7 +47,7 @@ def run_sweep_command(cfg: SweepConfig, dry_run: bool, boundaries: bool = False)
             table.add_column(column)
         for p in planned:
             table.add_row(*(_cell(getattr(p.spec, name)) for name in AXIS_FIELDS), p.action)
-        Console().print(table)
+        Console(width=None if sys.stdout.isatty() else 200).print(table)  # piped: no cut-off cells
         return 0
     with _progress(console) as progress:
         written = run_sweep(cfg, progress)
