@@ -15,7 +15,8 @@ time, marked "joint", and the total counts each invocation once).
 Then, per profile, where a probe's overhead goes and how far each searched boundary point's
 peaks are from its re-run in a fresh worker; and the overhead by how the probe got its model
 (loaded, preloaded, reused) and how it ended, with the loads a run made per model setting.
-Usage: python -m analysis.boundary_speed [RESULTS_DIR [PROFILE...]]  (default: every profile there)
+Usage: python -m analysis.boundary_speed [RESULTS_DIR [PROFILE...]] [--commit PREFIX]  (default: every
+profile there, every run)
 """
 
 import csv
@@ -38,7 +39,20 @@ def _all_steps(probe: dict) -> float:
     return statistics.median(times) * (int(probe["warmup_steps"]) + len(times))
 
 
-def main(results: Path, profiles: list[str]) -> None:
+def _read(path: Path, commit: str) -> list[dict]:
+    """A CSV's rows, only those of `commit` (a prefix) when given."""
+    with open(path, newline="") as f:
+        return [r for r in csv.DictReader(f) if r["git_commit"].startswith(commit)]
+
+
+def _runs(path: Path, commit: str) -> list[dict]:
+    """boundary-runs.jsonl beside `path`: one line per invocation, those of `commit` when given."""
+    runs_file = path.with_name("boundary-runs.jsonl")
+    lines = runs_file.read_text().splitlines() if runs_file.exists() else []
+    return [r for r in map(json.loads, lines) if r.get("git_commit", "").startswith(commit)]
+
+
+def main(results: Path, profiles: list[str], commit: str = "") -> None:
     print(
         "| profile | boundaries (searched) | trials / boundary (search + re-run) | "
         "search trials / boundary: hinted (n), blind (n) | "
@@ -51,10 +65,8 @@ def main(results: Path, profiles: list[str]) -> None:
     all_overhead: list[float] = []
     all_beyond_timed: list[float] = []
     for path in _files(results, profiles, "boundaries.csv"):
-        with open(path, newline="") as f:
-            bounds = list(csv.DictReader(f))
-        with open(path.with_name("boundary-trials.csv"), newline="") as f:
-            probes = list(csv.DictReader(f))
+        bounds = _read(path, commit)
+        probes = _read(path.with_name("boundary-trials.csv"), commit)
         searched = [b for b in bounds if b["status"] == "ok"]
         overhead = [float(p["probe_wall_s"]) - _all_steps(p) for p in probes]
         beyond_timed = [float(p["probe_wall_s"]) - _steps(p) for p in probes]
@@ -63,8 +75,7 @@ def main(results: Path, profiles: list[str]) -> None:
         blind = [int(b["search_trials"]) for b in searched if not b.get("search_hint")]
         how = Counter(p["model_load"] for p in probes)
         loads = [float(p["load_s"]) for p in probes if p["model_load"] in LOADS]
-        runs_file = path.with_name("boundary-runs.jsonl")
-        runs = [json.loads(line) for line in runs_file.read_text().splitlines()] if runs_file.exists() else []
+        runs = _runs(path, commit)
         wall = sum(r["wall_s"] for r in runs)
         joint = any(r.get("together_with") for r in runs)
         for r in runs:
@@ -110,7 +121,7 @@ def _mean(values: list[int]) -> str:
     return f"{statistics.mean(values):.1f}" if values else "-"
 
 
-def breakdown(results: Path, profiles: list[str]) -> None:
+def breakdown(results: Path, profiles: list[str], commit: str = "") -> None:
     """Where a probe's overhead goes, and whether a search probe and its fresh re-run agree."""
     print(
         "\n| profile | fitting probe: in the worker beyond steps, mean s (of which the warm-up "
@@ -120,8 +131,7 @@ def breakdown(results: Path, profiles: list[str]) -> None:
     )
     print("|" + " --- |" * 6)
     for path in _files(results, profiles, "boundary-trials.csv"):
-        with open(path, newline="") as f:
-            probes = list(csv.DictReader(f))
+        probes = _read(path, commit)
         ok = [p for p in probes if p["status"] == "ok"]
         oom = [p for p in probes if p["status"] == "oom"]
         verify = {p["trial_key"]: p for p in ok if p["purpose"] == "verify"}
@@ -147,7 +157,7 @@ def breakdown(results: Path, profiles: list[str]) -> None:
         )
 
 
-def by_load(results: Path, profiles: list[str]) -> None:
+def by_load(results: Path, profiles: list[str], commit: str = "") -> None:
     """Overhead beyond the steps by how the probe got its model and how it ended, and how many
     loads a run made: one per model setting (model, rank, precision, checkpointing) is the
     least; a setting loaded again within one invocation means a worker was replaced mid-setting
@@ -161,10 +171,8 @@ def by_load(results: Path, profiles: list[str]) -> None:
     print("|" + " --- |" * 7)
     every: list[tuple[str, float]] = []
     for path in _files(results, profiles, "boundary-trials.csv"):
-        with open(path, newline="") as f:
-            probes = list(csv.DictReader(f))
-        runs_file = path.with_name("boundary-runs.jsonl")
-        starts = sorted(json.loads(line)["started_utc"] for line in runs_file.read_text().splitlines())
+        probes = _read(path, commit)
+        starts = sorted(r["started_utc"] for r in _runs(path, commit))
         groups: dict[tuple[str, str], list[float]] = {}
         seen: set[tuple] = set()
         settings: set[tuple] = set()
@@ -204,10 +212,15 @@ def _n_mean(values: list[float]) -> str:
 
 
 def cli(argv: list[str]) -> None:
+    """[RESULTS_DIR [PROFILE...]] [--commit PREFIX]: only the rows and runs of that commit."""
+    commit = ""
+    if "--commit" in argv:
+        at = argv.index("--commit")
+        commit, argv = argv[at + 1], argv[:at] + argv[at + 2 :]
     where = Path(argv[0] if argv else "results")
-    main(where, argv[1:])
-    breakdown(where, argv[1:])
-    by_load(where, argv[1:])
+    main(where, argv[1:], commit)
+    breakdown(where, argv[1:], commit)
+    by_load(where, argv[1:], commit)
 
 
 if __name__ == "__main__":
