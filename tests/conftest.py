@@ -43,12 +43,12 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 HANG_S = 1800  # a guard against a hung command, far past any run's time on a loaded 2-core machine
 
 
-def cli(*args, env=None, timeout=HANG_S, **kwargs) -> subprocess.CompletedProcess:
+def cli(*args, env=None, timeout=HANG_S, cwd=REPO, **kwargs) -> subprocess.CompletedProcess:
     """Run qlora-bench as a user does (a separate process), returning the completed process."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "bench", *args],
-        cwd=REPO,
+        cwd=cwd,
         env=full_env,
         capture_output=True,
         text=True,

@@ -59,6 +59,9 @@ ORDER = [
     "trial timed out, rerun with a longer --timeout",
     "boundary search killed (SIGKILL), then rerun",
     "sweep's main process alone killed (SIGKILL, as the OOM killer), rerun at once",
+    "compare run outside the repository",
+    "report / plot with only CPU test rows",
+    "a '|' in a column's meaning (schema table)",
 ]
 
 
@@ -530,6 +533,37 @@ def test_the_main_process_killed_alone_leaves_no_lock_and_no_worker_behind(tmp_p
         "its workers die with it, the lock with it; the rerun completes the grid",
         -9,
     )
+
+
+def test_compare_outside_the_repository_finds_the_published_results(tmp_path):
+    result = cli("compare", "t4", "l4", "--model", "qwen2.5-7b", cwd=tmp_path, env={"COLUMNS": "200"})
+    assert result.returncode == 0 and "5696" in result.stdout, result.stderr  # l4's measured boundary
+    tally("compare run outside the repository", "the published results are found; --results-dir overrides", 0)
+
+
+def test_report_and_plot_with_only_cpu_rows_say_so(tmp_path):
+    folder = tmp_path / "rtx3050-laptop"
+    folder.mkdir()
+    shutil.copy(REPO / "results" / "rtx3050-laptop" / "boundaries.csv", folder / "boundaries-cpu.csv")
+    before = snapshot(tmp_path)
+    for command in (["report"], ["plot"]):
+        result = cli(*command, "--results-dir", str(tmp_path))
+        assert result.returncode == 2 and "only CPU test runs" in result.stderr, result.stderr
+    assert snapshot(tmp_path) == before
+    tally(
+        "report / plot with only CPU test rows",
+        "exit 2: nothing to publish, the CPU files named",
+        2,
+        injected=2,
+    )
+
+
+def test_the_schema_table_escapes_pipes():
+    result = cli("schema")
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| `")]
+    assert rows and all(line.replace("\\|", "").count("|") == 3 for line in rows)
+    assert any("\\|" in line for line in rows)  # status: ok | oom | ...
+    tally("a '|' in a column's meaning (schema table)", "escaped: every row has its two cells", 0)
 
 
 def render() -> str:
