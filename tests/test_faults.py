@@ -61,7 +61,7 @@ ORDER = [
     "sweep's main process alone killed (SIGKILL, as the OOM killer), rerun at once",
     "compare run outside the repository",
     "report / plot with only CPU test rows",
-    "a '|' in a column's meaning (schema table)",
+    "a pipe character in a column's meaning (schema table)",
 ]
 
 
@@ -563,7 +563,7 @@ def test_the_schema_table_escapes_pipes():
     rows = [line for line in result.stdout.splitlines() if line.startswith("| `")]
     assert rows and all(line.replace("\\|", "").count("|") == 3 for line in rows)
     assert any("\\|" in line for line in rows)  # status: ok | oom | ...
-    tally("a '|' in a column's meaning (schema table)", "escaped: every row has its two cells", 0)
+    tally("a pipe character in a column's meaning (schema table)", "escaped: every row has its two cells", 0)
 
 
 def render() -> str:
