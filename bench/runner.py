@@ -4,6 +4,7 @@ say what ran it, the request a worker gets, and the row that goes to the CSV and
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from bench import emulation
@@ -74,13 +75,9 @@ class TrialRunner:
     """A run's plan (emulation), its environment columns, and rows assembled from a trial's spec
     and measurements."""
 
-    def __init__(self, cfg: RunConfig, host: HostGPU | None, threads: int | None = None):
+    def __init__(self, cfg: RunConfig, host: HostGPU | None):
         self.cfg, self.host = cfg, host
-        self.plan = emulation.plan(cfg.profile, cfg.device, host)
-        if threads or cfg.worker_threads:
-            from dataclasses import replace
-
-            self.plan = replace(self.plan, threads=threads or cfg.worker_threads)
+        self.plan = replace(emulation.plan(cfg.profile, cfg.device, host), threads=cfg.worker_threads)
         self.env = self._environment()
 
     def _environment(self) -> dict:

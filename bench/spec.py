@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import string
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields, replace
@@ -166,7 +167,7 @@ def field_type(name: str) -> type:
     return _hints(TrialSpec)[name]
 
 
-_LEGACY_FIELDS = {f.name for f in fields(TrialSpec) if "{" + f.name in LEGACY_KEY}
+_LEGACY_FIELDS = {name for _, name, _, _ in string.Formatter().parse(LEGACY_KEY) if name}
 FIELD_NAMES = tuple(f.name for f in fields(TrialSpec))
 TRIAL_DOC = {f.name: f.metadata["help"] for f in fields(TrialSpec)}  # the schema's column docs
 # The axes a sweep shows in its dry-run table and takes as comma lists: the grid's, and any
