@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from bench.paths import REPO_ROOT
-from bench.spec import EXTRA_AXES, field_type
+from bench.spec import EXTRA_AXES, OPTIMIZERS, field_type
 
 
 def parallel_count(value: str) -> int | None:
@@ -109,7 +109,7 @@ ALPHA_RATIO = click.option(
 )
 OPTIMIZER = click.option(
     "--optimizer",
-    type=click.Choice(["adamw_torch", "paged_adamw_8bit"]),
+    type=click.Choice(OPTIMIZERS),
     default="adamw_torch",
     show_default=True,
 )
