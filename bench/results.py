@@ -18,7 +18,14 @@ import time
 from pathlib import Path
 
 from bench.errors import BenchUsageError
-from bench.schema import FIELDNAMES, SCHEMA_VERSION, UPGRADE_VALUES, fieldnames_at
+from bench.schema import (
+    BOUNDARY_FIELDNAMES,
+    FIELDNAMES,
+    PROBE_FIELDNAMES,
+    SCHEMA_VERSION,
+    UPGRADE_VALUES,
+    fieldnames_at,
+)
 
 DISK_FULL_AT = "QLORA_BENCH_DISK_FULL_AT"  # test hook: writing this many rows or more fails ENOSPC
 
@@ -41,16 +48,41 @@ def _format(value) -> str:
 
 def _schema_for(path: Path) -> list[str]:
     """The columns a results file of this name has (trials, boundary probes, boundaries)."""
-    from bench.schema import BOUNDARY_FIELDNAMES, PROBE_FIELDNAMES
-
     stem = Path(path).name.removesuffix(".csv").removesuffix("-cpu")
     return {"boundaries": BOUNDARY_FIELDNAMES, "boundary-trials": PROBE_FIELDNAMES}.get(stem, FIELDNAMES)
 
 
+def parse_rows(path: Path, text: str, fieldnames: list[str]) -> list[dict]:
+    """The rows of a results CSV's text (ending in a whole line) whose header is `fieldnames` at
+    some schema version, each row of that version and whole; otherwise a usage error naming the
+    file and the line."""
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    # Schema versions whose columns this header is (older ones are upgraded by ResultsFile).
+    readable = {
+        str(v) for v in range(1, SCHEMA_VERSION + 1) if fieldnames_at(fieldnames, v) == reader.fieldnames
+    }
+    if not readable:
+        raise BenchUsageError(
+            f"{path}, line 1: columns of no schema version this qlora-bench reads (it writes schema "
+            f"version {SCHEMA_VERSION}); move it aside or choose another --results-dir"
+        )
+    rows = []
+    for row in reader:
+        if None in row or any(v is None for v in row.values()):
+            raise BenchUsageError(f"{path}, line {reader.line_num}: malformed row (wrong number of fields)")
+        if row["schema_version"] not in readable:
+            raise BenchUsageError(
+                f"{path}, line {reader.line_num}: schema version {row['schema_version']!r} under a header "
+                f"of version {'/'.join(sorted(readable))}; move it aside or repair it"
+            )
+        rows.append(row)
+    return rows
+
+
 def read_results(path: Path) -> list[dict]:
-    """Every row of a results CSV, for reports: strict. An empty file, a header of another schema,
-    a torn last line or a malformed row is a usage error naming the file and the line (a sweep,
-    which can repair a torn line by running its trial again, reads with ResultsFile instead)."""
+    """Every row of a results CSV, for reports: strict. An empty file, a torn last line or what
+    parse_rows refuses is a usage error naming the file (and the line); a sweep, which can repair a
+    torn line by running its trial again, reads with ResultsFile instead."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -64,17 +96,7 @@ def read_results(path: Path) -> list[dict]:
             f"{path}, line {line}: torn (the file ends mid-row, a crash while writing it); a rerun of the "
             "command that writes it repairs it, or move the file aside"
         )
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    fieldnames = _schema_for(path)
-    versions = range(1, SCHEMA_VERSION + 1)
-    if not any(fieldnames_at(fieldnames, v) == reader.fieldnames for v in versions):
-        raise BenchUsageError(f"{path}, line 1: columns of no schema version this qlora-bench reads")
-    rows = []
-    for row in reader:
-        if None in row or any(v is None for v in row.values()):
-            raise BenchUsageError(f"{path}, line {reader.line_num}: malformed row (wrong number of fields)")
-        rows.append(row)
-    return rows
+    return parse_rows(path, text, _schema_for(path))
 
 
 class ResultsFile:
@@ -105,23 +127,7 @@ class ResultsFile:
                 f"it is not trusted: ignored, that trial runs again",
                 file=sys.stderr,
             )
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        # Schema versions whose columns this header is: older ones are upgraded on read.
-        versions = range(1, SCHEMA_VERSION + 1)
-        readable = {v for v in versions if fieldnames_at(self.fieldnames, v) == reader.fieldnames}
-        if not readable:
-            raise BenchUsageError(
-                f"{self.path} has columns this version does not write (schema version "
-                f"{SCHEMA_VERSION}); move it aside or choose another --results-dir"
-            )
-        rows = list(reader)
-        bad = [r for r in rows if None in r or any(v is None for v in r.values())]
-        versions = {r["schema_version"] for r in rows if r not in bad}
-        if bad or versions - {str(v) for v in readable}:
-            raise BenchUsageError(
-                f"{self.path} has rows that do not match schema version {SCHEMA_VERSION} "
-                f"({len(bad)} malformed, versions {sorted(versions)}); move it aside or repair it"
-            )
+        rows = parse_rows(self.path, text, self.fieldnames)
         return self._upgrade(rows)
 
     def _upgrade(self, rows: list[dict]) -> list[dict]:

@@ -105,9 +105,6 @@ class TrialRunner:
             )
         return env
 
-    def unsupported(self, spec: TrialSpec) -> str | None:
-        return unsupported(self.cfg, self.host, spec)
-
     def request(self, spec: TrialSpec) -> TrialRequest:
         return TrialRequest(spec, self.plan, self.cfg.source(spec.model))
 

@@ -27,7 +27,7 @@ from bench.envinfo import utc_now
 from bench.messages import TrialRequest
 from bench.pool import WorkerPool
 from bench.results import ResultsFile
-from bench.runner import TrialRunner, check_recorded, host_gpu, results_path
+from bench.runner import TrialRunner, check_recorded, host_gpu, results_path, unsupported
 from bench.schema import BOUNDARY_FIELDNAMES, PROBE_FIELDNAMES
 from bench.spec import TrialSpec
 from bench.wblog import WandbMirror
@@ -209,7 +209,7 @@ class BoundaryRun:
         return None
 
     def _unsupported(self, task: BoundaryTask) -> str | None:
-        return self.runner.unsupported(task.at(task.start))
+        return unsupported(self.cfg, self.host, task.at(task.start))
 
     def _size(self, model: str) -> int:
         config = self.cfg.catalog[model].config if model in self.cfg.catalog else {}
