@@ -15,6 +15,7 @@ from bench.catalog import ModelArch, largest_rank, load_catalog
 from bench.errors import BenchUsageError
 from bench.messages import ModelSource
 from bench.profiles import DTYPES, Profile, load_profile
+from bench.recipes import missing, unsupported_reason
 from bench.spec import EXTRA_AXES, Axes, Workload
 
 CPU_MODEL = "tiny"
@@ -118,6 +119,10 @@ def _axes(
     for f in EXTRA_AXES:
         if extra.get(f.name):
             values[f.name] = tuple(extra[f.name])
+    for recipe in values.get("recipe", ()):
+        # On the CPU a GPU-only stack is an unsupported row, installed or not.
+        if not unsupported_reason(recipe, device) and (problem := missing(recipe)):
+            problems.append(problem)
     targets = settings.get("target_modules", "all-linear")
     for model in () if weights else models:
         limit = largest_rank(catalog[model].config, targets) if model in catalog else None

@@ -72,11 +72,45 @@ def load_qlora_model(
     """NF4 double-quant base + LoRA, in train mode, prepared as the recipe does it: `peft` with
     prepare_model_for_kbit_training (which casts every parameter that is not 4-bit, embeddings
     and LM head included, to fp32, and enables checkpointing), `loop` as hand-written small-GPU
-    scripts do (the same checkpointing, parameters left in the compute dtype)."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    scripts do (the same checkpointing, parameters left in the compute dtype), `liger` as peft
+    with Liger Kernel patched in, `unsloth` by Unsloth's own loader (bench.recipes)."""
+    compute = DTYPES[dtype]
+    if recipe == "unsloth":
+        from bench.recipes import load_unsloth
+
+        return load_unsloth(
+            source,
+            dtype=compute,
+            grad_ckpt=grad_ckpt,
+            lora_rank=lora_rank,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+        )
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    model = load_4bit(source, device, compute)
+    model.config.use_cache = False
+    checkpointing = {"use_reentrant": False}
+    if recipe == "liger":
+        from bench.recipes import apply_liger
+
+        apply_liger(model)
+    if recipe in ("peft", "liger"):
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=grad_ckpt, gradient_checkpointing_kwargs=checkpointing
+        )
+    elif grad_ckpt:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
+    model = get_peft_model(model, lora_config(lora_rank, lora_alpha, lora_dropout, target_modules))
+    model.train()
+    return model
+
+
+def load_4bit(source: str, device: str, compute):
+    """The NF4 double-quant base in the compute dtype, SDPA attention, as every recipe but
+    unsloth loads it."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    compute = DTYPES[dtype]
     quant = BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
@@ -84,7 +118,7 @@ def load_qlora_model(
         bnb_4bit_compute_dtype=compute,
     )
     device_map = {"": torch.cuda.current_device()} if device == "cuda" else {"": "cpu"}
-    model = AutoModelForCausalLM.from_pretrained(
+    return AutoModelForCausalLM.from_pretrained(
         source,
         quantization_config=quant,
         dtype=compute,
@@ -92,24 +126,18 @@ def load_qlora_model(
         attn_implementation="sdpa",
         local_files_only=True,
     )
-    model.config.use_cache = False
-    checkpointing = {"use_reentrant": False}
-    if recipe == "peft":
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=grad_ckpt, gradient_checkpointing_kwargs=checkpointing
-        )
-    elif grad_ckpt:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
-    lora = LoraConfig(
+
+
+def lora_config(lora_rank: int, lora_alpha: int, lora_dropout: float, target_modules: str):
+    from peft import LoraConfig
+
+    return LoraConfig(
         r=lora_rank,
         lora_alpha=lora_alpha,
         lora_dropout=lora_dropout,
         task_type="CAUSAL_LM",
         target_modules=target_modules if target_modules == "all-linear" else target_modules.split(","),
     )
-    model = get_peft_model(model, lora)
-    model.train()
-    return model
 
 
 def sdpa_context(backends, device: str):
@@ -132,6 +160,13 @@ def free_memory(device: str) -> None:
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
+
+
+def set_allocator(allocator: str) -> None:
+    """PYTORCH_CUDA_ALLOC_CONF's expandable_segments, set in the process before its model loads
+    (a worker loads one model in its life, so no segment of the other kind exists yet)."""
+    if allocator == "expandable":
+        torch.cuda.memory._set_allocator_settings("expandable_segments:True")
 
 
 def apply_cap(cap_gib: float | None) -> None:

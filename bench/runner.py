@@ -13,6 +13,8 @@ from bench.envinfo import HostGPU, git_commit, library_versions, nvml_gpu, utc_n
 from bench.errors import BenchUsageError
 from bench.messages import TrialRequest
 from bench.profiles import Profile
+from bench.recipes import unsupported_reason as recipe_unsupported
+from bench.recipes import versions as recipe_versions
 from bench.results import _format
 from bench.spec import TrialSpec
 
@@ -32,7 +34,9 @@ def host_gpu(cfg: RunConfig) -> HostGPU | None:
 def unsupported(cfg: RunConfig, host: HostGPU | None, spec: TrialSpec) -> str | None:
     """Why this trial cannot run on the profile's card (its dtype, or a sequence past the model's
     context), or None."""
-    reason = emulation.unsupported_reason(spec.dtype, cfg.profile, host, cfg.device)
+    reason = recipe_unsupported(spec.recipe, cfg.device) or emulation.unsupported_reason(
+        spec.dtype, cfg.profile, host, cfg.device
+    )
     arch = None if cfg.weights_path else cfg.catalog[spec.model]
     if arch is not None and spec.seq_len > arch.context_len:
         reason = f"seq_len {spec.seq_len} is past {arch.name}'s context of {arch.context_len}"
@@ -112,6 +116,7 @@ class TrialRunner:
         """The CSV row of a trial: what ran, where, what was measured. The host GPU's name and
         driver are NVML's (the worker's torch view of the name is the same card)."""
         row = {**spec.to_row(), **self.env, **measured, "trial_key": spec.key, **extra}
+        row["recipe_versions"] = recipe_versions(spec.recipe)
         if self.host is not None:
             row.update(gpu_name=self.host.name, driver=self.host.driver)
         row["timestamp_utc"] = utc_now()

@@ -5,7 +5,7 @@ A trial's configuration columns are TrialSpec's fields, documented there (bench.
 
 from bench.spec import TRIAL_DOC
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 GIB = 2**30
 
 STATUSES = ("ok", "oom", "unsupported", "error", "timeout")
@@ -91,6 +91,18 @@ COLUMNS: list[tuple[str, str]] = [
     ("git_commit", "qlora-bench commit (+dirty when the tree had changes)"),
     ("image", "container image that ran it (QLORA_BENCH_IMAGE, set in the image); empty outside one"),
     ("recipe", TRIAL_DOC["recipe"]),
+    ("padding", TRIAL_DOC["padding"]),
+    ("eval_batch_size", TRIAL_DOC["eval_batch_size"]),
+    ("allocator", TRIAL_DOC["allocator"]),
+    ("recipe_versions", "the recipe's own libraries beside the base stack's columns, name=version;..."),
+    (
+        "sdpa_backend_used",
+        "SDPA kernel(s) that ran in the first step, read off its operators (flash, efficient, "
+        "cudnn, math, flash-cpu; none: the stack's own attention), '+'-joined",
+    ),
+    ("eval_peak_alloc_gib", "peak torch allocated during the evaluation forward (eval_batch_size > 0)"),
+    ("eval_peak_reserved_gib", "peak torch reserved during the evaluation forward"),
+    ("eval_s", "seconds of the evaluation forward"),
     ("timestamp_utc", "when the trial ended, ISO 8601"),
 ]
 
@@ -118,6 +130,7 @@ ENVIRONMENT_COLUMNS = (
     "python",
     "git_commit",
     "image",
+    "recipe_versions",
 )
 IDENTITY_COLUMNS = ("schema_version", "trial_key", "boundary_key", "axis", "step", "upper_limit")
 
@@ -129,9 +142,25 @@ ADDED_IN = {
     4: ["search_hint"],
     5: ["warmup_s", "image"],
     6: ["recipe"],
+    7: [
+        "padding",
+        "eval_batch_size",
+        "allocator",
+        "recipe_versions",
+        "sdpa_backend_used",
+        "eval_peak_alloc_gib",
+        "eval_peak_reserved_gib",
+        "eval_s",
+    ],
 }
 # What an upgraded row gets in an added column when empty would be wrong.
-UPGRADE_VALUES = {"workload": "step", "recipe": "peft"}
+UPGRADE_VALUES = {
+    "workload": "step",
+    "recipe": "peft",
+    "padding": "none",
+    "eval_batch_size": "0",
+    "allocator": "default",
+}
 
 
 def fieldnames_at(fieldnames: list[str], version: int) -> list[str]:
@@ -198,6 +227,10 @@ BOUNDARY_COLUMNS: list[tuple[str, str]] = [
     ("git_commit", "qlora-bench commit"),
     ("image", "container image that ran it; empty outside one"),
     ("recipe", "training stack the probes ran (see the trial columns)"),
+    ("padding", TRIAL_DOC["padding"]),
+    ("eval_batch_size", TRIAL_DOC["eval_batch_size"]),
+    ("allocator", TRIAL_DOC["allocator"]),
+    ("recipe_versions", "the recipe's own libraries, name=version;..."),
     ("timestamp_utc", "when the boundary was recorded"),
 ]
 BOUNDARY_FIELDNAMES = [name for name, _ in BOUNDARY_COLUMNS]

@@ -18,8 +18,9 @@ import typing
 from dataclasses import MISSING, dataclass, field, fields, replace
 
 OPTIMIZERS = ("adamw_torch", "paged_adamw_8bit")
-RECIPES = ("peft", "loop")
-RECIPES = ("peft", "loop")
+RECIPES = ("peft", "loop", "trl", "liger", "unsloth")  # what each runs: bench.recipes
+PADDINGS = ("none", "longest")
+ALLOCATORS = ("default", "expandable")
 
 # Axes along which peak memory grows with everything else equal: an OOM at a value implies an
 # OOM at every larger value.
@@ -95,10 +96,34 @@ class TrialSpec:
     recipe: str = _field(
         "peft",
         help="training stack: peft (prepare_model_for_kbit_training, as transformers' Trainer "
-        "examples do) or loop (a hand-written loop: peft adapters on the 4-bit model, no fp32 upcast)",
+        "examples do), loop (a hand-written loop: peft adapters on the 4-bit model, no fp32 upcast), "
+        "trl (TRL's SFTTrainer.train), liger (peft with Liger Kernel patched in, as Trainer's "
+        "use_liger_kernel does) or unsloth (FastLanguageModel, its checkpointing; GPU only)",
         model=True,
         axis=True,
         choices=RECIPES,
+    )
+    padding: str = _field(
+        "none",
+        help="none (every sequence seq_len tokens, no attention mask) or longest (a collator's "
+        "padded batch: one sequence of seq_len, the others shorter, right-padded, with the "
+        "attention mask, pads out of the loss)",
+        axis=True,
+        choices=PADDINGS,
+    )
+    eval_batch_size: int = _field(
+        0,
+        help="after the measured steps, an evaluation forward (loss, no gradients) over this many "
+        "sequences of seq_len, its memory in its own columns; 0: none (transformers' default is 8)",
+        axis=True,
+    )
+    allocator: str = _field(
+        "default",
+        help="PyTorch caching allocator: default, or expandable "
+        "(PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True, which PyTorch's OOM message suggests)",
+        model=True,
+        axis=True,
+        choices=ALLOCATORS,
     )
 
     @property

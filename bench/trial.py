@@ -14,9 +14,19 @@ import time
 
 import torch
 
+from bench.batches import BackendProbe, make_batch, real_tokens
 from bench.memory import MemoryProbe, allocator_state, peak_rss_gib
 from bench.messages import TrialRequest
-from bench.qlora import DTYPES, apply_cap, free_memory, load_qlora_model, random_weights_dir, sdpa_context
+from bench.qlora import (
+    DTYPES,
+    apply_cap,
+    free_memory,
+    is_oom,
+    load_qlora_model,
+    random_weights_dir,
+    sdpa_context,
+    set_allocator,
+)
 
 
 def _optimizer(name: str, params):
@@ -108,6 +118,7 @@ def load_into(slot: ModelSlot, request: TrialRequest, probe: MemoryProbe) -> Non
     slot.drop(device)
     source = request.source.path or str(random_weights_dir(spec.model, request.source.config, device))
     if device == "cuda":
+        set_allocator(spec.allocator)
         apply_cap(plan.cap_gib)
         probe.reset_peak()
     t0 = time.perf_counter()
@@ -138,6 +149,8 @@ def preload(request: TrialRequest, slot: ModelSlot) -> None:
     SDPA kernels, cap, load, warm-up and free. The trial then starts from the allocator state a
     load leaves, as if it had loaded the model itself."""
     plan = request.plan
+    if request.spec.recipe == "trl":  # SFTTrainer prepares its model itself, in the trial
+        return
     with sdpa_context(plan.sdpa_backends, plan.device):
         _prepare_device(plan)
         load_into(slot, request, MemoryProbe(plan.device))
@@ -161,6 +174,12 @@ def measure(request: TrialRequest, row: dict, slot: ModelSlot | None = None, inj
     `inject` "nan" (test hook) makes the embeddings output inf."""
     slot = slot or ModelSlot()
     with sdpa_context(request.plan.sdpa_backends, request.plan.device):
+        if request.spec.recipe == "trl":  # TRL's own trainer loop; no model kept
+            from bench.trl_run import measure_trl
+
+            slot.drop(request.plan.device)
+            _prepare_device(request.plan)
+            return measure_trl(request, row)
         _measure(request, row, slot, inject)
     return row
 
@@ -193,13 +212,11 @@ def _measure(request: TrialRequest, row: dict, slot: ModelSlot, inject: str) -> 
     optimizer = _optimizer(spec.optimizer, params)
     dtype = DTYPES[spec.dtype]
     scaler = torch.amp.GradScaler(device, enabled=spec.dtype == "fp16")
-    vocab = model.config.vocab_size
-    gen = torch.Generator(device="cpu").manual_seed(1234)
-    tokens = torch.randint(0, vocab, (spec.batch_size, spec.seq_len), generator=gen).to(device)
+    batch = make_batch(spec.padding, spec.batch_size, spec.seq_len, model.config.vocab_size, device)
 
     def step() -> float:
         with torch.autocast(device_type=device, dtype=dtype):
-            loss = model(input_ids=tokens, labels=tokens).loss
+            loss = model(**batch).loss
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
@@ -209,7 +226,9 @@ def _measure(request: TrialRequest, row: dict, slot: ModelSlot, inject: str) -> 
     losses = []
     probe.reset_peak()
     warm_started = time.perf_counter()
-    losses.append(step())
+    with BackendProbe() as backends:  # operator names only: no device memory, no effect on peaks
+        losses.append(step())
+    row["sdpa_backend_used"] = backends.used
     probe.sync()
     first_peak = probe.peak()
     row["first_step_peak_alloc_gib"], row["first_step_peak_reserved_gib"] = first_peak
@@ -234,9 +253,12 @@ def _measure(request: TrialRequest, row: dict, slot: ModelSlot, inject: str) -> 
         probe.sample_nvml()
     steady = probe.peak()
     row["steady_peak_alloc_gib"], row["steady_peak_reserved_gib"] = steady
+    peaks = [load_peak, first_peak, warm_peak, steady]
+    if spec.eval_batch_size:
+        peaks.append(_evaluate(model, spec, device, probe, row))
     if device == "cuda":
-        row["peak_alloc_gib"] = max(p[0] for p in (load_peak, first_peak, warm_peak, steady))
-        row["peak_reserved_gib"] = max(p[1] for p in (load_peak, first_peak, warm_peak, steady))
+        row["peak_alloc_gib"] = max(p[0] for p in peaks)
+        row["peak_reserved_gib"] = max(p[1] for p in peaks)
     row["nvml_process_max_gib"] = probe.nvml_process_max
     row["nvml_device_used_max_gib"] = probe.nvml_device_max
     row["cpu_peak_rss_gib"] = peak_rss_gib()
@@ -247,7 +269,7 @@ def _measure(request: TrialRequest, row: dict, slot: ModelSlot, inject: str) -> 
     row.update(
         step_time_p50_s=p50,
         step_time_p90_s=p90,
-        tokens_per_s=spec.batch_size * spec.seq_len / p50,
+        tokens_per_s=real_tokens(batch) / p50,
         step_times_s=";".join(f"{t:.5f}" for t in times),
         loss_first=losses[0],
         loss_last=losses[-1],
@@ -261,3 +283,33 @@ def _measure(request: TrialRequest, row: dict, slot: ModelSlot, inject: str) -> 
         row["status"] = "ok"
         row["reason"] = ""
     return row
+
+
+def _evaluate(model, spec, device: str, probe: MemoryProbe, row: dict) -> tuple:
+    """An evaluation forward as Trainer's evaluation loop runs it (eval mode, no gradients, the
+    loss over labels, the logits kept): its peak in its own columns. An OOM here is the trial's
+    OOM, its reason saying so."""
+    batch = make_batch(
+        spec.padding, spec.eval_batch_size, spec.seq_len, model.config.vocab_size, device, seed=99
+    )
+    probe.reset_peak()
+    t0 = time.perf_counter()
+    model.eval()
+    try:
+        with torch.no_grad(), torch.autocast(device_type=device, dtype=DTYPES[spec.dtype]):
+            out = model(**batch)
+            out.loss.float().item()
+        del out
+    except Exception as exc:
+        if is_oom(exc):
+            raise torch.OutOfMemoryError(
+                f"in evaluation (eval batch {spec.eval_batch_size}): {exc}"
+            ) from None
+        raise
+    finally:
+        model.train()
+    probe.sync()
+    row["eval_s"] = time.perf_counter() - t0
+    peak = probe.peak()
+    row["eval_peak_alloc_gib"], row["eval_peak_reserved_gib"] = peak
+    return peak

@@ -26,6 +26,7 @@ from bench.config import BoundaryConfig
 from bench.envinfo import utc_now
 from bench.messages import TrialRequest
 from bench.pool import WorkerPool
+from bench.recipes import versions as recipe_versions
 from bench.results import ResultsFile
 from bench.runner import TrialRunner, check_recorded, host_gpu, results_path, unsupported
 from bench.schema import BOUNDARY_FIELDNAMES, PROBE_FIELDNAMES
@@ -230,6 +231,7 @@ class BoundaryRun:
         out = {  # the boundary's columns of the environment and the spec (the searched axis blank)
             **{k: v for k, v in {**self.runner.env, **spec.to_row()}.items() if k in BOUNDARY_FIELDNAMES},
             "boundary_key": task.key,
+            "recipe_versions": recipe_versions(spec.recipe),
             "axis": task.axis,
             "step": task.step,
             "upper_limit": task.upper * task.step,

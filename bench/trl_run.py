@@ -1,0 +1,208 @@
+"""The trl recipe: TRL's SFTTrainer prepares the 4-bit model (its LoRA wrapping, its casts) and
+runs its own train(): its collator, loss, optimizer and mixed precision through accelerate. A
+callback reads the memory and the step times around each of its steps, as bench.trial does
+around its own.
+
+The dataset is the trial's batch (bench.batches) as tokenized rows, one epoch per step, so
+every step sees the same padded shape. The loss is over every token (no prompt/completion
+split: the memory and time of the two are the same).
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bench.batches import BackendProbe, make_batch, real_tokens
+from bench.memory import MemoryProbe, peak_rss_gib
+from bench.qlora import (
+    DTYPES,
+    apply_cap,
+    free_memory,
+    is_oom,
+    load_4bit,
+    lora_config,
+    random_weights_dir,
+    set_allocator,
+)
+from bench.recipes import ensure_tokenizer
+
+
+def _rows(batch: dict) -> list[dict]:
+    ids, mask = batch["input_ids"], batch.get("attention_mask")
+    lengths = mask.sum(1).tolist() if mask is not None else [ids.shape[1]] * ids.shape[0]
+    return [{"input_ids": ids[i, : int(n)].tolist()} for i, n in enumerate(lengths)]
+
+
+def measure_trl(request, row: dict) -> dict:
+    from datasets import Dataset
+    from transformers import AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    spec, plan = request.spec, request.plan
+    device = plan.device
+    started = time.perf_counter()
+    probe = MemoryProbe(device)
+    source = request.source.path or str(random_weights_dir(spec.model, request.source.config, device))
+    if device == "cuda":
+        set_allocator(spec.allocator)
+        apply_cap(plan.cap_gib)
+        probe.reset_peak()
+    steps = spec.warmup_steps + spec.measured_steps
+    t0 = time.perf_counter()
+    model = load_4bit(source, device, DTYPES[spec.dtype])
+    vocab = model.config.vocab_size
+    batch = make_batch(spec.padding, spec.batch_size, spec.seq_len, vocab, "cpu")
+    tmp = tempfile.TemporaryDirectory()
+    args = SFTConfig(
+        output_dir=tmp.name,
+        max_steps=steps,
+        per_device_train_batch_size=spec.batch_size,
+        per_device_eval_batch_size=max(spec.eval_batch_size, 1),
+        gradient_accumulation_steps=1,
+        learning_rate=2e-4,
+        optim=spec.optimizer,
+        fp16=spec.dtype == "fp16",
+        bf16=spec.dtype == "bf16",
+        gradient_checkpointing=spec.grad_ckpt,
+        max_length=spec.seq_len,
+        packing=False,
+        logging_steps=1,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        use_cpu=device == "cpu",
+        seed=0,
+    )
+    if not request.source.path:
+        ensure_tokenizer(Path(source), vocab)
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        processing_class=AutoTokenizer.from_pretrained(source, local_files_only=True),
+        train_dataset=Dataset.from_list(_rows(batch)),
+        peft_config=lora_config(spec.lora_rank, spec.lora_alpha, spec.lora_dropout, spec.target_modules),
+    )
+    free_memory(device)
+    probe.sync()
+    row.update(model_load="loaded", load_s=time.perf_counter() - t0)
+    load_peak = probe.peak()
+    row["load_alloc_gib"], row["load_reserved_gib"] = probe.now()
+    trainable, total = trainer.model.get_nb_trainable_parameters()
+    row.update(trainable_params=trainable, total_params=total)
+
+    record = _StepRecorder(probe, spec.warmup_steps)
+
+    class Recorder(TrainerCallback):
+        def on_step_begin(self, *args, **kwargs):
+            record.begin()
+
+        def on_step_end(self, *args, **kwargs):
+            record.end()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            record.log(logs or {})
+
+    trainer.add_callback(Recorder())
+    trainer.train()
+    probe.sync()
+    peaks = [load_peak, *record.peaks]
+    row["first_step_peak_alloc_gib"], row["first_step_peak_reserved_gib"] = record.first
+    row["steady_peak_alloc_gib"], row["steady_peak_reserved_gib"] = record.steady
+    row["sdpa_backend_used"] = record.backends.used
+    row["warmup_s"] = sum(record.times[: spec.warmup_steps])
+    if spec.eval_batch_size:
+        eval_batch = make_batch(spec.padding, spec.eval_batch_size, spec.seq_len, vocab, "cpu", seed=99)
+        probe.reset_peak()
+        t1 = time.perf_counter()
+        try:
+            trainer.evaluate(eval_dataset=Dataset.from_list(_rows(eval_batch)))
+        except Exception as exc:
+            if is_oom(exc):
+                raise torch.OutOfMemoryError(
+                    f"in evaluation (eval batch {spec.eval_batch_size}): {exc}"
+                ) from None
+            raise
+        probe.sync()
+        row["eval_s"] = time.perf_counter() - t1
+        peaks.append(probe.peak())
+        row["eval_peak_alloc_gib"], row["eval_peak_reserved_gib"] = peaks[-1]
+    if device == "cuda":
+        row["peak_alloc_gib"] = max(p[0] for p in peaks)
+        row["peak_reserved_gib"] = max(p[1] for p in peaks)
+    row["nvml_process_max_gib"] = probe.nvml_process_max
+    row["nvml_device_used_max_gib"] = probe.nvml_device_max
+    row["cpu_peak_rss_gib"] = peak_rss_gib()
+    times = record.times[spec.warmup_steps :]
+    p50 = statistics.median(times)
+    p90 = sorted(times)[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
+    losses = record.losses
+    row.update(
+        step_time_p50_s=p50,
+        step_time_p90_s=p90,
+        tokens_per_s=real_tokens(batch) / p50,
+        step_times_s=";".join(f"{t:.5f}" for t in times),
+        loss_first=losses[0] if losses else None,
+        loss_last=losses[-1] if losses else None,
+        trial_wall_s=time.perf_counter() - started,
+    )
+    bad = [v for v in losses if v != v or v in (float("inf"), float("-inf"))]
+    if bad or len(losses) < steps:
+        row.update(status="error", tokens_per_s=None, step_time_p50_s=None, step_time_p90_s=None)
+        row["reason"] = f"non-finite or missing loss ({len(losses)} of {steps} logged); throughput not valid"
+    else:
+        row.update(status="ok", reason="")
+    del trainer, model
+    tmp.cleanup()
+    return row
+
+
+class _StepRecorder:
+    """Peaks and device-synchronised times of the trainer's steps, as bench.trial records its
+    own: the first step's peak, the rest of the warm-up's, the measured steps'; the SDPA kernels
+    of the first step."""
+
+    def __init__(self, probe: MemoryProbe, warmup_steps: int):
+        self.probe, self.warmup_steps = probe, warmup_steps
+        self.times: list[float] = []
+        self.losses: list[float] = []
+        self.first = self.warm = self.steady = (None, None)
+        self.backends = BackendProbe()
+        self._t0 = 0.0
+
+    @property
+    def peaks(self) -> list[tuple]:
+        return [p for p in (self.first, self.warm, self.steady) if p[0] is not None]
+
+    def begin(self) -> None:
+        step = len(self.times)  # steps done so far
+        self.probe.sync()
+        if step in (0, 1, self.warmup_steps):
+            self.probe.reset_peak()
+        if step == 0:
+            self.backends.__enter__()
+        self._t0 = time.perf_counter()
+
+    def end(self) -> None:
+        self.probe.sync()
+        self.times.append(time.perf_counter() - self._t0)
+        done = len(self.times)
+        peak = self.probe.peak()
+        if done == 1:
+            self.backends.__exit__(None, None, None)
+            self.first = peak
+        elif done == self.warmup_steps:
+            self.warm = peak
+        if done > self.warmup_steps:
+            self.steady = peak
+        self.probe.sample_nvml()
+
+    def log(self, logs: dict) -> None:
+        if "loss" in logs:
+            self.losses.append(float(logs["loss"]))
