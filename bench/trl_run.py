@@ -39,10 +39,11 @@ def _rows(batch: dict) -> list[dict]:
 
 
 def measure_trl(request, row: dict) -> dict:
-    from datasets import Dataset
+    from datasets import Dataset, disable_progress_bars
     from transformers import AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
+    disable_progress_bars()
     spec, plan = request.spec, request.plan
     device = plan.device
     started = time.perf_counter()
@@ -110,7 +111,16 @@ def measure_trl(request, row: dict) -> dict:
             record.log(logs or {})
 
     trainer.add_callback(Recorder())
-    trainer.train()
+    try:
+        trainer.train()
+    except NotImplementedError as exc:
+        if "_amp_foreach_non_finite_check_and_unscale" in str(exc) and spec.dtype == "fp16":
+            raise RuntimeError(
+                "TRL casts the LoRA adapters of a quantized model to bf16, and fp16's GradScaler "
+                "cannot unscale bf16 gradients (fails at the first optimizer step): "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
+        raise
     probe.sync()
     peaks = [load_peak, *record.peaks]
     row["first_step_peak_alloc_gib"], row["first_step_peak_reserved_gib"] = record.first

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# Measure the configurations people report (profiles/seeds.yaml) with the stacks they used, into
+# Measure the configurations people report (results/seeds/claims.yaml) with the stacks they used, into
 # results/seeds/<profile>/trials.csv; `qlora-bench report` then writes results/seeds.md from them.
 # Every point runs (no OOM inferred from a smaller one). Resumable: recorded points are skipped.
 # Usage: [RESULTS_DIR=results] scripts/measure-seeds.sh
-set -euo pipefail
+set -uo pipefail  # a sweep with error rows exits 1: go on to the next, report at the end
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 out="${RESULTS_DIR:-results}/seeds"
-sweep() { python3 -m bench sweep --results-dir "$out" --no-skip-implied --spare-workers 1 "$@"; }
+rc=0
+sweep() { python3 -m bench sweep --results-dir "$out" --no-skip-implied --spare-workers 1 "$@" || rc=1; }
 sweep --profile rtx3050-laptop --models qwen2.5-0.5b,qwen2.5-1.5b --seq-lens 256,512 \
-  --batch-sizes 1 --ranks 8 --dtypes fp16 --grad-ckpt on,off --recipe trl
+  --batch-sizes 1 --ranks 8 --dtypes fp16,bf16 --grad-ckpt on,off --recipe trl
 sweep --profile gtx1650 --models qwen2.5-3b,llama-3.2-3b --seq-lens 512 --batch-sizes 1 \
   --ranks 8 --dtypes fp16 --grad-ckpt on --recipe loop
 sweep --profile l4 --models llama-3.2-3b --seq-lens 2048 --batch-sizes 4,8 --ranks 32,64 \
@@ -18,3 +19,4 @@ sweep --profile t4 --models llama-3.2-1b --seq-lens 2048 --batch-sizes 2 --ranks
   --dtypes fp16 --grad-ckpt on --recipe unsloth,liger,trl,loop,peft
 sweep --profile rtx3070 --models tinyllama-1.1b --seq-lens 512 --batch-sizes 4 --ranks 16 \
   --dtypes fp16 --grad-ckpt on --recipe peft
+exit $rc
