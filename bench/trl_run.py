@@ -40,7 +40,7 @@ def _rows(batch: dict) -> list[dict]:
 
 def measure_trl(request, row: dict) -> dict:
     from datasets import Dataset, disable_progress_bars
-    from transformers import AutoTokenizer, TrainerCallback
+    from transformers import AutoTokenizer, PrinterCallback, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     disable_progress_bars()
@@ -111,6 +111,7 @@ def measure_trl(request, row: dict) -> dict:
             record.log(logs or {})
 
     trainer.add_callback(Recorder())
+    trainer.remove_callback(PrinterCallback)  # it prints every step's logs
     try:
         trainer.train()
     except NotImplementedError as exc:
