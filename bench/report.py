@@ -157,12 +157,16 @@ def render(results_dir: Path) -> str:
 
 def write(results_dir: Path, out: Path | None = None) -> list[Path]:
     """The boundary tables (results_dir/boundaries.md, or `out`) and beside them the purchase
-    summary (purchase.md). Both are rendered before either is written: a damaged results file
-    writes nothing."""
+    summary (purchase.md) and, when the results hold seeds, the seeds table (seeds.md). All are
+    rendered before any is written: a damaged results file writes nothing."""
     from analysis import summary
+    from bench import seeds
 
     out = Path(out or Path(results_dir) / "boundaries.md")
     texts = {out: render(results_dir), out.with_name("purchase.md"): summary.render(results_dir)}
+    seeds_text = seeds.render(results_dir)
+    if seeds_text is not None:
+        texts[out.with_name("seeds.md")] = seeds_text
     for path, text in texts.items():
         try:
             path.write_text(text)

@@ -1,0 +1,54 @@
+"""Gradients through the frozen NF4 layers on the CPU are right: the LoRA adapters of the first
+layer (whose gradient crosses every later 4-bit layer) get the gradient of the same model with
+each 4-bit weight dequantised into a plain linear layer. CPU curves depend on it (issue 21)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.torch
+
+
+def test_lora_gradients_through_cpu_nf4_layers_match_a_dequantised_reference():
+    import bitsandbytes as bnb
+    import torch
+    from torch import nn
+
+    from bench.catalog import load_catalog
+    from bench.qlora import load_qlora_model, random_weights_dir
+
+    config = load_catalog()["tiny"].config
+    source = random_weights_dir("tiny", config, "cpu")
+    torch.manual_seed(0)
+    model = load_qlora_model(
+        str(source), "cpu", dtype="fp32", grad_ckpt=False, lora_rank=8, lora_alpha=16, lora_dropout=0.0
+    )
+    for name, param in model.named_parameters():  # LoRA B starts at zero: no gradient reaches A
+        if "lora_B" in name:
+            nn.init.normal_(param, std=0.02)
+    tokens = torch.randint(0, config["vocab_size"], (2, 32), generator=torch.Generator().manual_seed(1))
+
+    def first_layer_grads():
+        model.zero_grad(set_to_none=True)
+        model(input_ids=tokens, labels=tokens).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if "layers.0." in n and "lora_A" in n}
+
+    quantised = first_layer_grads()
+    count = 0
+    for module in list(model.modules()):  # the same model with every 4-bit base weight dequantised
+        base = getattr(module, "base_layer", None)
+        if isinstance(base, bnb.nn.Linear4bit):
+            weight = bnb.functional.dequantize_4bit(base.weight.data, base.weight.quant_state).float()
+            plain = nn.Linear(weight.shape[1], weight.shape[0], bias=base.bias is not None)
+            plain.weight.data.copy_(weight)
+            if base.bias is not None:
+                plain.bias.data.copy_(base.bias.data.float())
+            plain.weight.requires_grad_(False)
+            module.base_layer = plain
+            count += 1
+    assert count >= 7 * config["num_hidden_layers"]
+    reference = first_layer_grads()
+    assert quantised.keys() == reference.keys() and quantised
+    for name, grad in quantised.items():
+        assert grad.abs().sum() > 0, name
+        torch.testing.assert_close(grad, reference[name], rtol=1e-3, atol=1e-6, msg=name)

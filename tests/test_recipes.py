@@ -1,0 +1,109 @@
+"""The recipe axis and the real-batch, evaluation and allocator axes: what runs where, what a
+row records, and the clear error for a stack that is not installed."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+
+import pytest
+from conftest import REPO, cli
+
+from bench import recipes, seeds
+
+RESULTS = REPO / "results"
+
+
+def test_a_recipe_whose_library_is_missing_is_a_usage_error_naming_the_extra(monkeypatch):
+    from click.testing import CliRunner
+
+    from bench.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "trl" else real(name, *a)
+    )
+    result = CliRunner().invoke(
+        main, ["sweep", "--profile", "t4", "--device", "cpu", "--recipe", "peft,trl", "--dry-run"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "--recipe trl needs trl" in result.output and "pip install 'qlora-bench[trl]'" in result.output
+
+
+def test_gpu_only_recipes_are_unsupported_on_the_cpu_installed_or_not():
+    assert recipes.unsupported_reason("liger", "cpu") and recipes.unsupported_reason("unsloth", "cpu")
+    assert recipes.unsupported_reason("liger", "cuda") is None
+    assert (
+        recipes.unsupported_reason("trl", "cpu") is None and recipes.unsupported_reason("peft", "cpu") is None
+    )
+
+
+@pytest.mark.torch
+def test_batches_none_is_the_old_step_and_longest_is_a_collators_padded_batch():
+    import torch
+
+    from bench.batches import make_batch, real_tokens
+
+    none = make_batch("none", 3, 16, 100, "cpu")
+    gen = torch.Generator(device="cpu").manual_seed(1234)
+    old = torch.randint(0, 100, (3, 16), generator=gen)  # what the step built before the axis
+    assert set(none) == {"input_ids", "labels"} and torch.equal(none["input_ids"], old)
+    padded = make_batch("longest", 3, 16, 100, "cpu")
+    mask = padded["attention_mask"]
+    assert mask[0].all() and mask.sum(1).min() >= 8  # the longest is seq_len; the rest at least half
+    assert (padded["labels"][mask == 0] == -100).all() and (padded["labels"][mask == 1] >= 0).all()
+    assert real_tokens(padded) == int(mask.sum()) < real_tokens(none)
+
+
+@pytest.mark.torch
+def test_cpu_sweep_runs_trl_and_records_kernel_versions_eval_and_padding(tmp_path):
+    """TRL's own trainer on the CPU; Liger and Unsloth are unsupported rows there; every row
+    says which SDPA kernel ran and the recipe's library versions."""
+    result = cli(
+        "sweep", "--profile", "rtx3050", "--device", "cpu", "--seq-lens", "64", "--batch-sizes", "2",
+        "--ranks", "8", "--dtypes", "bf16", "--grad-ckpt", "on", "--recipe", "peft,trl,liger,unsloth",
+        "--padding", "longest", "--eval-batch-size", "2", "--steps", "2", "--warmup-steps", "1",
+        "--results-dir", str(tmp_path), "--wandb", "off",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = {r["recipe"]: r for r in csv.DictReader(open(tmp_path / "rtx3050-laptop" / "trials-cpu.csv"))}
+    assert rows["liger"]["status"] == rows["unsloth"]["status"] == "unsupported"
+    assert "GPU only" in rows["liger"]["reason"] and "GPU" in rows["unsloth"]["reason"]
+    for name in ("peft", "trl"):
+        row = rows[name]
+        assert row["status"] == "ok", row["reason"]
+        assert row["padding"] == "longest" and row["eval_batch_size"] == "2" and float(row["eval_s"]) > 0
+        assert row["sdpa_backend_used"] in ("flash-cpu", "math", "efficient"), row["sdpa_backend_used"]
+        assert float(row["tokens_per_s"]) > 0 and row["trial_key"].endswith(
+            "|padding=longest|eval_batch_size=2"
+        )
+    assert rows["trl"]["recipe_versions"].startswith("trl=") and rows["peft"]["recipe_versions"] == ""
+    assert int(rows["trl"]["trainable_params"]) == int(rows["peft"]["trainable_params"])  # the same LoRA
+
+
+def test_report_regenerates_the_seeds_table_byte_for_byte():
+    assert seeds.render(RESULTS) == (RESULTS / "seeds.md").read_text()
+
+
+def test_seeds_say_agrees_differs_or_not_measured_and_refuse_a_bad_claims_file(tmp_path):
+    text = seeds.render(RESULTS)
+    assert "| agrees |" in text and "| differs |" in text and "| not measured |" in text
+    bad = tmp_path / "seeds"
+    bad.mkdir()
+    (bad / "claims.yaml").write_text("seeds:\n  - id: x\n    claims: [{expect: maybe}]\n")
+    (tmp_path / "t4").mkdir()
+    for name in ("boundaries.csv",):  # report needs some boundary rows: take the published t4's
+        (tmp_path / "t4" / name).write_text((RESULTS / "t4" / name).read_text())
+    result = cli("report", "--results-dir", str(tmp_path))
+    assert result.returncode == 2 and "claims.yaml" in result.stderr and "Traceback" not in result.stderr
+    assert "expect (fits|oom)" in result.stderr and not (tmp_path / "boundaries.md").exists()
+
+
+def test_measure_scripts_name_only_options_the_cli_has():
+    """The published measurements' scripts must not drift from the CLI."""
+    text = (REPO / "scripts/measure-seeds.sh").read_text() + (REPO / "scripts/measure-recipes.sh").read_text()
+    help_text = cli("sweep", "--help").stdout + cli("boundary", "--help").stdout
+    import re
+
+    for option in set(re.findall(r"(--[a-z][a-z-]+)", text)):
+        assert option in help_text, option
