@@ -13,9 +13,9 @@ from pathlib import Path
 
 from bench.catalog import ModelArch, largest_rank, load_catalog
 from bench.errors import BenchUsageError
+from bench.gguf_weights import convert, gguf_source
 from bench.messages import ModelSource
 from bench.profiles import DTYPES, Profile, load_profile
-from bench.gguf_weights import convert, gguf_source
 from bench.recipes import missing, unsupported_reason
 from bench.spec import EXTRA_AXES, Axes, Workload
 

