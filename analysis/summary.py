@@ -72,7 +72,48 @@ def render(results_dir: Path) -> str:
         "measures them.",
         "",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + by_stack(Path(results_dir)))
+
+
+def by_stack(results_dir: Path) -> list[str]:
+    """How far each training stack gets on a card: the longest sequence at batch 1 per recipe, at
+    settings that more than one recipe was searched at (docs/recipes.md says what each runs)."""
+    from bench.results import read_results
+    from bench.spec import RECIPES
+
+    cells: dict[tuple, dict[str, str]] = {}
+    for path in sorted(results_dir.glob("*/boundaries.csv")):
+        for row in read_results(path):
+            if row["axis"] != "seq_len" or row["status"] not in ("ok", "error"):
+                continue
+            setting = (path.parent.name, row["model"], row["dtype"], row["grad_ckpt"], int(row["lora_rank"]))
+            value = row["max_value"] if row["status"] == "ok" else "fails"
+            cells.setdefault(setting, {})[row.get("recipe") or "peft"] = value
+    shared = {k: v for k, v in cells.items() if len(v) > 1 and k[3] == "true"}  # checkpointing on
+    smallest = {}
+    for profile, model, _, _, rank in shared:
+        smallest[profile, model] = min(rank, smallest.get((profile, model), rank))
+    shared = {k: v for k, v in shared.items() if k[4] == smallest[k[0], k[1]]}
+    if not shared:
+        return []
+    recipes = [r for r in RECIPES if any(r in v for v in shared.values())]
+    lines = [
+        "## How far each training stack gets",
+        "",
+        "The longest sequence that trains at batch 1 (tokens; 0: not even the shortest), per "
+        "recipe, with gradient checkpointing at the smallest LoRA rank, where more than one recipe "
+        "was searched at the same setting (measured, emulated on an H200; `fails`: the stack "
+        "errors). What each recipe runs: docs/recipes.md.",
+        "",
+        "| profile | model | setting | " + " | ".join(recipes) + " |",
+        "| --- | --- | --- |" + " --- |" * len(recipes),
+    ]
+    for (profile, model, dtype, ckpt, rank), by in sorted(shared.items()):
+        setting = f"{dtype}, {'ckpt' if ckpt == 'true' else 'no ckpt'}, r{rank}"
+        lines.append(
+            f"| {profile} | {model} | {setting} | " + " | ".join(by.get(r, "") for r in recipes) + " |"
+        )
+    return lines + [""]
 
 
 def _size(model: str) -> float:
