@@ -161,6 +161,16 @@ def sweep(dry_run, boundaries, **options):
     help="Seconds after which no new search starts (those running finish); rerun to resume.",
 )
 @click.option(
+    "--safe-scan",
+    type=click.IntRange(0),
+    default=3,  # config.SAFE_SCAN
+    show_default=True,
+    help="After a search, probe downwards from its boundary until this many values in a row "
+    "fit below any that ran out of memory: the safe value (every probed value at or below it "
+    "fit) goes beside the largest fitting one, and values below it that ran out of memory are "
+    "flagged (memory is not monotone near the cap). 0: no scan.",
+)
+@click.option(
     "--reverify",
     is_flag=True,
     help="Run each boundary's fit and next step again in new fresh workers (a repeatability "

@@ -20,6 +20,7 @@ from bench.recipes import missing, unsupported_reason
 from bench.spec import EXTRA_AXES, Axes, Workload
 
 CPU_MODEL = "tiny"
+SAFE_SCAN = 3  # `boundary --safe-scan`'s default: fits in a row below the boundary (search._scan_below)
 BOUNDARY_AXES = ("seq_len", "batch_size")
 
 
@@ -54,6 +55,7 @@ class BoundaryConfig(RunConfig):
     ref_seq_lens: tuple[int, ...] = (512, 1024, 2048)
     search_axes: tuple[str, ...] = BOUNDARY_AXES
     reverify: bool = False
+    safe_scan: int = 0  # fits in a row probed below a boundary for its safe value (SAFE_SCAN)
 
 
 def resolve_weights(weights: str) -> str:
@@ -223,6 +225,7 @@ def boundary_configs(
     ref_seq_lens,
     search_axes,
     reverify: bool,
+    safe_scan: int = 0,
     lora_alpha_ratio: float,
     optimizer: str,
     warmup_steps: int,
@@ -261,6 +264,7 @@ def boundary_configs(
                 ref_seq_lens=tuple(ref_seq_lens or profile.grid.reference_seq_lens),
                 search_axes=tuple(search_axes),
                 reverify=reverify,
+                safe_scan=safe_scan,
             ),
         )
     return list(configs.values())
@@ -280,4 +284,5 @@ def boundary_config_of(sweep: SweepConfig) -> BoundaryConfig:
         timeout_s=sweep.timeout_s,
         wandb_mode=sweep.wandb_mode,
         ref_seq_lens=sweep.profile.grid.reference_seq_lens,
+        safe_scan=SAFE_SCAN,
     )

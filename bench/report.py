@@ -51,6 +51,8 @@ def _cell(row: dict | None, rows: list[dict] = ()) -> str:
     text = row["max_value"]
     if not row["first_oom_value"]:
         text = f"≥{text}"
+    if row.get("oom_below"):  # not monotone: the safe value leads
+        text = f"{row['safe_value']} ({text}§)"
     if row["verified"] != "true":
         text += "†"
     if row["axis"] == "seq_len" and longer_also_fits(
@@ -131,7 +133,9 @@ def render(results_dir: Path) -> str:
         "smallest OOMed; `n/a` the card has no bf16; `†` a re-run in a new fresh worker "
         "(`--reverify`) disagreed (allocator noise at the cap); `‡` a longer sequence also fit at "
         "batch 1 (in the batch search): near the cap, memory is not monotone in length, because "
-        "an OOM is decided on reserved memory, fragmentation included.",
+        "an OOM is decided on reserved memory, fragmentation included; `§` a scan below the "
+        "boundary (`--safe-scan`) found values that ran out of memory: the safe value (every "
+        "probed value at or below it fit) first, the largest that fit in brackets.",
         "",
     ]
     sections = 0

@@ -5,7 +5,7 @@ A trial's configuration columns are TrialSpec's fields, documented there (bench.
 
 from bench.spec import TRIAL_DOC
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 GIB = 2**30
 
 STATUSES = ("ok", "oom", "unsupported", "error", "timeout")
@@ -152,6 +152,7 @@ ADDED_IN = {
         "eval_peak_reserved_gib",
         "eval_s",
     ],
+    8: ["safe_value", "oom_below"],
 }
 # What an upgraded row gets in an added column when empty would be wrong.
 UPGRADE_VALUES = {
@@ -215,6 +216,12 @@ BOUNDARY_COLUMNS: list[tuple[str, str]] = [
         "with --reverify (and schema 3 files) a re-run in a new worker",
     ),
     ("verify_oom_status", "status of first_oom_value (as verify_fit_status)"),
+    (
+        "safe_value",
+        "largest value with every probed value at or below it fitting (a scan below max_value, "
+        "--safe-scan); empty: not scanned",
+    ),
+    ("oom_below", "values below max_value that ran out of memory, ';'-joined (an inversion near the cap)"),
     ("verified", "true when max_value ran ok and max_value + step ran oom, neither inferred"),
     ("search_wall_s", "wall time of the search (and its re-runs)"),
     ("gpu_name", "GPU name"),

@@ -52,6 +52,24 @@ def test_batch_search_and_nothing_fits():
     assert (search(huge, fake_probe([]), CAP)["lo"]) == 0
 
 
+def test_the_safe_scan_finds_an_inversion_below_the_boundary_and_the_safe_value():
+    """t4 Qwen2.5-7B r16 fp16 with checkpointing: 1792 fit, 1856-1984 ran out of memory, 2048
+    fit. A search can stop at 2048; the scan below it reports 1792 as the safe value."""
+    task = BoundaryTask("seq_len", BASE, 32768 // SEQ_STEP, SEQ_STEP, 512 // SEQ_STEP)
+    bad = {1856, 1920, 1984}
+
+    def probe(spec):
+        fits = spec.seq_len <= 2048 and spec.seq_len not in bad
+        return {"status": "ok", "peak_reserved_gib": 1.0} if fits else {"status": "oom"}
+
+    found = search(task, probe, None, hint=2048 // SEQ_STEP, safe_scan=3)
+    assert (found["lo"], found["hi"]) == (32, 33)  # the hint's neighbours: 2048 fits, 2112 does not
+    assert found["safe"] * SEQ_STEP == 1792 and [u * SEQ_STEP for u in found["inversions"]] == sorted(bad)
+    assert found["trials"] == 2 + 3 + 3  # the search, the three OOMs, three fits in a row below them
+    monotone = search(task, fake_probe([]), CAP, safe_scan=3)
+    assert monotone["safe"] == monotone["lo"] and monotone["inversions"] == []
+
+
 def test_an_error_stops_the_search_with_its_reason():
     task = BoundaryTask("seq_len", BASE, 64, SEQ_STEP, 8)
     found = search(task, lambda spec: {"status": "error", "reason": "worker died with SIGSEGV"}, CAP)
@@ -75,6 +93,8 @@ def test_boundary_command_on_cpu_finds_verifies_and_resumes(tmp_path):
         "off",
         "--ref-seq-lens",
         "256",
+        "--safe-scan",
+        "0",  # the hints' trial counts below; the scan has its own tests
         "--results-dir",
         str(tmp_path),
     ]

@@ -249,7 +249,13 @@ class BoundaryRun:
             }
         started = time.perf_counter()
         hint = self._hint(task)
-        found = search(task, lambda s: self._probe(pool, task, s, "search"), self.runner.plan.cap_gib, hint)
+        found = search(
+            task,
+            lambda s: self._probe(pool, task, s, "search"),
+            self.runner.plan.cap_gib,
+            hint,
+            self.cfg.safe_scan,
+        )
         if "error" in found:
             out.update(status="error", reason=found["error"], search_trials=found["trials"])
         else:
@@ -265,6 +271,9 @@ class BoundaryRun:
                 search_trials=found["trials"],
                 search_hint=None if hint is None else hint * task.step,
             )
+            if "safe" in found:
+                out["safe_value"] = found["safe"] * task.step
+                out["oom_below"] = ";".join(str(u * task.step) for u in found["inversions"])
             # Both ends of the bracket ran under the cap, each from a fresh load's allocator state
             # (nothing is inferred): they are the verification. --reverify runs them again,
             # each in a new worker.

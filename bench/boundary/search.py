@@ -94,15 +94,20 @@ def _predict(fits: dict[int, float], cap_gib: float | None, floor_gib: float | N
     return int(u2 + (cap_gib - p2) / slope)
 
 
-def search(task: BoundaryTask, probe, cap_gib: float | None, hint: int | None = None) -> dict:
+def search(
+    task: BoundaryTask, probe, cap_gib: float | None, hint: int | None = None, safe_scan: int = 0
+) -> dict:
     """Largest fitting units. `probe(spec) -> row`. Returns lo, hi (None: fits to the limit),
-    the fitting rows, the trial count, or an error.
+    the fitting rows, the trial count, or an error; with `safe_scan`, also the safe units (every
+    probed value at or below them fit: safe_scan()) and the values below lo that ran out of
+    memory (inversions: memory is not monotone near the cap).
 
     Without a hint the search brackets from `task.start` upwards. With a hint (a close
     sibling's boundary) it probes the hint, then one step past it on the side its result
     points to, so a good hint settles the boundary in two trials; a poor one continues by
     growing steps away from it and then bisection."""
     fits: dict[int, dict] = {}
+    ooms: set[int] = set()
     lo, hi = 0, None
     units = max(1, min(task.start if hint is None else hint, task.upper))
     trials, guided_last, away = 0, False, 0
@@ -116,6 +121,7 @@ def search(task: BoundaryTask, probe, cap_gib: float | None, hint: int | None = 
                 floor = row.get("load_reserved_gib")
         elif row["status"] == "oom":
             hi = units if hi is None else min(hi, units)
+            ooms.add(units)
         else:
             return {
                 "error": f"{row['status']} at {task.axis}={units * task.step}: {row.get('reason', '')}",
@@ -145,4 +151,37 @@ def search(task: BoundaryTask, probe, cap_gib: float | None, hint: int | None = 
             mid = (lo + hi) // 2
             use_guide = predicted is not None and lo < predicted < hi and not guided_last
             units, guided_last = (predicted, True) if use_guide else (mid, False)
-    return {"lo": lo, "hi": hi, "fits": fits, "trials": trials}
+    found = {"lo": lo, "hi": hi, "fits": fits, "trials": trials}
+    if safe_scan and lo:
+        found.update(_scan_below(task, probe, lo, fits, ooms, safe_scan))
+        found["trials"] += found.pop("scan_trials")
+    return found
+
+
+def _scan_below(task: BoundaryTask, probe, lo: int, fits: dict, ooms: set, count: int) -> dict:
+    """Walk down from lo - 1, probing what the search did not, until `count` values in a row fit
+    below the lowest value that ran out of memory (or below lo when none did). safe: the largest
+    value with every probed value at or below it fitting; inversions: the values below lo that
+    ran out of memory."""
+    units, run, trials = lo - 1, 0, 0
+    while units >= 1 and run < count:
+        if units not in fits and units not in ooms:
+            row = probe(task.at(units))
+            trials += 1
+            if row["status"] == "ok":
+                fits[units] = row
+            elif row["status"] == "oom":
+                ooms.add(units)
+            else:
+                return {
+                    "error": f"{row['status']} at {task.axis}={units * task.step}: {row.get('reason', '')}",
+                    "scan_trials": trials,
+                }
+        run = 0 if units in ooms else run + 1
+        units -= 1
+    inversions = sorted(u for u in ooms if u < lo)
+    return {
+        "safe": (inversions[0] - 1) if inversions else lo,
+        "inversions": inversions,
+        "scan_trials": trials,
+    }
