@@ -6,11 +6,15 @@
 # bitsandbytes' CUDA 13 libraries both cover sm75 (Turing: GTX 1650, T4) through sm90 (Hopper);
 # the host needs an NVIDIA driver new enough for CUDA 13 (R580 or later) and the NVIDIA
 # Container Toolkit.
-# Versions: every Python package is pinned by constraints.txt, the same file CI installs from
-# (torch there is the CPU build of the same version; here the cu130 build of it).
+# Versions: every Python package is pinned by constraints-gpu.txt: the versions the published
+# tables were measured with (torch 2.11.0 + CUDA 13.0, transformers 5.17.0, peft 0.21.0, ...).
+# It is constraints.txt, which CI installs (newer CPU torch and transformers), with those
+# overrides; tests/test_container.py holds them together. CONSTRAINTS=constraints.txt builds
+# the image with CI's versions instead.
 ARG CUDA_IMAGE=nvidia/cuda:13.0.1-base-ubuntu24.04
 
 FROM ${CUDA_IMAGE} AS deps
+ARG CONSTRAINTS=constraints-gpu.txt
 # Ubuntu 24.04's python3 is 3.12. Packages are not version-pinned: Ubuntu's archive drops
 # superseded versions, so exact pins break the build within weeks; the base image tag fixes
 # the release.
@@ -26,12 +30,12 @@ ENV VIRTUAL_ENV=/opt/venv \
 RUN python3 -m venv /opt/venv
 WORKDIR /app
 # Dependencies before the source, so editing the code does not re-download them: torch's CUDA
-# 13.0 build (2.13.0+cu130 from PyTorch's index outranks PyPI's 2.13.0; its own dependencies come
-# from PyPI), then setup.cfg's install_requires, all at constraints.txt's versions.
-COPY constraints.txt setup.cfg ./
-RUN pip install --extra-index-url https://download.pytorch.org/whl/cu130 -c constraints.txt torch \
+# 13.0 build (from PyTorch's index, or PyPI's, which is the same CUDA 13 build for 2.11; its own
+# dependencies come from PyPI), then setup.cfg's install_requires, all at the pinned versions.
+COPY constraints.txt constraints-gpu.txt setup.cfg ./
+RUN pip install --extra-index-url https://download.pytorch.org/whl/cu130 -c "${CONSTRAINTS}" torch \
     && python3 -c "import configparser; c = configparser.ConfigParser(); c.read('setup.cfg'); print(c['options']['install_requires'])" > /tmp/requires.txt \
-    && pip install -c constraints.txt -r /tmp/requires.txt \
+    && pip install -c "${CONSTRAINTS}" -r /tmp/requires.txt \
     && rm /tmp/requires.txt
 # The user the benchmark runs as (Ubuntu 24.04 images already have "ubuntu" at uid 1000).
 RUN (userdel --remove ubuntu 2>/dev/null || true) \
@@ -42,7 +46,7 @@ RUN (userdel --remove ubuntu 2>/dev/null || true) \
 # The test suite in the image: `docker compose run test`.
 FROM deps AS test
 RUN python3 -c "import configparser; c = configparser.ConfigParser(); c.read('setup.cfg'); print(c['options.extras_require']['test'])" > /tmp/test.txt \
-    && pip install -c constraints.txt -r /tmp/test.txt \
+    && pip install -c "${CONSTRAINTS}" -r /tmp/test.txt \
     && rm /tmp/test.txt
 COPY --chown=bench:bench . .
 RUN pip install --no-deps -e .

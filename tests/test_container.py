@@ -90,14 +90,43 @@ def test_the_bench_service_has_the_gpu_the_results_the_caches_and_wandb_offline(
     assert test["build"]["target"] == "test" and _exec_form("test", "ENTRYPOINT")[-1] == "pytest"
 
 
-def _pins() -> dict[str, str]:
+def _pins(name: str = "constraints.txt") -> dict[str, str]:
     pins = {}
-    for line in (REPO / "constraints.txt").read_text().splitlines():
+    for line in (REPO / name).read_text().splitlines():
         if line.strip() and not line.startswith("#"):
-            name, _, version = line.partition("==")
-            assert version, f"constraints.txt: {line!r} is not pinned with =="
-            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+            package, _, version = line.partition("==")
+            assert version, f"{name}: {line!r} is not pinned with =="
+            pins[re.sub(r"[-_.]+", "-", package).lower()] = version
     return pins
+
+
+# What the GPU image pins differently from CI (constraints-gpu.txt's header says why).
+GPU_OVERRIDES = {"torch", "transformers", "peft", "trl", "huggingface-hub"}
+
+
+def test_the_image_pins_the_versions_the_published_rows_were_measured_with():
+    """One source of truth: the GPU image's pins are CI's but for GPU_OVERRIDES, and those (with
+    the shared bitsandbytes and accelerate pins) are the versions every published GPU row names."""
+    import csv
+
+    ci, gpu = _pins(), _pins("constraints-gpu.txt")
+    assert ci.keys() == gpu.keys()
+    assert {p for p in ci if ci[p] != gpu[p]} == GPU_OVERRIDES
+    columns = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")
+    seen = {c: set() for c in (*columns, "trl")}
+    paths = [*REPO.glob("results/*/boundaries.csv"), *REPO.glob("results/*/trials.csv")]
+    paths += REPO.glob("results/seeds/*/trials.csv")
+    for path in paths:
+        for row in csv.DictReader(open(path, newline="")):
+            for column in columns:
+                if row.get(column):
+                    seen[column].add(row[column])
+            for part in (row.get("recipe_versions") or "").split(";"):
+                if part.startswith("trl="):
+                    seen["trl"].add(part[4:])
+    assert all(seen.values()), seen
+    for package, versions in seen.items():
+        assert versions == {gpu[package]}, (package, versions, gpu[package])
 
 
 def _requirement_names(text: str) -> list[str]:
@@ -117,7 +146,8 @@ def test_the_image_and_ci_install_the_same_pinned_versions():
     assert [n for n in wanted if n not in pins] == []
     # every pip install in the image is constrained, except the package itself (--no-deps)
     installs = re.findall(r"pip install ([^\\\n&]*)", DOCKERFILE)
-    assert installs and all("-c constraints.txt" in i or i.startswith("--no-deps -e .") for i in installs)
+    assert installs and all('-c "${CONSTRAINTS}"' in i or i.startswith("--no-deps -e .") for i in installs)
+    assert "ARG CONSTRAINTS=constraints-gpu.txt" in DOCKERFILE
     # the image reads its requirement lists from setup.cfg, as pip does for CI
     assert "c['options']['install_requires']" in DOCKERFILE
     assert "c['options.extras_require']['test']" in DOCKERFILE
