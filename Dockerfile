@@ -15,6 +15,9 @@ ARG CUDA_IMAGE=nvidia/cuda:13.0.1-base-ubuntu24.04
 
 FROM ${CUDA_IMAGE} AS deps
 ARG CONSTRAINTS=constraints-gpu.txt
+# PyTorch's CUDA 13 index; empty: pip's own configuration alone (CI builds a CPU image from a
+# local torch wheel, .ci/image)
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cu130
 # Ubuntu 24.04's python3 is 3.12. Packages are not version-pinned: Ubuntu's archive drops
 # superseded versions, so exact pins break the build within weeks; the base image tag fixes
 # the release.
@@ -33,7 +36,7 @@ WORKDIR /app
 # 13.0 build (from PyTorch's index, or PyPI's, which is the same CUDA 13 build for 2.11; its own
 # dependencies come from PyPI), then setup.cfg's install_requires, all at the pinned versions.
 COPY constraints.txt constraints-gpu.txt setup.cfg ./
-RUN pip install --extra-index-url https://download.pytorch.org/whl/cu130 -c "${CONSTRAINTS}" torch \
+RUN pip install ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"} -c "${CONSTRAINTS}" torch \
     && python3 -c "import configparser; c = configparser.ConfigParser(); c.read('setup.cfg'); print(c['options']['install_requires'])" > /tmp/requires.txt \
     && pip install -c "${CONSTRAINTS}" -r /tmp/requires.txt \
     && rm /tmp/requires.txt
