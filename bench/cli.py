@@ -28,6 +28,7 @@ from bench.options import (
     parallel_count,
     split_axes,
 )
+from bench.predict import predict, schema
 
 EXIT_USAGE = 2
 
@@ -297,12 +298,8 @@ def list_profiles():
     _guard(run)
 
 
-@main.command("schema")
-def schema():
-    """Print the result row's columns and their meaning (markdown)."""
-    from bench.schema import markdown
-
-    click.echo(markdown())
+main.add_command(schema)  # bench/predict.py: the commands that only read
+main.add_command(predict)
 
 
 def _guard(run):

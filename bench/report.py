@@ -161,9 +161,10 @@ def render(results_dir: Path) -> str:
 
 def write(results_dir: Path, out: Path | None = None) -> list[Path]:
     """The boundary tables (results_dir/boundaries.md, or `out`) and beside them the purchase
-    summary (purchase.md) and, when the results hold seeds, the seeds table (seeds.md). All are
-    rendered before any is written: a damaged results file writes nothing."""
-    from analysis import summary
+    summary (purchase.md), when the results hold seeds the seeds table (seeds.md), and the fit
+    predictor's coefficients and accuracy (predictor.json, predictor.md). All are rendered
+    before any is written: a damaged results file writes nothing."""
+    from analysis import predict, summary
     from bench import seeds
 
     out = Path(out or Path(results_dir) / "boundaries.md")
@@ -171,6 +172,7 @@ def write(results_dir: Path, out: Path | None = None) -> list[Path]:
     seeds_text = seeds.render(results_dir)
     if seeds_text is not None:
         texts[out.with_name("seeds.md")] = seeds_text
+    texts.update(predict.texts(results_dir, out.parent))
     for path, text in texts.items():
         try:
             path.write_text(text)

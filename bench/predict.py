@@ -1,0 +1,121 @@
+"""`qlora-bench predict`: will this configuration fit this card? From the fitted coefficients in
+results/predictor.json (analysis/predict.py fits them to every measured row; `report` writes
+them), in well under a second, without a GPU, pandas or the CSVs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from bench.errors import BenchUsageError
+
+
+def predicted_peak(group: dict, rank: int, batch: int, seq: int) -> float:
+    x = [1.0, rank / 16.0, batch * seq / 1000.0]
+    if not group["flash"]:
+        x.append(batch * (seq / 1000.0) ** 2)
+    return sum(c * v for c, v in zip(group["coef"], x, strict=True))
+
+
+def _measured_boundary(results_dir: Path, profile: str, key: dict) -> str | None:
+    path = results_dir / profile / "boundaries.csv"
+    if not path.exists():
+        return None
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if (
+                row["axis"] == "seq_len"
+                and row["status"] == "ok"
+                and (row.get("recipe") or "peft") == key["recipe"]
+            ):
+                same = (row["model"], row["dtype"], row["grad_ckpt"], row["lora_rank"])
+                if same == (key["model"], key["dtype"], key["grad_ckpt"], str(key["rank"])):
+                    return row["max_value"]
+    return None
+
+
+def answer(results_dir: Path, profile_name: str, model: str, seq_len: int, batch_size: int, rank: int,
+           dtype: str, grad_ckpt: bool, recipe: str) -> str:  # fmt: skip
+    from bench.catalog import load_catalog
+    from bench.profiles import load_profile
+
+    catalog = load_catalog()
+    if model not in catalog:
+        raise BenchUsageError(f"--model: unknown {model!r}; known: {sorted(catalog)}")
+    profile = load_profile(profile_name, set(catalog))
+    gpu = profile.gpu
+    if dtype == "bf16" and not gpu.native_bf16:
+        raise BenchUsageError(f"--dtype bf16: {profile.name} has no bf16 (compute capability below 8.0)")
+    path = Path(results_dir) / "predictor.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BenchUsageError(
+            f"{path}: no fitted predictor ({type(exc).__name__}); `qlora-bench report` writes it"
+        ) from None
+    flash = "flash" in gpu.sdpa_backends
+    ckpt = "true" if grad_ckpt else "false"
+    wanted = {"model": model, "dtype": dtype, "grad_ckpt": ckpt, "recipe": recipe, "flash": flash}
+    group = next((g for g in data["groups"] if all(g[k] == v for k, v in wanted.items())), None)
+    ckpt_text = "ckpt" if grad_ckpt else "no ckpt"
+    setting = f"{model}, {seq_len} tokens x {batch_size}, r{rank}, {dtype}, {ckpt_text}, {recipe}"
+    if group is None:
+        kernels = "flash attention" if flash else "no flash attention"
+        raise BenchUsageError(
+            f"no measurements to predict {setting} on a card with {kernels}: "
+            f"`qlora-bench boundary --profile {profile.name} --models {model} --recipe {recipe}` "
+            "measures them"
+        )
+    peak = predicted_peak(group, rank, batch_size, seq_len)
+    cap = gpu.allocator_cap_gib
+    verdict = (
+        f"fits ({cap - peak:.2f} GiB to spare)"
+        if peak <= cap
+        else f"does not fit ({peak - cap:.2f} GiB short)"
+    )
+    lines = [
+        f"{profile.name}: {setting}",
+        f"  predicted peak reserved {peak:.2f} GiB against the card's {cap:.2f} GiB "
+        f"(usable {gpu.usable_vram_gib} - CUDA context {gpu.context_overhead_gib}): {verdict}",
+        f"  predicted, not measured: a fit to {group['rows']} measured rows of this model, precision, "
+        f"checkpointing and recipe on cards {'with' if flash else 'without'} flash attention; its "
+        f"accuracy with points left out: {Path(results_dir) / 'predictor.md'}",
+    ]
+    key = {**wanted, "rank": rank}
+    boundary = _measured_boundary(Path(results_dir), profile.name, key) if batch_size == 1 else None
+    if boundary is not None:
+        lines.append(
+            f"  measured on this profile (emulated): the longest sequence at batch 1 is {boundary} tokens"
+        )
+    return "\n".join(lines)
+
+
+@click.command()
+@click.option("--profile", "profile_name", required=True, help="Profile name or YAML path.")
+@click.option("--model", required=True, help="Catalogue model.")
+@click.option("--seq-len", type=click.IntRange(1), required=True)
+@click.option("--batch-size", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--rank", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--dtype", type=click.Choice(["fp16", "bf16"]), default="fp16", show_default=True)
+@click.option("--grad-ckpt/--no-grad-ckpt", default=True, show_default=True)
+@click.option("--recipe", default="peft", show_default=True, help="Training stack (docs/recipes.md).")
+@click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
+def predict(results_dir, profile_name, **options):
+    """Predict peak memory and fit/OOM for a configuration on a card, from the measured rows."""
+    try:
+        click.echo(answer(results_dir, profile_name, **options))
+    except BenchUsageError as exc:
+        click.echo(f"qlora-bench: error: {exc}", err=True)
+        sys.exit(2)
+
+
+@click.command("schema")
+def schema():
+    """Print the result row's columns and their meaning (markdown)."""
+    from bench.schema import markdown
+
+    click.echo(markdown())
