@@ -24,6 +24,7 @@ from bench.qlora import (
     is_oom,
     load_qlora_model,
     random_weights_dir,
+    restore_cpu_4bit_layout,
     sdpa_context,
     set_allocator,
 )
@@ -307,6 +308,7 @@ def _evaluate(model, spec, device: str, probe: MemoryProbe, row: dict) -> tuple:
             ) from None
         raise
     finally:
+        restore_cpu_4bit_layout(model)  # a CPU evaluation repacks 4-bit weights (bench.qlora)
         model.train()
     probe.sync()
     row["eval_s"] = time.perf_counter() - t0

@@ -1,6 +1,8 @@
 """Gradients through the frozen NF4 layers on the CPU are right: the LoRA adapters of the first
 layer (whose gradient crosses every later 4-bit layer) get the gradient of the same model with
-each 4-bit weight dequantised into a plain linear layer. CPU curves depend on it (issue 21)."""
+each 4-bit weight dequantised into a plain linear layer, also after an evaluation (which makes
+bitsandbytes repack the weights for an inference kernel without a backward; bench.qlora
+restores them). CPU curves depend on it (issue 21)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ def test_lora_gradients_through_cpu_nf4_layers_match_a_dequantised_reference():
     from torch import nn
 
     from bench.catalog import load_catalog
-    from bench.qlora import load_qlora_model, random_weights_dir
+    from bench.qlora import load_qlora_model, random_weights_dir, restore_cpu_4bit_layout
 
     config = load_catalog()["tiny"].config
     source = random_weights_dir("tiny", config, "cpu")
@@ -34,11 +36,30 @@ def test_lora_gradients_through_cpu_nf4_layers_match_a_dequantised_reference():
         return {n: p.grad.clone() for n, p in model.named_parameters() if "layers.0." in n and "lora_A" in n}
 
     quantised = first_layer_grads()
+    dequantised = {  # each 4-bit base weight, as loaded
+        id(m): bnb.functional.dequantize_4bit(m.weight.data, m.weight.quant_state).float()
+        for m in model.modules()
+        if isinstance(m, bnb.nn.Linear4bit)
+    }
+    model.eval()  # an evaluation: bitsandbytes may repack the 4-bit weights for its CPU kernel
+    with torch.no_grad():
+        model(input_ids=tokens[:1, :4])
+    packed = sum(
+        bool(getattr(getattr(m.weight, "quant_state", None), "packing_format_for_cpu", False))
+        for m in model.modules()
+        if isinstance(m, bnb.nn.Linear4bit)
+    )
+    model.train()
+    if packed:  # this CPU has the AVX512-BF16 kernel: training now loses the frozen layers' gradient
+        lost = first_layer_grads()
+        assert any(not torch.allclose(lost[n], quantised[n], rtol=1e-3, atol=1e-6) for n in lost)
+    assert restore_cpu_4bit_layout(model) == packed
+    torch.testing.assert_close(first_layer_grads(), quantised)  # restored: the same gradients
     count = 0
     for module in list(model.modules()):  # the same model with every 4-bit base weight dequantised
         base = getattr(module, "base_layer", None)
         if isinstance(base, bnb.nn.Linear4bit):
-            weight = bnb.functional.dequantize_4bit(base.weight.data, base.weight.quant_state).float()
+            weight = dequantised[id(base)]
             plain = nn.Linear(weight.shape[1], weight.shape[0], bias=base.bias is not None)
             plain.weight.data.copy_(weight)
             if base.bias is not None:

@@ -21,7 +21,14 @@ from bench.errors import BenchUsageError
 from bench.extraction import metric
 from bench.extraction.curves import WandbCurves, read_curves, write_before_after, write_curves
 from bench.extraction.data import SCHEMAS
-from bench.qlora import DTYPES, apply_cap, free_memory, load_qlora_model, sdpa_context
+from bench.qlora import (
+    DTYPES,
+    apply_cap,
+    free_memory,
+    load_qlora_model,
+    restore_cpu_4bit_layout,
+    sdpa_context,
+)
 
 
 @dataclass(frozen=True)
@@ -155,6 +162,7 @@ def evaluate(model, tokenizer, rows: list[dict], eval_rows: list[dict], cfg: SFT
             with torch.no_grad():
                 losses.append(model(input_ids=ids, attention_mask=mask, labels=labels).loss.float().item())
     free_memory(cfg.device)
+    restore_cpu_4bit_layout(model)  # else training after this evaluation loses its gradients
     model.train()
     summary = metric.summarize(scores)
     summary["eval_loss"] = sum(losses) / len(losses) if losses else None
