@@ -4,6 +4,7 @@ worker's peak RSS, and the caching allocator's exact state (segments and blocks)
 from __future__ import annotations
 
 import os
+import statistics
 
 import torch
 
@@ -59,6 +60,29 @@ class MemoryProbe:
                     self.nvml_process_max = max(self.nvml_process_max or 0.0, mine)
         except Exception:
             pass
+
+
+def record_peaks(row: dict, probe: MemoryProbe, peaks: list[tuple], device: str) -> None:
+    """A trial's whole-run peaks (the max over its phases' (allocated, reserved) peaks), NVML's
+    maxima and the worker's peak RSS into its row."""
+    if device == "cuda":
+        row["peak_alloc_gib"] = max(p[0] for p in peaks)
+        row["peak_reserved_gib"] = max(p[1] for p in peaks)
+    row["nvml_process_max_gib"] = probe.nvml_process_max
+    row["nvml_device_used_max_gib"] = probe.nvml_device_max
+    row["cpu_peak_rss_gib"] = peak_rss_gib()
+
+
+def step_time_columns(times: list[float], tokens: int) -> dict:
+    """The measured steps' time columns: median, 90th percentile, tokens/s, every time."""
+    p50 = statistics.median(times)
+    p90 = sorted(times)[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
+    return {
+        "step_time_p50_s": p50,
+        "step_time_p90_s": p90,
+        "tokens_per_s": tokens / p50,
+        "step_times_s": ";".join(f"{t:.5f}" for t in times),
+    }
 
 
 def _reset_peak_rss():

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import shutil
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -30,6 +30,17 @@ def is_oom(exc: BaseException) -> bool:
         return True
     text = str(exc).lower()
     return "out of memory" in text or "can't allocate memory" in text
+
+
+@contextmanager
+def evaluation_oom(eval_batch_size: int):
+    """An OOM in an evaluation pass is the trial's OOM, its reason saying where it happened."""
+    try:
+        yield
+    except Exception as exc:
+        if is_oom(exc):
+            raise torch.OutOfMemoryError(f"in evaluation (eval batch {eval_batch_size}): {exc}") from None
+        raise
 
 
 def random_weights_dir(name: str, config: dict, build_device: str) -> Path:

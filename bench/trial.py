@@ -9,19 +9,18 @@ Trainer does through accelerate.
 from __future__ import annotations
 
 import gc
-import statistics
 import time
 
 import torch
 
 from bench.batches import BackendProbe, make_batch, real_tokens
-from bench.memory import MemoryProbe, allocator_state, peak_rss_gib
+from bench.memory import MemoryProbe, allocator_state, record_peaks, step_time_columns
 from bench.messages import TrialRequest
 from bench.qlora import (
     DTYPES,
     apply_cap,
+    evaluation_oom,
     free_memory,
-    is_oom,
     load_qlora_model,
     random_weights_dir,
     restore_cpu_4bit_layout,
@@ -257,21 +256,11 @@ def _measure(request: TrialRequest, row: dict, slot: ModelSlot, inject: str) -> 
     peaks = [load_peak, first_peak, warm_peak, steady]
     if spec.eval_batch_size:
         peaks.append(_evaluate(model, spec, device, probe, row))
-    if device == "cuda":
-        row["peak_alloc_gib"] = max(p[0] for p in peaks)
-        row["peak_reserved_gib"] = max(p[1] for p in peaks)
-    row["nvml_process_max_gib"] = probe.nvml_process_max
-    row["nvml_device_used_max_gib"] = probe.nvml_device_max
-    row["cpu_peak_rss_gib"] = peak_rss_gib()
+    record_peaks(row, probe, peaks, device)
 
     bad = [i for i, v in enumerate(losses) if v != v or v in (float("inf"), float("-inf"))]
-    p50 = statistics.median(times)
-    p90 = sorted(times)[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
     row.update(
-        step_time_p50_s=p50,
-        step_time_p90_s=p90,
-        tokens_per_s=real_tokens(batch) / p50,
-        step_times_s=";".join(f"{t:.5f}" for t in times),
+        **step_time_columns(times, real_tokens(batch)),
         loss_first=losses[0],
         loss_last=losses[-1],
         trial_wall_s=time.perf_counter() - started,
@@ -297,16 +286,11 @@ def _evaluate(model, spec, device: str, probe: MemoryProbe, row: dict) -> tuple:
     t0 = time.perf_counter()
     model.eval()
     try:
-        with torch.no_grad(), torch.autocast(device_type=device, dtype=DTYPES[spec.dtype]):
-            out = model(**batch)
-            out.loss.float().item()
-        del out
-    except Exception as exc:
-        if is_oom(exc):
-            raise torch.OutOfMemoryError(
-                f"in evaluation (eval batch {spec.eval_batch_size}): {exc}"
-            ) from None
-        raise
+        with evaluation_oom(spec.eval_batch_size), torch.no_grad():
+            with torch.autocast(device_type=device, dtype=DTYPES[spec.dtype]):
+                out = model(**batch)
+                out.loss.float().item()
+            del out
     finally:
         restore_cpu_4bit_layout(model)  # a CPU evaluation repacks 4-bit weights (bench.qlora)
         model.train()

@@ -10,20 +10,17 @@ split: the memory and time of the two are the same).
 
 from __future__ import annotations
 
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 from bench.batches import BackendProbe, make_batch, real_tokens
-from bench.memory import MemoryProbe, peak_rss_gib
+from bench.memory import MemoryProbe, record_peaks, step_time_columns
 from bench.qlora import (
     DTYPES,
     apply_cap,
+    evaluation_oom,
     free_memory,
-    is_oom,
     load_4bit,
     lora_config,
     random_weights_dir,
@@ -132,33 +129,17 @@ def measure_trl(request, row: dict) -> dict:
         eval_batch = make_batch(spec.padding, spec.eval_batch_size, spec.seq_len, vocab, "cpu", seed=99)
         probe.reset_peak()
         t1 = time.perf_counter()
-        try:
+        with evaluation_oom(spec.eval_batch_size):
             trainer.evaluate(eval_dataset=Dataset.from_list(_rows(eval_batch)))
-        except Exception as exc:
-            if is_oom(exc):
-                raise torch.OutOfMemoryError(
-                    f"in evaluation (eval batch {spec.eval_batch_size}): {exc}"
-                ) from None
-            raise
         probe.sync()
         row["eval_s"] = time.perf_counter() - t1
         peaks.append(probe.peak())
         row["eval_peak_alloc_gib"], row["eval_peak_reserved_gib"] = peaks[-1]
-    if device == "cuda":
-        row["peak_alloc_gib"] = max(p[0] for p in peaks)
-        row["peak_reserved_gib"] = max(p[1] for p in peaks)
-    row["nvml_process_max_gib"] = probe.nvml_process_max
-    row["nvml_device_used_max_gib"] = probe.nvml_device_max
-    row["cpu_peak_rss_gib"] = peak_rss_gib()
+    record_peaks(row, probe, peaks, device)
     times = record.times[spec.warmup_steps :]
-    p50 = statistics.median(times)
-    p90 = sorted(times)[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
     losses = record.losses
     row.update(
-        step_time_p50_s=p50,
-        step_time_p90_s=p90,
-        tokens_per_s=real_tokens(batch) / p50,
-        step_times_s=";".join(f"{t:.5f}" for t in times),
+        **step_time_columns(times, real_tokens(batch)),
         loss_first=losses[0] if losses else None,
         loss_last=losses[-1] if losses else None,
         trial_wall_s=time.perf_counter() - started,
