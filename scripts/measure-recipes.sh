@@ -1,19 +1,34 @@
 #!/usr/bin/env bash
 # Sequence-length boundaries of the recipes beside peft for the five design cards (how the
-# recipe sections of results/<profile>/boundaries.csv were made): batch 1, LoRA r16, fp16,
+# recipe sections of results/<profile>/boundaries.csv were made): batch 1, LoRA r16,
 # checkpointing on, the profile's models. A reduced grid: the peft tables cover the full one.
-# Resumable: boundaries already recorded are skipped.
-# Usage: [BUDGET_S=seconds] [RESULTS_DIR=results] [RECIPES=trl,liger,unsloth,loop] \
+# fp16 on every card, the precision all five have (TRL 1.x casts a 4-bit model's adapters to
+# bf16, so its fp16 searches end in that error at once); TRL in bf16 too on the cards that
+# have it (rtx3050-laptop, rtx3070, l4), which is how it runs there.
+# Resumable: boundaries already recorded are skipped; BUDGET_S bounds each invocation.
+# Usage: [BUDGET_S=seconds] [RESULTS_DIR=results] [RECIPES=loop,liger,trl,unsloth] \
 #        scripts/measure-recipes.sh [PROFILE...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 results="${RESULTS_DIR:-results}"
+recipes="${RECIPES:-loop,liger,trl,unsloth}"
 profiles=("$@")
 [ ${#profiles[@]} -gt 0 ] || profiles=(gtx1650 rtx3050-laptop rtx3070 t4 l4)
-args=()
-for profile in "${profiles[@]}"; do args+=(--profile "$profile"); done
-[ -z "${BUDGET_S:-}" ] || args+=(--time-budget "$BUDGET_S")
-python3 -m bench boundary "${args[@]}" --recipe "${RECIPES:-trl,liger,unsloth,loop}" --ranks 16 \
-  --dtypes fp16 --grad-ckpt on --axes seq_len --results-dir "$results"
+boundary() {  # boundary DTYPE RECIPES PROFILE...
+  local dtype=$1 which=$2 args=()
+  shift 2
+  for profile in "$@"; do args+=(--profile "$profile"); done
+  [ -z "${BUDGET_S:-}" ] || args+=(--time-budget "$BUDGET_S")
+  python3 -m bench boundary "${args[@]}" --recipe "$which" --ranks 16 --dtypes "$dtype" \
+    --grad-ckpt on --axes seq_len --results-dir "$results"
+}
+boundary fp16 "$recipes" "${profiles[@]}"
+bf16_cards=()
+for profile in "${profiles[@]}"; do
+  case $profile in rtx3050-laptop | rtx3070 | l4) bf16_cards+=("$profile") ;; esac
+done
+if [[ ",$recipes," == *,trl,* && ${#bf16_cards[@]} -gt 0 ]]; then
+  boundary bf16 trl "${bf16_cards[@]}"
+fi
 python3 -m bench report --results-dir "$results"
