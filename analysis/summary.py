@@ -87,13 +87,13 @@ def by_stack(results_dir: Path) -> list[str]:
             if row["axis"] != "seq_len" or row["status"] not in ("ok", "error"):
                 continue
             setting = (path.parent.name, row["model"], row["dtype"], row["grad_ckpt"], int(row["lora_rank"]))
-            value = row["max_value"] if row["status"] == "ok" else "fails"
+            value = _longest(row) if row["status"] == "ok" else "fails"
             cells.setdefault(setting, {})[row.get("recipe") or "peft"] = value
     shared = {k: v for k, v in cells.items() if len(v) > 1 and k[3] == "true"}  # checkpointing on
-    smallest = {}
-    for profile, model, _, _, rank in shared:
-        smallest[profile, model] = min(rank, smallest.get((profile, model), rank))
-    shared = {k: v for k, v in shared.items() if k[4] == smallest[k[0], k[1]]}
+    best = {}  # per card and model: the rank most recipes were searched at (then the smallest)
+    for (profile, model, _, _, rank), by in shared.items():
+        best[profile, model] = min((-len(by), rank), best.get((profile, model), (-len(by), rank)))
+    shared = {k: v for k, v in shared.items() if k[4] == best[k[0], k[1]][1]}
     if not shared:
         return []
     recipes = [r for r in RECIPES if any(r in v for v in shared.values())]
@@ -101,9 +101,11 @@ def by_stack(results_dir: Path) -> list[str]:
         "## How far each training stack gets",
         "",
         "The longest sequence that trains at batch 1 (tokens; 0: not even the shortest), per "
-        "recipe, with gradient checkpointing at the smallest LoRA rank, where more than one recipe "
-        "was searched at the same setting (measured, emulated on an H200; `fails`: the stack "
-        "errors). What each recipe runs: docs/recipes.md.",
+        "recipe, with gradient checkpointing, where more than one recipe was searched at the same "
+        "setting (per card and model, the LoRA rank most recipes were searched at; measured, "
+        "emulated on an H200; `fails`: the stack errors; `≥`: the search's limit still fit; "
+        "blank: not searched; `1792 (2048§)`: the safe value, every probed length at or below it "
+        "fit, then the longest that fit). What each recipe runs: docs/recipes.md.",
         "",
         "| profile | model | setting | " + " | ".join(recipes) + " |",
         "| --- | --- | --- |" + " --- |" * len(recipes),
@@ -114,6 +116,15 @@ def by_stack(results_dir: Path) -> list[str]:
             f"| {profile} | {model} | {setting} | " + " | ".join(by.get(r, "") for r in recipes) + " |"
         )
     return lines + [""]
+
+
+def _longest(row: dict) -> str:
+    """A boundary's cell: its safe value, and the largest fit beside it where a scan below found
+    an OOM (the boundary tables' notation)."""
+    if row.get("upper_limit") and row["max_value"] == row["upper_limit"]:
+        return f"≥{row['max_value']}"  # the search's limit still fit
+    safe = row.get("safe_value") or row["max_value"]
+    return safe if safe == row["max_value"] else f"{safe} ({row['max_value']}§)"
 
 
 def _size(model: str) -> float:

@@ -4,9 +4,13 @@
 # qlora-bench: bitsandbytes, datasets, trl, liger-kernel, unsloth (its `studio` web app and CLI
 # stripped: 86 MB of JavaScript and servers the training path never imports) and their
 # pure-Python dependencies. These are the versions the published recipe rows carry.
-# On the host, before anything else:
-#   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-#       --upgrade --target /tmp/site DIR/*.whl && export PYTHONPATH=/tmp/site:$PWD
+# On the host, before anything else, Unsloth's part in a folder of its own: torchao initialises
+# CUDA when transformers imports it, and then the worker server that preloads torch & co. cannot
+# fork, so every worker starts a fresh interpreter (slower, same measurements):
+#   U='torchao|unsloth|cut_cross|tyro|typeguard|docstring'
+#   P="python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target"
+#   $P /tmp/site $(ls DIR/*.whl | grep -Ev $U) && $P /tmp/site_u $(ls DIR/*.whl | grep -E $U)
+#   export PYTHONPATH=/tmp/site:$PWD   # /tmp/site_u:/tmp/site:$PWD for --recipe unsloth
 set -euo pipefail
 DIR="${1:-.whlgpu}"
 mkdir -p "$DIR"

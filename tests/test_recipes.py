@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import shutil
 
 import pytest
 from conftest import REPO, cli
@@ -87,7 +88,18 @@ def test_report_regenerates_the_seeds_table_byte_for_byte():
 
 def test_seeds_say_agrees_differs_or_not_measured_and_refuse_a_bad_claims_file(tmp_path):
     text = seeds.render(RESULTS)
-    assert "| agrees |" in text and "| differs |" in text and "| not measured |" in text
+    assert "| agrees |" in text and "| differs |" in text
+    unmeasured = tmp_path / "unmeasured"  # a claim no row answers
+    shutil.copytree(RESULTS / "seeds", unmeasured / "seeds")
+    claims = unmeasured / "seeds" / "claims.yaml"
+    claims.write_text(
+        claims.read_text().replace(
+            "    claims:\n",
+            "    claims:\n      - {expect: fits, trials: {model: qwen2.5-7b, recipe: trl, seq_len: 99}}\n",
+            1,
+        )
+    )
+    assert "| not measured |" in seeds.render(unmeasured)
     bad = tmp_path / "seeds"
     bad.mkdir()
     (bad / "claims.yaml").write_text("seeds:\n  - id: x\n    claims: [{expect: maybe}]\n")
