@@ -127,6 +127,11 @@ def _axes(
     for f in EXTRA_AXES:
         if extra.get(f.name):
             values[f.name] = tuple(extra[f.name])
+    if any(v != "fixed" for v in values.get("lengths", ())) and "none" in values.get("padding", ("none",)):
+        problems.append(
+            "--lengths MEAN/P99 needs --padding longest or packed (with none every sequence is "
+            "seq_len tokens)"
+        )
     for recipe in values.get("recipe", ()):
         # On the CPU a GPU-only stack is an unsupported row, installed or not.
         if not unsupported_reason(recipe, device) and (problem := missing(recipe)):

@@ -73,14 +73,16 @@ def record_peaks(row: dict, probe: MemoryProbe, peaks: list[tuple], device: str)
     row["cpu_peak_rss_gib"] = peak_rss_gib()
 
 
-def step_time_columns(times: list[float], tokens: int) -> dict:
-    """The measured steps' time columns: median, 90th percentile, tokens/s, every time."""
+def step_time_columns(times: list[float], tokens: int | list[int]) -> dict:
+    """The measured steps' time columns: median, 90th percentile, tokens/s, every time. `tokens`:
+    the real tokens of every step's batch (a list: batches that differ, tokens/s over their sum),
+    or of the one batch every step trains on."""
     p50 = statistics.median(times)
     p90 = sorted(times)[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
     return {
         "step_time_p50_s": p50,
         "step_time_p90_s": p90,
-        "tokens_per_s": tokens / p50,
+        "tokens_per_s": sum(tokens) / sum(times) if isinstance(tokens, list) else tokens / p50,
         "step_times_s": ";".join(f"{t:.5f}" for t in times),
     }
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from bench.paths import REPO_ROOT
-from bench.spec import EXTRA_AXES, OPTIMIZERS, field_type
+from bench.spec import CHECKS, EXTRA_AXES, OPTIMIZERS, field_type
 
 
 def parallel_count(value: str) -> int | None:
@@ -24,7 +24,7 @@ def parallel_count(value: str) -> int | None:
     return number
 
 
-def csv_list(kind, choices=None):
+def csv_list(kind, choices=None, check=None):
     """A comma-separated option parsed into a tuple of `kind`: an empty item, a value given twice
     or one that does not parse is a usage error (exit 2), never dropped or run twice."""
 
@@ -37,6 +37,11 @@ def csv_list(kind, choices=None):
         if "" in items:
             raise click.BadParameter(f"{value!r}: an empty item (two commas, or one at an end)")
         values = tuple(_parse(kind, v, value, choices) for v in items)
+        for item in values if check else ():
+            try:
+                check(item)
+            except ValueError as exc:
+                raise click.BadParameter(str(exc)) from None
         twice = list(
             dict.fromkeys(item for item, v in zip(items, values, strict=True) if values.count(v) > 1)
         )
@@ -170,7 +175,9 @@ def extra_axes(command):
         option = click.option(
             f"--{f.name.replace('_', '-')}",
             f"axis__{f.name}",
-            callback=csv_list(field_type(f.name), f.metadata.get("choices")),
+            callback=csv_list(
+                field_type(f.name), f.metadata.get("choices"), CHECKS.get(f.metadata.get("check"))
+            ),
             help=f"{f.metadata['help']} (comma-separated to sweep; default {f.default}).",
         )
         command = option(command)

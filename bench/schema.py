@@ -5,7 +5,7 @@ A trial's configuration columns are TrialSpec's fields, documented there (bench.
 
 from bench.spec import TRIAL_DOC
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 GIB = 2**30
 
 STATUSES = ("ok", "oom", "unsupported", "error", "timeout")
@@ -92,6 +92,7 @@ COLUMNS: list[tuple[str, str]] = [
     ("image", "container image that ran it (QLORA_BENCH_IMAGE, set in the image); empty outside one"),
     ("recipe", TRIAL_DOC["recipe"]),
     ("padding", TRIAL_DOC["padding"]),
+    ("lengths", TRIAL_DOC["lengths"]),
     ("eval_batch_size", TRIAL_DOC["eval_batch_size"]),
     ("allocator", TRIAL_DOC["allocator"]),
     ("recipe_versions", "the recipe's own libraries beside the base stack's columns, name=version;..."),
@@ -153,12 +154,14 @@ ADDED_IN = {
         "eval_s",
     ],
     8: ["safe_value", "oom_below"],
+    9: ["lengths"],
 }
 # What an upgraded row gets in an added column when empty would be wrong.
 UPGRADE_VALUES = {
     "workload": "step",
     "recipe": "peft",
     "padding": "none",
+    "lengths": "fixed",
     "eval_batch_size": "0",
     "allocator": "default",
 }
@@ -235,6 +238,7 @@ BOUNDARY_COLUMNS: list[tuple[str, str]] = [
     ("image", "container image that ran it; empty outside one"),
     ("recipe", "training stack the probes ran (see the trial columns)"),
     ("padding", TRIAL_DOC["padding"]),
+    ("lengths", TRIAL_DOC["lengths"]),
     ("eval_batch_size", TRIAL_DOC["eval_batch_size"]),
     ("allocator", TRIAL_DOC["allocator"]),
     ("recipe_versions", "the recipe's own libraries, name=version;..."),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import math
 import string
 import types
 import typing
@@ -19,7 +20,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 
 OPTIMIZERS = ("adamw_torch", "paged_adamw_8bit")
 RECIPES = ("peft", "loop", "trl", "liger", "unsloth")  # what each runs: bench.recipes
-PADDINGS = ("none", "longest")
+PADDINGS = ("none", "longest", "packed")
 ALLOCATORS = ("default", "expandable")
 
 # Axes along which an OOM at a value is taken to imply an OOM at every larger value, everything
@@ -112,6 +113,17 @@ class TrialSpec:
         axis=True,
         choices=PADDINGS,
     )
+    lengths: str = _field(
+        "fixed",
+        help="token lengths of the sequences: fixed (none and packed: every one seq_len; longest: "
+        "one of seq_len, the others between half and all of it) or a dataset's MEAN/P99 (e.g. "
+        "731/1062): the measured steps draw lengths from the log-normal with that mean and 99th "
+        "percentile, cut at seq_len, while the warm-up step keeps the longest batch, so the peak "
+        "is what the longest batch needs and the step time what a typical one takes (with "
+        "padding longest or packed)",
+        axis=True,
+        check="lengths",
+    )
     eval_batch_size: int = _field(
         0,
         help="after the measured steps, an evaluation forward (loss, no gradients) over this many "
@@ -173,6 +185,35 @@ class TrialSpec:
         return self.same_except_monotone(other) and all(
             getattr(self, a) >= getattr(other, a) for a in MONOTONE_AXES
         )
+
+
+# The log-normal's 99th-percentile point in standard deviations.
+_Z99 = 2.3263478740408408
+
+
+def parse_lengths(text: str) -> tuple[float, float] | None:
+    """`fixed` is None; `MEAN/P99` the log-normal (mu, sigma) with that mean and 99th percentile.
+    ValueError names the problem."""
+    if text == "fixed":
+        return None
+    try:
+        mean, p99 = (float(part) for part in text.split("/"))
+    except ValueError:
+        raise ValueError(
+            f"{text!r}: give fixed, or a dataset's mean and 99th-percentile token lengths as "
+            "MEAN/P99 (e.g. 731/1062)"
+        ) from None
+    if not 0 < mean < p99:
+        raise ValueError(f"{text!r}: the mean must be above 0 and below the 99th percentile")
+    # mean = exp(mu + s^2/2), p99 = exp(mu + Z99 s): s^2/2 - Z99 s + ln(p99/mean) = 0
+    disc = _Z99**2 - 2 * math.log(p99 / mean)
+    if disc < 0:
+        raise ValueError(f"{text!r}: no log-normal has a 99th percentile that far above its mean")
+    sigma = _Z99 - math.sqrt(disc)
+    return math.log(mean) - sigma**2 / 2, sigma
+
+
+CHECKS = {"lengths": parse_lengths}  # a field's check (metadata "check"): ValueError when bad
 
 
 def _type(hint) -> type:

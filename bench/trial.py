@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from bench.batches import BackendProbe, make_batch, real_tokens
+from bench.batches import BackendProbe, make_batch, measured_batches, real_tokens
 from bench.memory import MemoryProbe, allocator_state, record_peaks, step_time_columns
 from bench.messages import TrialRequest
 from bench.qlora import (
@@ -213,8 +213,9 @@ def _measure(request: TrialRequest, row: dict, slot: ModelSlot, inject: str) -> 
     dtype = DTYPES[spec.dtype]
     scaler = torch.amp.GradScaler(device, enabled=spec.dtype == "fp16")
     batch = make_batch(spec.padding, spec.batch_size, spec.seq_len, model.config.vocab_size, device)
+    measured = measured_batches(spec, model.config.vocab_size, device) or [batch] * spec.measured_steps
 
-    def step() -> float:
+    def step(batch=batch) -> float:
         with torch.autocast(device_type=device, dtype=dtype):
             loss = model(**batch).loss
         scaler.scale(loss).backward()
@@ -244,10 +245,10 @@ def _measure(request: TrialRequest, row: dict, slot: ModelSlot, inject: str) -> 
 
     times = []
     probe.reset_peak()
-    for _ in range(spec.measured_steps):
+    for one in measured:
         probe.sync()
         t0 = time.perf_counter()
-        losses.append(step())
+        losses.append(step(one))
         probe.sync()
         times.append(time.perf_counter() - t0)
         probe.sample_nvml()
@@ -260,7 +261,9 @@ def _measure(request: TrialRequest, row: dict, slot: ModelSlot, inject: str) -> 
 
     bad = [i for i, v in enumerate(losses) if v != v or v in (float("inf"), float("-inf"))]
     row.update(
-        **step_time_columns(times, real_tokens(batch)),
+        **step_time_columns(
+            times, real_tokens(batch) if spec.lengths == "fixed" else [real_tokens(b) for b in measured]
+        ),
         loss_first=losses[0],
         loss_last=losses[-1],
         trial_wall_s=time.perf_counter() - started,

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.batches import BackendProbe, make_batch, real_tokens
+from bench.batches import BackendProbe, make_batch, measured_batches, real_tokens, sequences
 from bench.memory import MemoryProbe, record_peaks, step_time_columns
 from bench.qlora import (
     DTYPES,
@@ -29,10 +29,16 @@ from bench.qlora import (
 from bench.recipes import ensure_tokenizer
 
 
-def _rows(batch: dict) -> list[dict]:
-    ids, mask = batch["input_ids"], batch.get("attention_mask")
-    lengths = mask.sum(1).tolist() if mask is not None else [ids.shape[1]] * ids.shape[0]
-    return [{"input_ids": ids[i, : int(n)].tolist()} for i, n in enumerate(lengths)]
+def _rows(*batches: dict) -> list[dict]:
+    """The batches' sequences as dataset rows (TRL's collator pads or packs them again)."""
+    return [{"input_ids": ids} for batch in batches for ids in sequences(batch)]
+
+
+def _epoch_mean(batch: dict, measured: list[dict], times: list[float]) -> list[int]:
+    """Real tokens per measured step with drawn lengths: the trainer shuffles the rows into its
+    own batches, so each step is credited the mean over the epoch's batches."""
+    tokens = [real_tokens(b) for b in (batch, *measured)]
+    return [round(sum(tokens) / len(tokens))] * len(times)
 
 
 def measure_trl(request, row: dict) -> dict:
@@ -55,6 +61,7 @@ def measure_trl(request, row: dict) -> dict:
     model = load_4bit(source, device, DTYPES[spec.dtype])
     vocab = model.config.vocab_size
     batch = make_batch(spec.padding, spec.batch_size, spec.seq_len, vocab, "cpu")
+    measured = measured_batches(spec, vocab, "cpu")  # with a length distribution; the longest stays
     tmp = tempfile.TemporaryDirectory()
     args = SFTConfig(
         output_dir=tmp.name,
@@ -68,7 +75,7 @@ def measure_trl(request, row: dict) -> dict:
         bf16=spec.dtype == "bf16",
         gradient_checkpointing=spec.grad_ckpt,
         max_length=spec.seq_len,
-        packing=False,
+        packing=spec.padding == "packed",
         logging_steps=1,
         save_strategy="no",
         eval_strategy="no",
@@ -84,7 +91,7 @@ def measure_trl(request, row: dict) -> dict:
         model=model,
         args=args,
         processing_class=AutoTokenizer.from_pretrained(source, local_files_only=True),
-        train_dataset=Dataset.from_list(_rows(batch)),
+        train_dataset=Dataset.from_list(_rows(batch, *measured)),
         peft_config=lora_config(spec.lora_rank, spec.lora_alpha, spec.lora_dropout, spec.target_modules),
     )
     free_memory(device)
@@ -139,7 +146,9 @@ def measure_trl(request, row: dict) -> dict:
     times = record.times[spec.warmup_steps :]
     losses = record.losses
     row.update(
-        **step_time_columns(times, real_tokens(batch)),
+        **step_time_columns(
+            times, real_tokens(batch) if not measured else [real_tokens(b) for b in measured]
+        ),
         loss_first=losses[0] if losses else None,
         loss_last=losses[-1] if losses else None,
         trial_wall_s=time.perf_counter() - started,

@@ -56,6 +56,72 @@ def test_batches_none_is_the_old_step_and_longest_is_a_collators_padded_batch():
     assert real_tokens(padded) == int(mask.sum()) < real_tokens(none)
 
 
+def test_lengths_are_a_log_normal_given_by_a_datasets_mean_and_p99_or_a_clear_error():
+    import math
+
+    from click.testing import CliRunner
+
+    from bench.cli import main
+    from bench.spec import parse_lengths
+
+    assert parse_lengths("fixed") is None
+    mu, sigma = parse_lengths("731/1062")
+    assert math.isclose(math.exp(mu + sigma**2 / 2), 731)
+    assert math.isclose(math.exp(mu + 2.3263479 * sigma), 1062, rel_tol=1e-6)
+    for bad in ("731", "a/b", "1062/731", "0/5", "10/1000"):
+        with pytest.raises(ValueError, match=repr(bad)):
+            parse_lengths(bad)
+    for args in (["--lengths", "731/1062"], ["--lengths", "731/1062", "--padding", "longest,none"]):
+        result = CliRunner().invoke(main, ["sweep", "--profile", "t4", "--device", "cpu", "--dry-run", *args])
+        assert (
+            result.exit_code == 2 and "--lengths MEAN/P99 needs --padding longest or packed" in result.output
+        )
+    result = CliRunner().invoke(
+        main, ["boundary", "--profile", "t4", "--lengths", "1062/731", "--padding", "packed"]
+    )
+    assert result.exit_code == 2 and "below the 99th percentile" in result.output
+
+
+@pytest.mark.torch
+def test_drawn_lengths_pad_to_the_batchs_longest_and_packed_rows_restart_positions():
+    import torch
+
+    from bench.batches import make_batch, real_tokens, sequences
+    from bench.spec import parse_lengths
+
+    dist = parse_lengths("731/1062")
+    padded = make_batch("longest", 4, 2048, 100, "cpu", seed=5, lengths=dist)
+    drawn = padded["attention_mask"].sum(1)
+    assert (
+        padded["input_ids"].shape[1] == int(drawn.max()) < 2048 and 400 < float(drawn.float().mean()) < 1100
+    )
+    assert [len(s) for s in sequences(padded)] == drawn.tolist() and real_tokens(padded) == int(drawn.sum())
+    packed = make_batch("packed", 2, 2048, 100, "cpu", seed=5, lengths=dist)
+    assert "attention_mask" not in packed and packed["input_ids"].shape == (2, 2048)
+    pieces = sequences(packed)
+    assert len(pieces) > 2 and sum(map(len, pieces)) == 4096 and max(map(len, pieces)) <= 2048
+    assert all(torch.equal(packed["position_ids"][0, :n], torch.arange(n)) for n in [len(pieces[0])])
+    fixed = make_batch("packed", 2, 64, 100, "cpu")  # every sequence seq_len: the mask-less rows
+    assert torch.equal(fixed["input_ids"], make_batch("none", 2, 64, 100, "cpu")["input_ids"])
+    assert [len(s) for s in sequences(fixed)] == [64, 64]
+
+
+@pytest.mark.torch
+def test_cpu_sweep_trains_packed_rows_of_drawn_lengths_with_peft_and_trl(tmp_path):
+    result = cli(
+        "sweep", "--profile", "rtx3050", "--device", "cpu", "--seq-lens", "64", "--batch-sizes", "2",
+        "--ranks", "8", "--dtypes", "bf16", "--grad-ckpt", "on", "--recipe", "peft,trl",
+        "--padding", "packed", "--lengths", "24/40", "--steps", "2", "--warmup-steps", "1",
+        "--results-dir", str(tmp_path), "--wandb", "off",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(open(tmp_path / "rtx3050-laptop" / "trials-cpu.csv")))
+    assert {r["recipe"] for r in rows} == {"peft", "trl"}
+    for row in rows:
+        assert row["status"] == "ok" and row["lengths"] == "24/40" and float(row["tokens_per_s"]) > 0
+        assert row["trial_key"].endswith("|padding=packed|lengths=24/40")
+
+
 @pytest.mark.torch
 def test_cpu_sweep_runs_trl_and_records_kernel_versions_eval_and_padding(tmp_path):
     """TRL's own trainer on the CPU; Liger and Unsloth are unsupported rows there; every row
