@@ -145,7 +145,8 @@ def sweep(dry_run, boundaries, **options):
     callback=csv_list(str),
     default="seq_len,batch_size",
     show_default=True,
-    help="Which boundaries: seq_len, batch_size.",
+    help="Which boundaries: seq_len, batch_size, eval_batch_size (the largest evaluation batch "
+    "after training at batch 1, at each --ref-seq-lens length).",
 )
 @click.option(
     "--parallel",

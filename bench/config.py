@@ -21,7 +21,8 @@ from bench.spec import EXTRA_AXES, Axes, Workload
 
 CPU_MODEL = "tiny"
 SAFE_SCAN = 3  # `boundary --safe-scan`'s default: fits in a row below the boundary (search._scan_below)
-BOUNDARY_AXES = ("seq_len", "batch_size")
+BOUNDARY_AXES = ("seq_len", "batch_size", "eval_batch_size")
+DEFAULT_BOUNDARY_AXES = ("seq_len", "batch_size")  # the evaluation batch only when asked for
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class SweepConfig(RunConfig):
 @dataclass(frozen=True)
 class BoundaryConfig(RunConfig):
     ref_seq_lens: tuple[int, ...] = (512, 1024, 2048)
-    search_axes: tuple[str, ...] = BOUNDARY_AXES
+    search_axes: tuple[str, ...] = DEFAULT_BOUNDARY_AXES
     reverify: bool = False
     safe_scan: int = 0  # fits in a row probed below a boundary for its safe value (SAFE_SCAN)
 
@@ -132,6 +133,8 @@ def _axes(
             "--lengths MEAN/P99 needs --padding longest or packed (with none every sequence is "
             "seq_len tokens)"
         )
+    if any(values.get("eval_new_tokens", ())) and 0 in values.get("eval_batch_size", (0,)):
+        problems.append("--eval-new-tokens needs --eval-batch-size (the prompts it generates from)")
     for recipe in values.get("recipe", ()):
         # On the CPU a GPU-only stack is an unsupported row, installed or not.
         if not unsupported_reason(recipe, device) and (problem := missing(recipe)):

@@ -1,6 +1,7 @@
 """Test hook, in the worker: QLORA_BENCH_INJECT="<substring of trial_key>:<fault>[,...]" makes it
-fail on matching trials; "tokens>N:<fault>" matches trials with batch x seq above N (a simulated
-memory limit for CPU tests of boundary search). Faults: oom (a real allocation far past the
+fail on matching trials; "tokens>N:<fault>" matches trials with batch x seq above N, the larger
+of the training and the evaluation batch (a simulated memory limit for CPU tests of boundary
+search). Faults: oom (a real allocation far past the
 device), segfault, abort, hang, raise, sigkill (the worker kills itself, as the OS's OOM killer
 would), nan (the model's embeddings output inf, so the loss is not finite, as in an fp16
 overflow), unclean (after the trial the allocator is taken not to be back in its state after
@@ -26,7 +27,8 @@ def inject(spec: TrialSpec, device: str) -> str:
     for item in filter(None, os.environ.get("QLORA_BENCH_INJECT", "").split(",")):
         needle, _, fault = item.rpartition(":")
         if needle.startswith("tokens>"):  # a simulated memory limit: batch x seq above N
-            hit = spec.batch_size * spec.seq_len > int(needle[len("tokens>") :])
+            batch = max(spec.batch_size, spec.eval_batch_size)
+            hit = batch * spec.seq_len > int(needle[len("tokens>") :])
         else:
             hit = bool(needle) and needle in spec.key
         if not hit:

@@ -72,18 +72,23 @@ def profile_section(name: str, rows: list[dict], model_order: list[str]) -> list
     seq = {
         (r["model"], r["lora_rank"], r["dtype"], r["grad_ckpt"]): r for r in rows if r["axis"] == "seq_len"
     }
-    batch = {
-        (r["model"], r["lora_rank"], r["dtype"], r["grad_ckpt"], r["seq_len"]): r
-        for r in rows
-        if r["axis"] == "batch_size"
+    batches = {  # largest batch, and largest evaluation batch, at reference lengths
+        axis: {
+            (r["model"], r["lora_rank"], r["dtype"], r["grad_ckpt"], r["seq_len"]): r
+            for r in rows
+            if r["axis"] == axis
+        }
+        for axis in ("batch_size", "eval_batch_size")
     }
-    refs = sorted({int(r["seq_len"]) for r in rows if r["axis"] == "batch_size"})
+    batch = batches["batch_size"]
     order = {m: i for i, m in enumerate(model_order)}
     combos = sorted(
         {(r["model"], int(r["lora_rank"])) for r in rows},
         key=lambda mr: (order.get(mr[0], len(order)), mr[0], mr[1]),
     )
-    present = [c for c in COLUMNS if any((k[2], k[3]) == c for k in [*seq, *batch])]
+    present = [
+        c for c in COLUMNS if any((k[2], k[3]) == c for k in [*seq, *batch, *batches["eval_batch_size"]])
+    ]
     first = rows[0]
     where = (
         f"emulated on {first['host_gpu']}, PyTorch allocator capped at {first['mem_cap_gib']} GiB"
@@ -106,13 +111,20 @@ def profile_section(name: str, rows: list[dict], model_order: list[str]) -> list
             [[m, str(r), *[_cell(seq.get((m, str(r), *c)), rows) for c in present]] for m, r in combos],
         )
         lines.append("")
-    if batch:
-        lines += [f"Largest batch at {' / '.join(map(str, refs))} tokens:", ""]
+    titles = {
+        "batch_size": "Largest batch at {} tokens:",
+        "eval_batch_size": "Largest evaluation batch (after training at batch 1) at {} tokens:",
+    }
+    for axis, found in batches.items():
+        if not found:
+            continue
+        refs = sorted({int(k[4]) for k in found})
+        lines += [titles[axis].format(" / ".join(map(str, refs))), ""]
         body = []
         for m, r in combos:
             cells = []
             for c in present:
-                values = [_cell(batch.get((m, str(r), *c, str(s)))) or "-" for s in refs]
+                values = [_cell(found.get((m, str(r), *c, str(s)))) or "-" for s in refs]
                 cells.append("n/a" if set(values) == {"n/a"} else " / ".join(values))
             body.append([m, str(r), *cells])
         lines += _table(["model", "rank", *[HEAD[c] for c in present]], body)

@@ -94,6 +94,7 @@ COLUMNS: list[tuple[str, str]] = [
     ("padding", TRIAL_DOC["padding"]),
     ("lengths", TRIAL_DOC["lengths"]),
     ("eval_batch_size", TRIAL_DOC["eval_batch_size"]),
+    ("eval_new_tokens", TRIAL_DOC["eval_new_tokens"]),
     ("allocator", TRIAL_DOC["allocator"]),
     ("recipe_versions", "the recipe's own libraries beside the base stack's columns, name=version;..."),
     (
@@ -104,6 +105,9 @@ COLUMNS: list[tuple[str, str]] = [
     ("eval_peak_alloc_gib", "peak torch allocated during the evaluation forward (eval_batch_size > 0)"),
     ("eval_peak_reserved_gib", "peak torch reserved during the evaluation forward"),
     ("eval_s", "seconds of the evaluation forward"),
+    ("gen_peak_alloc_gib", "peak torch allocated during the evaluation's generation (eval_new_tokens > 0)"),
+    ("gen_peak_reserved_gib", "peak torch reserved during the evaluation's generation"),
+    ("gen_s", "seconds of the evaluation's generation"),
     ("timestamp_utc", "when the trial ended, ISO 8601"),
 ]
 
@@ -154,7 +158,7 @@ ADDED_IN = {
         "eval_s",
     ],
     8: ["safe_value", "oom_below"],
-    9: ["lengths"],
+    9: ["lengths", "eval_new_tokens", "gen_peak_alloc_gib", "gen_peak_reserved_gib", "gen_s"],
 }
 # What an upgraded row gets in an added column when empty would be wrong.
 UPGRADE_VALUES = {
@@ -163,6 +167,7 @@ UPGRADE_VALUES = {
     "padding": "none",
     "lengths": "fixed",
     "eval_batch_size": "0",
+    "eval_new_tokens": "0",
     "allocator": "default",
 }
 
@@ -240,6 +245,7 @@ BOUNDARY_COLUMNS: list[tuple[str, str]] = [
     ("padding", TRIAL_DOC["padding"]),
     ("lengths", TRIAL_DOC["lengths"]),
     ("eval_batch_size", TRIAL_DOC["eval_batch_size"]),
+    ("eval_new_tokens", TRIAL_DOC["eval_new_tokens"]),
     ("allocator", TRIAL_DOC["allocator"]),
     ("recipe_versions", "the recipe's own libraries, name=version;..."),
     ("timestamp_utc", "when the boundary was recorded"),

@@ -130,6 +130,13 @@ class TrialSpec:
         "sequences of seq_len, its memory in its own columns; 0: none (transformers' default is 8)",
         axis=True,
     )
+    eval_new_tokens: int = _field(
+        0,
+        help="after the evaluation forward, greedy generation of this many new tokens with a KV "
+        "cache from eval_batch_size prompts of seq_len (the format-success evaluation's pass), "
+        "its memory in its own columns; 0: none; needs eval_batch_size",
+        axis=True,
+    )
     allocator: str = _field(
         "default",
         help="PyTorch caching allocator: default, or expandable "

@@ -14,6 +14,7 @@ import time
 import torch
 
 from bench.batches import BackendProbe, make_batch, measured_batches, real_tokens
+from bench.generation import generation_peak
 from bench.memory import MemoryProbe, allocator_state, record_peaks, step_time_columns
 from bench.messages import TrialRequest
 from bench.qlora import (
@@ -256,7 +257,7 @@ def _measure(request: TrialRequest, row: dict, slot: ModelSlot, inject: str) -> 
     row["steady_peak_alloc_gib"], row["steady_peak_reserved_gib"] = steady
     peaks = [load_peak, first_peak, warm_peak, steady]
     if spec.eval_batch_size:
-        peaks.append(_evaluate(model, spec, device, probe, row))
+        peaks += _evaluate(model, spec, device, probe, row)
     record_peaks(row, probe, peaks, device)
 
     bad = [i for i, v in enumerate(losses) if v != v or v in (float("inf"), float("-inf"))]
@@ -278,7 +279,7 @@ def _measure(request: TrialRequest, row: dict, slot: ModelSlot, inject: str) -> 
     return row
 
 
-def _evaluate(model, spec, device: str, probe: MemoryProbe, row: dict) -> tuple:
+def _evaluate(model, spec, device: str, probe: MemoryProbe, row: dict) -> list[tuple]:
     """An evaluation forward as Trainer's evaluation loop runs it (eval mode, no gradients, the
     loss over labels, the logits kept): its peak in its own columns. An OOM here is the trial's
     OOM, its reason saying so."""
@@ -301,4 +302,6 @@ def _evaluate(model, spec, device: str, probe: MemoryProbe, row: dict) -> tuple:
     row["eval_s"] = time.perf_counter() - t0
     peak = probe.peak()
     row["eval_peak_alloc_gib"], row["eval_peak_reserved_gib"] = peak
-    return peak
+    if spec.eval_new_tokens:
+        return [peak, generation_peak(model, spec, device, probe, row)]
+    return [peak]

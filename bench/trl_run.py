@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from bench.batches import BackendProbe, make_batch, measured_batches, real_tokens, sequences
+from bench.generation import generation_peak
 from bench.memory import MemoryProbe, record_peaks, step_time_columns
 from bench.qlora import (
     DTYPES,
@@ -142,6 +143,8 @@ def measure_trl(request, row: dict) -> dict:
         row["eval_s"] = time.perf_counter() - t1
         peaks.append(probe.peak())
         row["eval_peak_alloc_gib"], row["eval_peak_reserved_gib"] = peaks[-1]
+        if spec.eval_new_tokens:
+            peaks.append(generation_peak(trainer.model, spec, device, probe, row))
     record_peaks(row, probe, peaks, device)
     times = record.times[spec.warmup_steps :]
     losses = record.losses

@@ -128,6 +128,37 @@ def test_boundary_command_on_cpu_finds_verifies_and_resumes(tmp_path):
     assert again.returncode == 0 and "0 boundaries" in again.stderr
 
 
+def test_the_evaluation_batch_is_searched_after_training_at_batch_1_and_reported(tmp_path):
+    """A simulated limit of 1000 tokens in training or evaluation: at 256 tokens the largest
+    evaluation batch is 3."""
+    result = cli(
+        "boundary", "--profile", "rtx3050", "--device", "cpu", "--ranks", "8", "--dtypes", "fp16",
+        "--grad-ckpt", "off", "--axes", "eval_batch_size", "--ref-seq-lens", "256", "--safe-scan", "0",
+        "--results-dir", str(tmp_path), env={"QLORA_BENCH_INJECT": "tokens>1000:oom"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    with open(tmp_path / "rtx3050-laptop" / "boundaries-cpu.csv", newline="") as f:
+        (row,) = csv.DictReader(f)
+    assert (row["axis"], row["seq_len"], row["batch_size"], row["eval_batch_size"]) == (
+        "eval_batch_size",
+        "256",
+        "1",
+        "",
+    )
+    assert (row["max_value"], row["first_oom_value"], row["verified"]) == ("3", "4", "true")
+    assert (
+        row["boundary_key"].startswith("eval_batch_size|tiny|")
+        and "|eval_batch_size=*" in row["boundary_key"]
+    )
+    from bench.report import profile_section
+    from bench.results import read_results
+
+    rows = read_results(tmp_path / "rtx3050-laptop" / "boundaries-cpu.csv")
+    text = "\n".join(profile_section("rtx3050-laptop", rows, ["tiny"]))
+    assert "Largest evaluation batch (after training at batch 1) at 256 tokens:" in text
+    assert "| tiny | 8 | 3 |" in text
+
+
 @pytest.mark.slow
 def test_a_profile_run_can_end_with_its_boundaries(tmp_path):
     result = cli(

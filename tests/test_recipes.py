@@ -77,6 +77,10 @@ def test_lengths_are_a_log_normal_given_by_a_datasets_mean_and_p99_or_a_clear_er
             result.exit_code == 2 and "--lengths MEAN/P99 needs --padding longest or packed" in result.output
         )
     result = CliRunner().invoke(
+        main, ["sweep", "--profile", "t4", "--device", "cpu", "--eval-new-tokens", "8"]
+    )
+    assert result.exit_code == 2 and "--eval-new-tokens needs --eval-batch-size" in result.output
+    result = CliRunner().invoke(
         main, ["boundary", "--profile", "t4", "--lengths", "1062/731", "--padding", "packed"]
     )
     assert result.exit_code == 2 and "below the 99th percentile" in result.output
@@ -107,11 +111,12 @@ def test_drawn_lengths_pad_to_the_batchs_longest_and_packed_rows_restart_positio
 
 
 @pytest.mark.torch
-def test_cpu_sweep_trains_packed_rows_of_drawn_lengths_with_peft_and_trl(tmp_path):
+def test_cpu_sweep_trains_packed_rows_of_drawn_lengths_and_generates_in_evaluation(tmp_path):
     result = cli(
         "sweep", "--profile", "rtx3050", "--device", "cpu", "--seq-lens", "64", "--batch-sizes", "2",
         "--ranks", "8", "--dtypes", "bf16", "--grad-ckpt", "on", "--recipe", "peft,trl",
         "--padding", "packed", "--lengths", "24/40", "--steps", "2", "--warmup-steps", "1",
+        "--eval-batch-size", "2", "--eval-new-tokens", "4",
         "--results-dir", str(tmp_path), "--wandb", "off",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -119,7 +124,8 @@ def test_cpu_sweep_trains_packed_rows_of_drawn_lengths_with_peft_and_trl(tmp_pat
     assert {r["recipe"] for r in rows} == {"peft", "trl"}
     for row in rows:
         assert row["status"] == "ok" and row["lengths"] == "24/40" and float(row["tokens_per_s"]) > 0
-        assert row["trial_key"].endswith("|padding=packed|lengths=24/40")
+        assert row["trial_key"].endswith("|padding=packed|lengths=24/40|eval_batch_size=2|eval_new_tokens=4")
+        assert float(row["gen_s"]) > 0 and float(row["eval_s"]) > 0  # the evaluation generated too
 
 
 @pytest.mark.torch

@@ -235,8 +235,9 @@ class BoundaryRun:
             "axis": task.axis,
             "step": task.step,
             "upper_limit": task.upper * task.step,
-            "seq_len": spec.seq_len if task.axis == "batch_size" else None,
-            "batch_size": spec.batch_size if task.axis == "seq_len" else None,
+            "seq_len": spec.seq_len if task.axis != "seq_len" else None,
+            "batch_size": spec.batch_size if task.axis != "batch_size" else None,
+            "eval_batch_size": spec.eval_batch_size if task.axis != "eval_batch_size" else None,
         }
         reason = self._unsupported(task)
         if reason:

@@ -27,7 +27,7 @@ SEQ_START = 512
 
 @dataclass(frozen=True)
 class BoundaryTask:
-    axis: str  # seq_len | batch_size
+    axis: str  # seq_len | batch_size | eval_batch_size
     base: TrialSpec  # the searched axis is overwritten per probe
     upper: int  # in units of `step`
     step: int
@@ -35,6 +35,8 @@ class BoundaryTask:
 
     @property
     def key(self) -> str:
+        if self.axis == "eval_batch_size":  # an added field: in the key only when not 0
+            return f"{self.axis}|" + self.at(1).key.replace("|eval_batch_size=1", "|eval_batch_size=*")
         short = "s" if self.axis == "seq_len" else "b"
         return f"{self.axis}|" + self.at(0).key.replace(f"|{short}=0|", f"|{short}=*|")
 
@@ -44,12 +46,12 @@ class BoundaryTask:
 
 def plan_tasks(cfg: BoundaryConfig) -> list[BoundaryTask]:
     """Every boundary of the grid: per model x rank x dtype x checkpointing (x any added axis),
-    the longest sequence at batch 1 and the largest batch at each reference length."""
+    the longest sequence at batch 1, the largest batch at each reference length and, when asked
+    for, the largest evaluation batch after training at batch 1 at each reference length."""
     tasks = []
     names = ["model", "lora_rank", "dtype", "grad_ckpt"]
-    names += [
-        n for n, v in cfg.axes.values.items() if n not in (*names, "seq_len", "batch_size") and len(v) > 1
-    ]
+    searched = ("seq_len", "batch_size", "eval_batch_size" if "eval_batch_size" in cfg.search_axes else "")
+    names += [n for n, v in cfg.axes.values.items() if n not in (*names, *searched) and len(v) > 1]
     for combo in itertools.product(*(cfg.axes[n] for n in names)):
         base = cfg.axes.spec(**dict(zip(names, combo, strict=True)), seq_len=0, batch_size=1)
         model = base.model
@@ -65,6 +67,18 @@ def plan_tasks(cfg: BoundaryConfig) -> list[BoundaryTask]:
                     tasks.append(
                         BoundaryTask(
                             "batch_size", replace(base, seq_len=seq, batch_size=0), BATCH_LIMIT, 1, 1
+                        )
+                    )
+        if "eval_batch_size" in cfg.search_axes:  # training at batch 1, then its evaluation
+            for seq in cfg.ref_seq_lens:
+                if seq <= limit:
+                    tasks.append(
+                        BoundaryTask(
+                            "eval_batch_size",
+                            replace(base, seq_len=seq, eval_batch_size=0),
+                            BATCH_LIMIT,
+                            1,
+                            1,
                         )
                     )
     return tasks
