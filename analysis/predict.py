@@ -76,6 +76,7 @@ class Fit:
     key: tuple
     coef: np.ndarray
     rows: int
+    ranks: tuple[int, ...] = ()
 
     def peak(self, rank: int, batch: int, seq: int) -> float:
         one = pd.DataFrame({"lora_rank": [rank], "batch_size": [batch], "seq_len": [seq]})
@@ -87,8 +88,12 @@ def fit_group(ok: pd.DataFrame, key: tuple) -> Fit | None:
     x = _features(ok, key[-1])
     if len(ok) < x.shape[1] + 1:
         return None
-    coef, *_ = np.linalg.lstsq(x, ok.peak_reserved_gib.to_numpy(), rcond=None)
-    return Fit(key, coef, len(ok))
+    if ok.lora_rank.nunique() == 1:  # one rank measured: its effect is unknown, not guessed
+        coef, *_ = np.linalg.lstsq(np.delete(x, 1, axis=1), ok.peak_reserved_gib.to_numpy(), rcond=None)
+        coef = np.insert(coef, 1, 0.0)
+    else:
+        coef, *_ = np.linalg.lstsq(x, ok.peak_reserved_gib.to_numpy(), rcond=None)
+    return Fit(key, coef, len(ok), tuple(sorted(int(r) for r in ok.lora_rank.unique())))
 
 
 def fits(frame: pd.DataFrame) -> dict[tuple, Fit]:
@@ -200,6 +205,7 @@ def export(results_dir: Path) -> dict:
             **dict(zip(GROUP, key, strict=True)),
             "coef": [round(float(c), 6) for c in fit.coef],
             "rows": fit.rows,
+            "ranks": list(fit.ranks),
         }
         for key, fit in sorted(fits(frame).items())
     ]

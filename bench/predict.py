@@ -85,6 +85,12 @@ def answer(results_dir: Path, profile_name: str, model: str, seq_len: int, batch
         f"checkpointing and recipe on cards {'with' if flash else 'without'} flash attention; its "
         f"accuracy with points left out: {Path(results_dir) / 'predictor.md'}",
     ]
+    ranks = group.get("ranks") or []
+    if len(ranks) == 1 and rank != ranks[0]:
+        lines.append(
+            f"  measured at LoRA rank {ranks[0]} only: the prediction leaves out what r{rank} changes "
+            "(usually little: the adapters and their optimizer states)"
+        )
     key = {**wanted, "rank": rank}
     boundary = _measured_boundary(Path(results_dir), profile.name, key) if batch_size == 1 else None
     if boundary is not None:

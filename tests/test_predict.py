@@ -16,6 +16,25 @@ def test_predictor_regenerates_and_meets_its_leave_out_targets():
     acc = predict.accuracy(predict.leave_out(predict.load_rows(RESULTS)))
     assert acc["median_error"] <= 0.05 and acc["agreement_away_from_cap"] >= 0.97, acc
     assert acc["points_away_from_cap"] > 1000
+    readme = " ".join((REPO / "README.md").read_text().split())
+    quoted = (
+        f"off by {100 * acc['median_error']:.1f} % (median; 90th percentile {100 * acc['p90_error']:.1f} %)"
+        f" and its fit/OOM call agrees with the run {100 * acc['agreement_away_from_cap']:.1f} % of the time"
+    )
+    assert quoted in readme, quoted  # the README quotes the table as it is
+
+
+def test_a_group_measured_at_one_rank_leaves_the_rank_out_and_says_so():
+    import json
+
+    groups = json.loads((RESULTS / "predictor.json").read_text())["groups"]
+    single = [g for g in groups if len(g["ranks"]) == 1]
+    assert single and all(g["coef"][1] == 0 for g in single)  # no slope from a single rank
+    result = cli(
+        "predict", "--profile", "rtx3070", "--model", "llama-3.2-1b", "--seq-len", "2048", "--rank", "8",
+        "--recipe", "liger",
+    )  # fmt: skip
+    assert result.returncode == 0 and "measured at LoRA rank 16 only" in result.stdout, result.stdout
 
 
 def test_predict_answers_fits_or_not_and_shows_the_measured_boundary():
