@@ -29,6 +29,7 @@ from bench.options import (
     split_axes,
 )
 from bench.predict import predict, schema
+from bench.site import site
 
 EXIT_USAGE = 2
 
@@ -301,6 +302,7 @@ def list_profiles():
 
 main.add_command(schema)  # bench/predict.py: the commands that only read
 main.add_command(predict)
+main.add_command(site)
 
 
 def _guard(run):

@@ -174,8 +174,9 @@ def render(results_dir: Path) -> str:
 def write(results_dir: Path, out: Path | None = None) -> list[Path]:
     """The boundary tables (results_dir/boundaries.md, or `out`) and beside them the purchase
     summary (purchase.md), when the results hold seeds the seeds table (seeds.md), and the fit
-    predictor's coefficients and accuracy (predictor.json, predictor.md). All are rendered
-    before any is written: a damaged results file writes nothing."""
+    predictor's coefficients and accuracy (predictor.json, predictor.md), then the page made of
+    them (site/index.html). All are rendered before any is written: a damaged results file
+    writes nothing."""
     from analysis import predict, summary
     from bench import seeds
 
@@ -190,4 +191,6 @@ def write(results_dir: Path, out: Path | None = None) -> list[Path]:
             path.write_text(text)
         except OSError as exc:
             raise BenchUsageError(f"cannot write {path}: {exc}") from exc
-    return list(texts)
+    from bench import site  # the page shows what was just written
+
+    return [*texts, site.write(out.parent, out.parent / "site")]

@@ -1,0 +1,57 @@
+// The page's scripts (bench/site.py inlines this file): the fit predictor, with the same
+// arithmetic and words as `qlora-bench predict`, the card picker and the compare view.
+const DATA = JSON.parse(document.getElementById('data').textContent);
+const $ = (id) => document.getElementById(id);
+function peak(group, rank, batch, seq) {
+  const x = [1.0, rank / 16.0, batch * seq / 1000.0];
+  if (!group.flash) x.push(batch * (seq / 1000.0) ** 2);
+  let sum = 0;
+  for (let i = 0; i < x.length; i++) sum += group.coef[i] * x[i];
+  return sum;
+}
+function answer(card, model, seq, batch, rank, dtype, ckpt, recipe) {
+  const c = DATA.cards[card];
+  if (dtype === 'bf16' && !c.bf16) return `--dtype bf16: ${card} has no bf16 (compute capability below 8.0)`;
+  const want = {model: model, dtype: dtype, grad_ckpt: ckpt ? 'true' : 'false', recipe: recipe, flash: c.flash};
+  const group = DATA.groups.find((g) => Object.keys(want).every((k) => g[k] === want[k]));
+  const setting = `${model}, ${seq} tokens x ${batch}, r${rank}, ${dtype}, ${ckpt ? 'ckpt' : 'no ckpt'}, ${recipe}`;
+  if (!group) return `no measurements to predict ${setting} on a card with ${c.flash ? 'flash attention' : 'no flash attention'}`;
+  const p = peak(group, rank, batch, seq);
+  const verdict = p <= c.cap ? `fits (${(c.cap - p).toFixed(2)} GiB to spare)` : `does not fit (${(p - c.cap).toFixed(2)} GiB short)`;
+  const lines = [`${card}: ${setting}`,
+    `  predicted peak reserved ${p.toFixed(2)} GiB against the card's ${c.cap.toFixed(2)} GiB (usable ${c.usable} - CUDA context ${c.context}): ${verdict}`,
+    `  predicted, not measured: a fit to ${group.rows} measured rows of this model, precision, checkpointing and recipe on cards ${c.flash ? 'with' : 'without'} flash attention`];
+  if (group.ranks.length === 1 && rank !== group.ranks[0])
+    lines.push(`  measured at LoRA rank ${group.ranks[0]} only: the prediction leaves out what r${rank} changes (usually little: the adapters and their optimizer states)`);
+  const key = [card, model, dtype, ckpt ? 'true' : 'false', String(rank), recipe].join('|');
+  if (batch === 1 && key in DATA.measured)
+    lines.push(`  measured on this profile (emulated): the longest sequence at batch 1 is ${DATA.measured[key]} tokens`);
+  return lines.join('\n');
+}
+function fill(select, values) { select.innerHTML = values.map((v) => `<option>${v}</option>`).join(''); }
+function predictNow() {
+  $('answer').textContent = answer($('p-card').value, $('p-model').value, +$('p-seq').value, +$('p-batch').value,
+    +$('p-rank').value, $('p-dtype').value, $('p-ckpt').checked, $('p-recipe').value);
+}
+function showCard() {
+  for (const el of document.querySelectorAll('.card')) el.hidden = el.dataset.card !== $('card').value;
+}
+function compare() {
+  const chosen = [...document.querySelectorAll('.cmp:checked')].map((el) => el.value);
+  for (const row of document.querySelectorAll('#summary tbody tr, #stacks tbody tr'))
+    row.hidden = chosen.length > 0 && !chosen.includes(row.cells[0].textContent);
+}
+const cards = Object.keys(DATA.cards);
+fill($('card'), cards); fill($('p-card'), cards); fill($('p-model'), DATA.models);
+$('compare').innerHTML = cards.map((c) => `<label><input type="checkbox" class="cmp" value="${c}"> ${c}</label>`).join(' ');
+const q = new URLSearchParams(location.search);
+for (const [k, v] of q) { const el = $('p-' + k); if (el) { if (el.type === 'checkbox') el.checked = v === 'on'; else el.value = v; } }
+if (q.get('card')) $('card').value = q.get('card');
+for (const c of (q.get('compare') || '').split(',')) { const el = document.querySelector(`.cmp[value="${c}"]`); if (el) el.checked = true; }
+for (const el of document.querySelectorAll('#predict select, #predict input')) el.addEventListener('change', predictNow);
+$('card').addEventListener('change', showCard);
+for (const el of document.querySelectorAll('.cmp')) el.addEventListener('change', compare);
+showCard(); compare(); predictNow();
+if (q.get('view')) {  // one view alone (a link to it, or a screenshot)
+  for (const el of document.querySelectorAll('body > section')) el.hidden = el.id !== q.get('view');
+}
