@@ -47,6 +47,7 @@ class Results:
     boundaries: pd.DataFrame
     sft_curves: pd.DataFrame
     caps: dict[str, float]
+    root: Path | None = None  # the results folder they came from
 
     def ok_trials(self, sweeps_only: bool = False) -> pd.DataFrame:
         rows = self.trials
@@ -79,4 +80,4 @@ def load(results_dir: Path) -> Results:
                 frame.dropna(subset=["mem_cap_gib"]).groupby("profile")["mem_cap_gib"].first().items()
             ):
                 caps.setdefault(profile, float(cap))
-    return Results(trials, bounds, curves, caps)
+    return Results(trials, bounds, curves, caps, root)

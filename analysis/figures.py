@@ -2,10 +2,12 @@
 
 - memory.png: peak reserved memory against sequence length (batch 1, fp16, rank 8), a panel per
   profile, with the profile's allocator cap (usable VRAM minus the CUDA context) as a line;
-- boundaries.png: the longest sequence that fits (batch 1, fp16), model x (rank, checkpointing),
-  a heatmap per profile;
-- throughput.png: measured tokens/s against sequence length, from the trials CSVs: H200 speed
-  (the emulated card's memory, not its speed), so labelled;
+- boundaries.png: the longest sequence that fits at batch 1 on peft's path, model x (precision,
+  rank, checkpointing), a heatmap per profile; `none` (not even the shortest) apart from blank
+  (not in the grid);
+- boundaries-recipes.png: the same per training stack (fp16, checkpointing, r16);
+No throughput figure: the steps ran at the H200's speed, which is no small card's (the
+purchase summary's job times are projections, so labelled).
 - format_success.png: format success against SFT step, when an SFT curves.csv exists.
 """
 
@@ -90,65 +92,106 @@ def memory(data, out: Path) -> Path | None:
     return _save(grid.figure, out / "memory.png")
 
 
-def boundaries(data, out: Path) -> Path | None:
-    rows = data.boundaries
-    if rows.empty:
-        return None
-    rows = rows[(rows.status == "ok") & (rows.axis == "seq_len") & (rows["dtype"] == "fp16")].copy()
-    if rows.empty:
-        return None
-    rows["setting"] = (
-        "r" + rows.lora_rank.astype(str) + ", " + rows.grad_ckpt.map({True: "ckpt", False: "no ckpt"})
-    )
+def _heatmaps(rows: pd.DataFrame, column: str, columns: list[str], title: str, path: Path) -> Path:
+    """Model x `column` heatmaps of the longest sequence at batch 1, a panel per profile: a cell
+    that does not fit even the shortest length is `none` on red, one that errors `fails` on grey,
+    one not searched blank."""
+    from matplotlib.colors import ListedColormap
+
     profiles = [p for p in PROFILE_ORDER if p in set(rows.profile)]
     models = [m for m in model_order() if m in set(rows.model)]
-    settings = ["r8, ckpt", "r16, ckpt", "r8, no ckpt", "r16, no ckpt"]
-    fig, axes = plt.subplots(1, len(profiles), figsize=(3.3 * len(profiles), 0.45 * len(models) + 2.2))
-    axes = [axes] if len(profiles) == 1 else list(axes)
-    vmax = rows.max_value.max()
-    for i, (ax, profile) in enumerate(zip(axes, profiles, strict=True)):
+    shown = [c for c in columns if c in set(rows[column])]
+    wide = min(len(profiles), max(1, 24 // len(shown)))  # panels a row
+    high = -(-len(profiles) // wide)
+    fig, axes = plt.subplots(
+        high, wide, figsize=(0.7 * len(shown) * wide + 2, (0.42 * len(models) + 2.2) * high), squeeze=False
+    )
+    axes = list(axes.flat)
+    for ax in axes[len(profiles) :]:
+        ax.set_visible(False)
+    vmax = rows.value.max() / 1024
+    for i, (ax, profile) in enumerate(zip(axes, profiles, strict=False)):
         table = rows[rows.profile == profile].pivot_table(
-            index="model", columns="setting", values="max_value", aggfunc="first"
+            index="model", columns=column, values="value", aggfunc="first"
         )
-        table = table.reindex(index=models, columns=[s for s in settings if s in table.columns])
+        table = table.reindex(index=models, columns=shown)
+        none, fails = table == 0, table < 0
         sns.heatmap(
-            table / 1024,
-            ax=ax,
-            annot=True,
-            fmt=".1f",
-            cmap="viridis",
-            vmin=0,
-            vmax=vmax / 1024,
-            cbar=i == len(profiles) - 1,
-            cbar_kws={"label": "longest sequence (k tokens)"},
-            annot_kws={"fontsize": 8},
-        )
+            table / 1024, ax=ax, mask=table.isna() | none | fails, annot=True, fmt=".1f", cmap="viridis",
+            vmin=0, vmax=vmax, cbar=False, annot_kws={"fontsize": 8},
+        )  # fmt: skip
+        for where, colour, word in ((none, "#e9a3a3", "none"), (fails, "#c8c8c8", "fails")):
+            if where.to_numpy().any():
+                sns.heatmap(
+                    where.astype(float), ax=ax, mask=~where, cmap=ListedColormap([colour]), cbar=False,
+                    annot=where.replace({True: word, False: ""}), fmt="", annot_kws={"fontsize": 7},
+                )  # fmt: skip
         ax.set_title(profile)
         ax.grid(False)
         ax.set_xlabel("")
-        ax.set_ylabel("model" if i == 0 else "")
-        if i:
+        ax.set_ylabel("model" if i % wide == 0 else "")
+        if i % wide:
             ax.set_yticklabels([])
-        ax.tick_params(axis="x", rotation=45)
-    fig.suptitle(
-        "OOM boundary: longest sequence that trains at batch 1, fp16 (k tokens; blank: not in the grid)"
+        ax.tick_params(axis="x", rotation=60)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0, 0.94, 0.97))
+    scale = plt.cm.ScalarMappable(cmap="viridis", norm=plt.Normalize(0, vmax))
+    fig.colorbar(scale, cax=fig.add_axes((0.955, 0.25, 0.012, 0.5)), label="longest sequence (k tokens)")
+    return _save(fig, path)
+
+
+def _boundary_rows(results_dir: Path) -> pd.DataFrame:
+    """Every recipe's batch-1 sequence boundaries with a value: the longest fit, 0 for none,
+    -1 where the stack errors."""
+    from bench.results import read_results
+
+    rows = []
+    for path in sorted(Path(results_dir).glob("*/boundaries.csv")):
+        for row in read_results(path):
+            if row["axis"] == "seq_len" and row["status"] in ("ok", "error"):
+                value = int(row["max_value"]) if row["status"] == "ok" else -1
+                rows.append({**row, "recipe": row.get("recipe") or "peft", "value": value})
+    return pd.DataFrame(rows)
+
+
+def boundaries(data, out: Path) -> Path | None:
+    rows = _boundary_rows(data.root)
+    if rows.empty or (rows := rows[rows.recipe == "peft"]).empty:
+        return None
+    rows = rows.assign(
+        setting=rows["dtype"]
+        + ", r"
+        + rows.lora_rank
+        + ", "
+        + rows.grad_ckpt.map({"true": "ckpt", "false": "no ckpt"})
     )
-    return _save(fig, out / "boundaries.png")
+    settings = [f"{d}, r{r}, {c}" for d in ("fp16", "bf16") for c in ("ckpt", "no ckpt") for r in (8, 16)]
+    return _heatmaps(
+        rows, "setting", settings,
+        "OOM boundary, peft's path: longest sequence that trains at batch 1 (k tokens; none: not even "
+        "64 tokens; blank: not in the grid or the card has no bf16)",
+        out / "boundaries.png",
+    )  # fmt: skip
 
 
-def throughput(data, out: Path) -> Path | None:
-    rows = _batch1(data.ok_trials(sweeps_only=True))
+def boundaries_by_recipe(data, out: Path) -> Path | None:
+    """The stacks side by side where more than one was searched: fp16, checkpointing, r16."""
+    from bench.spec import RECIPES
+
+    rows = _boundary_rows(data.root)
     if rows.empty:
         return None
-    grid, _ = _by_length(rows, "tokens_per_s")
-    grid.set_axis_labels("sequence length (tokens, batch 1)", "tokens / s (measured on the H200)")
-    grid.set_titles("{col_name} grid")
-    grid.figure.suptitle(
-        "Measured throughput of the runs that fit: the H200's speed under each card's memory cap, "
-        "not the card's speed",
-        y=1.03,
-    )
-    return _save(grid.figure, out / "throughput.png")
+    rows = rows[(rows["dtype"] == "fp16") & (rows.grad_ckpt == "true") & (rows.lora_rank == "16")]
+    several = rows.groupby("profile").recipe.nunique()
+    rows = rows[rows.profile.isin(several[several > 1].index)]  # cards with stacks to compare
+    if rows.empty:
+        return None
+    return _heatmaps(
+        rows, "recipe", list(RECIPES),
+        "Longest sequence at batch 1 by training stack, fp16, checkpointing, LoRA r16 (k tokens; none: "
+        "not even 64 tokens; fails: the stack errors; blank: not searched)",
+        out / "boundaries-recipes.png",
+    )  # fmt: skip
 
 
 def format_success(data, out: Path) -> Path | None:
@@ -164,7 +207,7 @@ def format_success(data, out: Path) -> Path | None:
     return _save(fig, out / "format_success.png")
 
 
-FIGURES = (memory, boundaries, throughput, format_success)
+FIGURES = (memory, boundaries, boundaries_by_recipe, format_success)
 
 
 def make_all(results_dir: Path, out: Path | None = None) -> list[Path]:
