@@ -30,6 +30,7 @@ from bench.options import (
 )
 from bench.predict import predict, schema
 from bench.site import site
+from bench.verify import verify
 
 EXIT_USAGE = 2
 
@@ -300,9 +301,8 @@ def list_profiles():
     _guard(run)
 
 
-main.add_command(schema)  # bench/predict.py: the commands that only read
-main.add_command(predict)
-main.add_command(site)
+for command in (schema, predict, site, verify):  # commands of their own modules
+    main.add_command(command)
 
 
 def _guard(run):

@@ -160,6 +160,12 @@ def render(results_dir: Path) -> str:
             title = path.parent.name if recipe == "peft" else f"{path.parent.name}, recipe {recipe}"
             lines += profile_section(title, by_recipe[recipe], model_order)
             sections += 1
+        checked = path.with_name("verify.csv")  # `verify` on the card itself, beside the tables
+        if checked.exists():
+            from bench.verify import read_checked, section
+
+            if rows := read_checked(checked):
+                lines += section(path.parent.name, read_results(path), rows)
     if not sections:
         cpu = sorted(Path(results_dir).glob("*/boundaries-cpu.csv"))
         why = (

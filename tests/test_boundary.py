@@ -293,3 +293,42 @@ def test_slots_are_sized_for_the_smallest_cap_and_larger_caps_run_fewer_at_once(
     gpu.give(4.0)
     assert gpu.take_first(waiting, {"big": 8.0}.get) == ("big", 8.0) and gpu.free == 2.0
     assert gpu.take_first([], {}.get) is None
+
+
+def test_verify_runs_published_boundaries_on_the_card_itself_and_report_shows_them(tmp_path):
+    """On the CPU (the card itself: emulated false) with a simulated limit of 1000 tokens, a
+    searched boundary (960, then 1024) verified: the fit fits and the next step runs out."""
+    env = {"QLORA_BENCH_INJECT": "tokens>1000:oom"}
+    common = ["--profile", "rtx3050", "--device", "cpu", "--results-dir", str(tmp_path)]
+    searched = cli(
+        "boundary", *common, "--ranks", "8", "--dtypes", "fp16", "--grad-ckpt", "off", "--axes", "seq_len",
+        "--safe-scan", "0", env=env,
+    )  # fmt: skip
+    assert searched.returncode == 0, searched.stderr
+    result = cli("verify", *common, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "1 of 1 boundaries as published on this card" in result.stdout
+    from bench.report import profile_section
+    from bench.results import read_results
+    from bench.verify import read_checked, section
+
+    folder = tmp_path / "rtx3050-laptop"
+    rows = read_checked(folder / "verify-cpu.csv")
+    assert [(r["seq_len"], r["purpose"], r["status"], r["emulated"]) for r in rows] == [
+        ("960", "verify-fit", "ok", "false"),
+        ("1024", "verify-oom", "oom", "false"),
+    ]
+    assert rows[0]["trial_key"].endswith("|w1m2")  # the search's steps, not the sweep's default
+    published = read_results(folder / "boundaries-cpu.csv")
+    text = "\n".join(
+        profile_section("rtx3050-laptop", published, ["tiny"]) + section("rtx3050-laptop", published, rows)
+    )
+    assert (
+        "checked on the card itself" in text
+        and "| 960 (then 1024) | ok | oom |" in text
+        and "| yes |" in text
+    )
+    again = cli("verify", *common, env=env)  # resumes: nothing runs twice
+    assert again.returncode == 0 and len(read_checked(folder / "verify-cpu.csv")) == 2
+    elsewhere = cli("verify", "--profile", "t4", "--device", "cpu", "--results-dir", str(tmp_path))
+    assert elsewhere.returncode == 2 and "no published boundaries of t4" in elsewhere.stderr
