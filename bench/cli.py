@@ -23,9 +23,11 @@ from bench.options import (
     TIMEOUT,
     WANDB,
     DefaultGroup,
+    band_option,
     csv_list,
     extra_axes,
     parallel_count,
+    safe_scan_option,
     split_axes,
 )
 from bench.predict import predict, schema
@@ -164,16 +166,8 @@ def sweep(dry_run, boundaries, **options):
     default=None,
     help="Seconds after which no new search starts (those running finish); rerun to resume.",
 )
-@click.option(
-    "--safe-scan",
-    type=click.IntRange(0),
-    default=3,  # config.SAFE_SCAN
-    show_default=True,
-    help="After a search, probe downwards from its boundary until this many values in a row "
-    "fit below any that ran out of memory: the safe value (every probed value at or below it "
-    "fit) goes beside the largest fitting one, and values below it that ran out of memory are "
-    "flagged (memory is not monotone near the cap). 0: no scan.",
-)
+@safe_scan_option
+@band_option
 @click.option(
     "--reverify",
     is_flag=True,

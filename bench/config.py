@@ -57,6 +57,7 @@ class BoundaryConfig(RunConfig):
     search_axes: tuple[str, ...] = DEFAULT_BOUNDARY_AXES
     reverify: bool = False
     safe_scan: int = 0  # fits in a row probed below a boundary for its safe value (SAFE_SCAN)
+    band_gib: float = 0.0  # the boundary searched again with the cap this much lower and higher
 
 
 def resolve_weights(weights: str) -> str:
@@ -234,6 +235,7 @@ def boundary_configs(
     search_axes,
     reverify: bool,
     safe_scan: int = 0,
+    band_gib: float = 0.0,
     lora_alpha_ratio: float,
     optimizer: str,
     warmup_steps: int,
@@ -273,6 +275,7 @@ def boundary_configs(
                 search_axes=tuple(search_axes),
                 reverify=reverify,
                 safe_scan=safe_scan,
+                band_gib=band_gib,
             ),
         )
     return list(configs.values())

@@ -266,3 +266,26 @@ class DefaultGroup(click.Group):
             hint = f" (did you mean {close[0]}?)" if close else ""
             ctx.fail(f"no such command {name!r}{hint}; commands: {', '.join(self.list_commands(ctx))}")
         return super().resolve_command(ctx, args)
+
+
+band_option = click.option(
+    "--band",
+    "band_gib",
+    type=click.FloatRange(0),
+    default=0.0,
+    help="After a search, search again with the allocator cap this many GiB lower and higher "
+    "(a real card's CUDA context, cuBLAS workspace and driver reserve differ from the profile's "
+    "by about 0.1-0.3 GiB): the boundary's band, band_low-band_high, shown beside it in the "
+    "tables. 0: none.",
+)
+
+safe_scan_option = click.option(
+    "--safe-scan",
+    type=click.IntRange(0),
+    default=3,  # config.SAFE_SCAN
+    show_default=True,
+    help="After a search, probe downwards from its boundary until this many values in a row "
+    "fit below any that ran out of memory: the safe value (every probed value at or below it "
+    "fit) goes beside the largest fitting one, and values below it that ran out of memory are "
+    "flagged (memory is not monotone near the cap). 0: no scan.",
+)

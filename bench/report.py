@@ -55,6 +55,9 @@ def _cell(row: dict | None, rows: list[dict] = ()) -> str:
         text = f"{row['safe_value']} ({text}§)"
     if row["verified"] != "true":
         text += "†"
+    band = (row.get("band_low") or "", row.get("band_high") or "")
+    if any(band) and band != (row["max_value"], row["max_value"]):
+        text += f" [{band[0] or '?'}-{band[1] or '?'}]"
     if row["axis"] == "seq_len" and longer_also_fits(
         rows, row["model"], row["lora_rank"], row["dtype"], row["grad_ckpt"]
     ):
@@ -147,7 +150,9 @@ def render(results_dir: Path) -> str:
         "batch 1 (in the batch search): near the cap, memory is not monotone in length, because "
         "an OOM is decided on reserved memory, fragmentation included; `§` a scan below the "
         "boundary (`--safe-scan`) found values that ran out of memory: the safe value (every "
-        "probed value at or below it fit) first, the largest that fit in brackets.",
+        "probed value at or below it fit) first, the largest that fit in brackets; `[a-b]` the "
+        "band: the boundary searched again with the cap `--band` GiB lower and higher (shown "
+        "where it differs from the value).",
         "",
     ]
     sections = 0

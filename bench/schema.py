@@ -158,7 +158,15 @@ ADDED_IN = {
         "eval_s",
     ],
     8: ["safe_value", "oom_below"],
-    9: ["lengths", "eval_new_tokens", "gen_peak_alloc_gib", "gen_peak_reserved_gib", "gen_s"],
+    9: [
+        "lengths",
+        "eval_new_tokens",
+        "gen_peak_alloc_gib",
+        "gen_peak_reserved_gib",
+        "gen_s",
+        "band_low",
+        "band_high",
+    ],
 }
 # What an upgraded row gets in an added column when empty would be wrong.
 UPGRADE_VALUES = {
@@ -230,6 +238,12 @@ BOUNDARY_COLUMNS: list[tuple[str, str]] = [
         "--safe-scan); empty: not scanned",
     ),
     ("oom_below", "values below max_value that ran out of memory, ';'-joined (an inversion near the cap)"),
+    (
+        "band_low",
+        "the boundary searched again with the allocator cap --band GiB lower (a card's context, "
+        "cuBLAS workspace and driver reserve vary by about that much); empty: not searched",
+    ),
+    ("band_high", "the same with the cap --band GiB higher"),
     ("verified", "true when max_value ran ok and max_value + step ran oom, neither inferred"),
     ("search_wall_s", "wall time of the search (and its re-runs)"),
     ("gpu_name", "GPU name"),

@@ -332,3 +332,35 @@ def test_verify_runs_published_boundaries_on_the_card_itself_and_report_shows_th
     assert again.returncode == 0 and len(read_checked(folder / "verify-cpu.csv")) == 2
     elsewhere = cli("verify", "--profile", "t4", "--device", "cpu", "--results-dir", str(tmp_path))
     assert elsewhere.returncode == 2 and "no published boundaries of t4" in elsewhere.stderr
+
+
+def test_the_band_searches_again_with_the_cap_lower_and_higher():
+    from types import SimpleNamespace
+
+    from bench.boundary.run import BoundaryRun
+
+    run = object.__new__(BoundaryRun)  # only what _band uses
+    run.runner = SimpleNamespace(plan=SimpleNamespace(cap_gib=CAP))
+    run.cfg = SimpleNamespace(band_gib=0.2)
+    seen = []
+
+    def probe(pool, task, spec, purpose, cap=None):
+        seen.append((purpose, cap))
+        peak = memory(spec)
+        return {"status": "ok", "peak_reserved_gib": peak} if peak <= cap else {"status": "oom"}
+
+    run._probe = probe
+    task = BoundaryTask("seq_len", BASE, 512, SEQ_STEP, 8)
+
+    def longest(cap):  # the synthetic card's boundary under that cap
+        return max(u * SEQ_STEP for u in range(1, 512) if memory(task.at(u)) <= cap)
+
+    band = run._band(task, None, longest(CAP) // SEQ_STEP)
+    assert band == {"band_low": longest(CAP - 0.2), "band_high": longest(CAP + 0.2)}
+    assert band["band_low"] < longest(CAP) < band["band_high"]
+    assert {p for p, _ in seen} == {"band_low", "band_high"} and {round(c, 2) for _, c in seen} == {
+        2.95,
+        3.35,
+    }
+    run.cfg = SimpleNamespace(band_gib=0.0)
+    assert run._band(task, None, 10) == {}  # not asked for: no probe

@@ -216,15 +216,36 @@ class BoundaryRun:
         config = self.cfg.catalog[model].config if model in self.cfg.catalog else {}
         return config.get("hidden_size", 0) * config.get("num_hidden_layers", 0)
 
-    def _probe(self, pool: WorkerPool, task: BoundaryTask, spec: TrialSpec, purpose: str) -> dict:
+    def _probe(
+        self, pool: WorkerPool, task: BoundaryTask, spec: TrialSpec, purpose: str, cap: float | None = None
+    ) -> dict:
+        request, extra = self.runner.request(spec), {}
+        if cap is not None:  # a band's search: the same card with another cap
+            request = replace(request, plan=replace(request.plan, cap_gib=cap))
+            extra = {"mem_cap_gib": round(cap, 4)}
         t0 = time.perf_counter()
-        row = pool.run(self.runner.request(spec), self.cfg.timeout_s).row
+        row = pool.run(request, self.cfg.timeout_s).row
         wall = time.perf_counter() - t0
-        full = self.runner.row(spec, row, boundary_key=task.key, purpose=purpose, probe_wall_s=wall)
+        full = self.runner.row(spec, row, boundary_key=task.key, purpose=purpose, probe_wall_s=wall, **extra)
         with self.lock:
             self.probes.append(full, replace_key=True)
             self.counts["trials"] += 1
         return row
+
+    def _band(self, task: BoundaryTask, pool: WorkerPool, lo: int) -> dict:
+        """The boundary searched again with the cap --band GiB lower and higher, each from the
+        boundary as its hint: band_low and band_high (empty where that search failed)."""
+        cap, band = self.runner.plan.cap_gib, self.cfg.band_gib
+        if not band or cap is None:
+            return {}
+        out = {}
+        for column, sign in (("band_low", -1), ("band_high", 1)):
+            moved = cap + sign * band
+            found = search(
+                task, lambda s, m=moved, c=column: self._probe(pool, task, s, c, cap=m), moved, lo or None
+            )
+            out[column] = None if "error" in found else found["lo"] * task.step
+        return out
 
     def _boundary(self, task: BoundaryTask, pool: WorkerPool) -> dict:
         spec = task.base
@@ -275,6 +296,7 @@ class BoundaryRun:
             if "safe" in found:
                 out["safe_value"] = found["safe"] * task.step
                 out["oom_below"] = ";".join(str(u * task.step) for u in found["inversions"])
+            out.update(self._band(task, pool, lo))
             # Both ends of the bracket ran under the cap, each from a fresh load's allocator state
             # (nothing is inferred): they are the verification. --reverify runs them again,
             # each in a new worker.
