@@ -14,17 +14,15 @@ import time
 import torch
 
 from bench.batches import BackendProbe, make_batch, measured_batches, real_tokens
-from bench.generation import generation_peak
+from bench.evaluation import evaluating, generate, timed_pass
 from bench.memory import MemoryProbe, allocator_state, record_peaks, step_time_columns
 from bench.messages import TrialRequest
 from bench.qlora import (
     DTYPES,
     apply_cap,
-    evaluation_oom,
     free_memory,
     load_qlora_model,
     random_weights_dir,
-    restore_cpu_4bit_layout,
     sdpa_context,
     set_allocator,
 )
@@ -281,27 +279,14 @@ def _measure(request: TrialRequest, row: dict, slot: ModelSlot, inject: str) -> 
 
 def _evaluate(model, spec, device: str, probe: MemoryProbe, row: dict) -> list[tuple]:
     """An evaluation forward as Trainer's evaluation loop runs it (eval mode, no gradients, the
-    loss over labels, the logits kept): its peak in its own columns. An OOM here is the trial's
-    OOM, its reason saying so."""
+    loss over labels, the logits kept), then, when asked for, the generation pass: their peaks
+    in their own columns. An OOM here is the trial's OOM, its reason saying so."""
     batch = make_batch(
         spec.padding, spec.eval_batch_size, spec.seq_len, model.config.vocab_size, device, seed=99
     )
-    probe.reset_peak()
-    t0 = time.perf_counter()
-    model.eval()
-    try:
-        with evaluation_oom(spec.eval_batch_size), torch.no_grad():
-            with torch.autocast(device_type=device, dtype=DTYPES[spec.dtype]):
-                out = model(**batch)
-                out.loss.float().item()
-            del out
-    finally:
-        restore_cpu_4bit_layout(model)  # a CPU evaluation repacks 4-bit weights (bench.qlora)
-        model.train()
-    probe.sync()
-    row["eval_s"] = time.perf_counter() - t0
-    peak = probe.peak()
-    row["eval_peak_alloc_gib"], row["eval_peak_reserved_gib"] = peak
+    peaks: list[tuple] = []
+    with timed_pass(probe, row, "eval", peaks), evaluating(model, spec, device):
+        model(**batch).loss.float().item()
     if spec.eval_new_tokens:
-        return [peak, generation_peak(model, spec, device, probe, row)]
-    return [peak]
+        generate(model, spec, device, probe, row, peaks)
+    return peaks

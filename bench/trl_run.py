@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from bench.batches import BackendProbe, make_batch, measured_batches, real_tokens, sequences
-from bench.generation import generation_peak
+from bench.evaluation import generate, timed_pass
 from bench.memory import MemoryProbe, record_peaks, step_time_columns
 from bench.qlora import (
     DTYPES,
@@ -135,16 +135,10 @@ def measure_trl(request, row: dict) -> dict:
     row["warmup_s"] = sum(record.times[: spec.warmup_steps])
     if spec.eval_batch_size:
         eval_batch = make_batch(spec.padding, spec.eval_batch_size, spec.seq_len, vocab, "cpu", seed=99)
-        probe.reset_peak()
-        t1 = time.perf_counter()
-        with evaluation_oom(spec.eval_batch_size):
-            trainer.evaluate(eval_dataset=Dataset.from_list(_rows(eval_batch)))
-        probe.sync()
-        row["eval_s"] = time.perf_counter() - t1
-        peaks.append(probe.peak())
-        row["eval_peak_alloc_gib"], row["eval_peak_reserved_gib"] = peaks[-1]
+        with timed_pass(probe, row, "eval", peaks), evaluation_oom(spec.eval_batch_size):
+            trainer.evaluate(eval_dataset=Dataset.from_list(_rows(eval_batch)))  # its own eval mode
         if spec.eval_new_tokens:
-            peaks.append(generation_peak(trainer.model, spec, device, probe, row))
+            generate(trainer.model, spec, device, probe, row, peaks)
     record_peaks(row, probe, peaks, device)
     times = record.times[spec.warmup_steps :]
     losses = record.losses
