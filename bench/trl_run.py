@@ -144,7 +144,7 @@ def measure_trl(request, row: dict) -> dict:
     losses = record.losses
     row.update(
         **step_time_columns(
-            times, real_tokens(batch) if not measured else [real_tokens(b) for b in measured]
+            times, real_tokens(batch) if not measured else _epoch_mean(batch, measured, times)
         ),
         loss_first=losses[0] if losses else None,
         loss_last=losses[-1] if losses else None,
