@@ -78,7 +78,7 @@ def render(results_dir: Path) -> str:
 def by_stack(results_dir: Path) -> list[str]:
     """How far each training stack gets on a card: the longest sequence at batch 1 per recipe, at
     settings that more than one recipe was searched at (docs/recipes.md says what each runs)."""
-    from bench.results import read_results
+    from bench.results import read_results, value_text
     from bench.spec import RECIPES
 
     cells: dict[tuple, dict[str, str]] = {}
@@ -87,7 +87,7 @@ def by_stack(results_dir: Path) -> list[str]:
             if row["axis"] != "seq_len" or row["status"] not in ("ok", "error"):
                 continue
             setting = (path.parent.name, row["model"], row["dtype"], row["grad_ckpt"], int(row["lora_rank"]))
-            value = _longest(row) if row["status"] == "ok" else "fails"
+            value = value_text(row) if row["status"] == "ok" else "fails"
             cells.setdefault(setting, {})[row.get("recipe") or "peft"] = value
     shared = {k: v for k, v in cells.items() if len(v) > 1 and k[3] == "true"}  # checkpointing on
     best = {}  # per card and model: the rank most recipes were searched at (then the smallest)
@@ -116,15 +116,6 @@ def by_stack(results_dir: Path) -> list[str]:
             f"| {profile} | {model} | {setting} | " + " | ".join(by.get(r, "") for r in recipes) + " |"
         )
     return lines + [""]
-
-
-def _longest(row: dict) -> str:
-    """A boundary's cell: its safe value, and the largest fit beside it where a scan below found
-    an OOM (the boundary tables' notation)."""
-    if row.get("upper_limit") and row["max_value"] == row["upper_limit"]:
-        return f"≥{row['max_value']}"  # the search's limit still fit
-    safe = row.get("safe_value") or row["max_value"]
-    return safe if safe == row["max_value"] else f"{safe} ({row['max_value']}§)"
 
 
 def _size(model: str) -> float:

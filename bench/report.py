@@ -6,7 +6,7 @@ from pathlib import Path
 
 from bench.catalog import load_catalog
 from bench.errors import BenchUsageError
-from bench.results import read_results
+from bench.results import read_results, value_text
 from bench.spec import RECIPES
 
 COLUMNS = [("fp16", "true"), ("fp16", "false"), ("bf16", "true"), ("bf16", "false")]
@@ -48,11 +48,7 @@ def _cell(row: dict | None, rows: list[dict] = ()) -> str:
         return "n/a"
     if row["status"] != "ok":
         return "error"
-    text = row["max_value"]
-    if not row["first_oom_value"]:
-        text = f"≥{text}"
-    if row.get("oom_below"):  # not monotone: the safe value leads
-        text = f"{row['safe_value']} ({text}§)"
+    text = value_text(row)
     if row["verified"] != "true":
         text += "†"
     band = (row.get("band_low") or "", row.get("band_high") or "")

@@ -223,3 +223,15 @@ class ResultsFile:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def value_text(row: dict) -> str:
+    """An ok boundary's value as the tables write it: '≥' when it fit up to the search limit,
+    the safe value first with the largest fit in brackets and '§' when a scan below found an
+    OOM (memory is not monotone near the cap)."""
+    text = row["max_value"]
+    if not row["first_oom_value"]:
+        text = f"≥{text}"
+    if row.get("oom_below"):  # not monotone: the safe value leads
+        text = f"{row['safe_value']} ({text}§)"
+    return text

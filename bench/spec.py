@@ -13,6 +13,7 @@ import functools
 import itertools
 import json
 import math
+import statistics
 import string
 import types
 import typing
@@ -194,8 +195,7 @@ class TrialSpec:
         )
 
 
-# The log-normal's 99th-percentile point in standard deviations.
-_Z99 = 2.3263478740408408
+_Z99 = statistics.NormalDist().inv_cdf(0.99)  # the 99th percentile, in standard deviations
 
 
 def parse_lengths(text: str) -> tuple[float, float] | None:
