@@ -4,7 +4,7 @@
 # checkpointing on, the profile's models. A reduced grid: the peft tables cover the full one.
 # fp16 on every card, the precision all five have (TRL 1.x casts a 4-bit model's adapters to
 # bf16, so its fp16 searches end in that error at once); TRL in bf16 too on the cards that
-# have it (rtx3050-laptop, rtx3070, l4), which is how it runs there.
+# have it (of the five: rtx3050-laptop, rtx3070, l4), which is how it runs there.
 # Resumable: boundaries already recorded are skipped; BUDGET_S bounds each invocation.
 # Usage: [BUDGET_S=seconds] [RESULTS_DIR=results] [RECIPES=loop,liger,trl,unsloth] \
 #        scripts/measure-recipes.sh [PROFILE...]
@@ -24,10 +24,15 @@ boundary() {  # boundary DTYPE RECIPES PROFILE...
     --grad-ckpt on --axes seq_len --results-dir "$results"
 }
 boundary fp16 "$recipes" "${profiles[@]}"
-bf16_cards=()
-for profile in "${profiles[@]}"; do
-  case $profile in rtx3050-laptop | rtx3070 | l4) bf16_cards+=("$profile") ;; esac
-done
+# the cards whose profile says they have bf16 (native_bf16)
+mapfile -t bf16_cards < <(python3 -c '
+import sys
+from bench.catalog import load_catalog
+from bench.profiles import load_profile
+for name in sys.argv[1:]:
+    if load_profile(name, set(load_catalog())).gpu.native_bf16:
+        print(name)
+' "${profiles[@]}")
 if [[ ",$recipes," == *,trl,* && ${#bf16_cards[@]} -gt 0 ]]; then
   boundary bf16 trl "${bf16_cards[@]}"
 fi
