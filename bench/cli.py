@@ -30,6 +30,7 @@ from bench.options import (
     safe_scan_option,
     split_axes,
 )
+from bench.kernels import kernels
 from bench.predict import predict, schema
 from bench.site import site
 from bench.verify import verify
@@ -295,7 +296,7 @@ def list_profiles():
     _guard(run)
 
 
-for command in (schema, predict, site, verify):  # commands of their own modules
+for command in (schema, predict, site, verify, kernels):  # commands of their own modules
     main.add_command(command)
 
 

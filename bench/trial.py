@@ -183,6 +183,28 @@ def measure(request: TrialRequest, row: dict, slot: ModelSlot | None = None, inj
     return row
 
 
+def training_step(model, spec, device: str):
+    """The trial's training step on `model` (its optimizer, GradScaler and batches made here):
+    (step, the warm-up batch, the measured steps' batches). step(batch) returns the loss."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = _optimizer(spec.optimizer, params)
+    dtype = DTYPES[spec.dtype]
+    scaler = torch.amp.GradScaler(device, enabled=spec.dtype == "fp16")
+    batch = make_batch(spec.padding, spec.batch_size, spec.seq_len, model.config.vocab_size, device)
+    measured = measured_batches(spec, model.config.vocab_size, device) or [batch] * spec.measured_steps
+
+    def step(batch=batch) -> float:
+        with torch.autocast(device_type=device, dtype=dtype):
+            loss = model(**batch).loss
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach().float().item()
+
+    return step, batch, measured
+
+
 def _measure(request: TrialRequest, row: dict, slot: ModelSlot, inject: str) -> dict:
     spec, plan = request.spec, request.plan
     device = plan.device
@@ -207,22 +229,7 @@ def _measure(request: TrialRequest, row: dict, slot: ModelSlot, inject: str) -> 
 
     if inject == "nan":  # test hook (bench.faults); the model dies with the trial
         model.get_input_embeddings().register_forward_hook(lambda m, i, out: out * float("inf"))
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = _optimizer(spec.optimizer, params)
-    dtype = DTYPES[spec.dtype]
-    scaler = torch.amp.GradScaler(device, enabled=spec.dtype == "fp16")
-    batch = make_batch(spec.padding, spec.batch_size, spec.seq_len, model.config.vocab_size, device)
-    measured = measured_batches(spec, model.config.vocab_size, device) or [batch] * spec.measured_steps
-
-    def step(batch=batch) -> float:
-        with torch.autocast(device_type=device, dtype=dtype):
-            loss = model(**batch).loss
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.detach().float().item()
-
+    step, batch, measured = training_step(model, spec, device)
     losses = []
     probe.reset_peak()
     warm_started = time.perf_counter()
