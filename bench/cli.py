@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from bench.errors import BenchUsageError
+from bench.kernels import kernels
 from bench.options import (
     ALPHA_RATIO,
     DEVICE,
@@ -30,7 +31,6 @@ from bench.options import (
     safe_scan_option,
     split_axes,
 )
-from bench.kernels import kernels
 from bench.predict import predict, schema
 from bench.site import site
 from bench.verify import verify

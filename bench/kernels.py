@@ -1,18 +1,19 @@
-"""`qlora-bench kernels`: where a QLoRA step's time goes, kernel by kernel (the data of a
-per-kernel speed projection).
+"""`qlora-bench kernels`: where a QLoRA step's time goes, kernel by kernel (the data of a per-
+kernel speed projection).
 
 Each point of a small grid is loaded and stepped as a trial does (bench.trial: the same model
 preparation, warm-up and training step, under the profile's attention kernels and dtypes), then
-`--profile-steps` steps are timed, and as many more run under torch.profiler. Every GPU kernel is put in a class by its
-name and the operators that launched it (`kernel_class`), with the work its launching operator
-did: FLOPs for matrix products (torch's own count, from the shapes), bytes for the rest (its
-inputs read and its output written, from their shapes and dtypes). One row per point and class,
-per step, plus a `step` row: the step's wall time (unprofiled), the time the GPU was busy (the
-union of the kernels' intervals), the CPU time of the outermost operators, and the launches. On a CPU (the tests), each innermost operator stands in for
-a kernel, its CPU time for the GPU's.
+`--profile-steps` steps are timed, and as many more run under torch.profiler. Every GPU kernel
+is put in a class by its name and the operators that launched it (`kernel_class`), with the work
+its launching operator did: FLOPs for matrix products (torch's own count, from the shapes),
+bytes for the rest (its inputs read and its output written, from their shapes and dtypes). One
+row per point and class, per step, plus a `step` row: the step's wall time (unprofiled), the
+time the GPU was busy (the union of the kernels' intervals), the CPU time of the outermost
+operators, and the launches. On a CPU (the tests), each innermost operator stands in for a
+kernel, its CPU time for the GPU's.
 
-The rows say where they ran (GPU, driver, versions) and whether the kernels were a smaller card's
-(`emulated`); they go to results/kernels/<profile>.csv (`--out`).
+The rows say where they ran (GPU, driver, versions) and whether the kernels were a smaller
+card's (`emulated`); they go to results/kernels/<profile>.csv (`--out`).
 """
 
 from __future__ import annotations
@@ -65,7 +66,11 @@ def kernel_class(kernel: str, ops: list[str], flops: float = 0) -> str:
         return "attention"
     if any(o in op for op in chain for o in _LOSS_OPS) or "cross_entropy" in name:
         return "loss"
-    if flops or (chain and chain[0] in _GEMM_OPS) or any(k in name for k in ("gemm", "nvjet", "xmma", "cutlass")):
+    if (
+        flops
+        or (chain and chain[0] in _GEMM_OPS)
+        or any(k in name for k in ("gemm", "nvjet", "xmma", "cutlass"))
+    ):
         return "gemm"
     return "elementwise"
 
@@ -74,7 +79,7 @@ def _bytes(event) -> int:
     """Bytes an operator moves: its tensor inputs read, and an output as large as the largest."""
     sizes = [
         math.prod(shape) * _SIZES.get(str(dtype).lower(), 2)
-        for shape, dtype in zip(event.input_shapes or [], event.input_dtypes or [])
+        for shape, dtype in zip(event.input_shapes or [], event.input_dtypes or [], strict=False)
         if shape and isinstance(shape, list) and all(isinstance(d, int) for d in shape)
     ]
     return sum(sizes) + max(sizes, default=0)
@@ -121,14 +126,24 @@ def summarise(events, steps: int, wall_s: float, device: str) -> list[dict]:
             busy += end - max(start, reach)
             reach = end
     rows = [
-        {"class": name, "kernels": t["kernels"] / steps, "gpu_ms": t["gpu_ms"] / steps,
-         "flops": t["flops"] / steps, "bytes": t["bytes"] / steps}  # fmt: skip
+        {
+            "class": name,
+            "kernels": t["kernels"] / steps,
+            "gpu_ms": t["gpu_ms"] / steps,
+            "flops": t["flops"] / steps,
+            "bytes": t["bytes"] / steps,
+        }  # fmt: skip
         for name, t in sorted(totals.items(), key=lambda item: CLASSES.index(item[0]))
     ]
     rows.append(
-        {"class": "step", "kernels": sum(t["kernels"] for t in totals.values()) / steps,
-         "gpu_ms": sum(t["gpu_ms"] for t in totals.values()) / steps,
-         "wall_ms": 1000 * wall_s / steps, "busy_ms": busy / 1000 / steps, "cpu_op_ms": cpu_ms / steps}  # fmt: skip
+        {
+            "class": "step",
+            "kernels": sum(t["kernels"] for t in totals.values()) / steps,
+            "gpu_ms": sum(t["gpu_ms"] for t in totals.values()) / steps,
+            "wall_ms": 1000 * wall_s / steps,
+            "busy_ms": busy / 1000 / steps,
+            "cpu_op_ms": cpu_ms / steps,
+        }  # fmt: skip
     )
     return rows
 
@@ -218,7 +233,9 @@ def _round(value):
 @click.option("--recipe", "recipes", callback=csv_list(str), help="Recipes (default peft).")
 @click.option("--profile-steps", "steps", type=click.IntRange(1), default=3, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), help="Default results/kernels/<profile>.csv.")
-def kernels(profile_name, device, models, seq_lens, batch_sizes, ranks, dtypes, grad_ckpt, recipes, steps, out):
+def kernels(
+    profile_name, device, models, seq_lens, batch_sizes, ranks, dtypes, grad_ckpt, recipes, steps, out
+):
     """Profile training steps: GPU time, FLOPs and bytes by kernel class (for speed projection)."""
     from bench import config
 
