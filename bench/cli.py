@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from bench.errors import BenchUsageError
+from bench.estimate import estimate
 from bench.kernels import kernels
 from bench.options import (
     ALPHA_RATIO,
@@ -296,7 +297,7 @@ def list_profiles():
     _guard(run)
 
 
-for command in (schema, predict, site, verify, kernels):  # commands of their own modules
+for command in (schema, predict, site, verify, kernels, estimate):  # commands of their own modules
     main.add_command(command)
 
 

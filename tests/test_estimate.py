@@ -1,0 +1,41 @@
+"""`qlora-bench estimate` on the committed results: the fastest measured setting that fits."""
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from analysis.estimate import estimate
+from bench.cli import main
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+
+def run(*args):
+    return CliRunner().invoke(main, ["estimate", "--results-dir", str(RESULTS), *args])
+
+
+def test_estimate_picks_the_fastest_fitting_setting():
+    answer = estimate("t4", "llama-3.2-3b", 5000, 512, 2, RESULTS)
+    options = answer["options"]
+    assert options and [o["hours"] for o in options] == sorted(o["hours"] for o in options)
+    for o in options:  # each from a measured boundary that holds the job's length and batch
+        assert "seq_len boundary" in o["source"] and o["steps"] == -(-5000 // o["batch"]) * 2
+        assert o["low"] < o["hours"] < o["high"]
+    result = run("--profile", "t4", "--model", "llama-3.2-3b", "--examples", "5000", "--tokens", "512",
+                 "--epochs", "2")  # fmt: skip
+    assert result.exit_code == 0 and "PROJECTED" in result.output and "fastest" in result.output
+
+
+def test_estimate_says_when_nothing_fits():
+    result = run("--profile", "gtx1650", "--model", "qwen2.5-3b", "--examples", "10", "--tokens", "512")
+    assert result.exit_code == 0 and "does not fit" in result.output
+
+
+def test_estimate_refuses_what_it_cannot_answer():
+    for args, words in (
+        (("--profile", "t4", "--model", "gpt-9"), "unknown 'gpt-9'"),
+        (("--profile", "a100-40gb", "--model", "qwen2.5-7b"), "no measured boundaries"),
+        (("--profile", "t4", "--model", "qwen2.5-7b", "--recipe", "liger"), "only"),
+    ):
+        result = run(*args, "--examples", "10", "--tokens", "512")
+        assert result.exit_code == 2 and words in result.output, result.output
