@@ -1,0 +1,87 @@
+"""The per-kernel projection's arithmetic, on hand-made profiled steps (no GPU, no torch)."""
+
+import csv
+
+import pytest
+
+from analysis.kernel_projection import LATENCY_S, KernelProjection, _interpolate, card_rates
+from bench.kernels import FIELDS
+from bench.profiles import load_profile
+
+
+def write(path, points):
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for seq, classes, step in points:
+            base = dict(model="qwen2.5-0.5b", seq_len=seq, batch_size=1, dtype="bf16", grad_ckpt="True",
+                        recipe="peft", lora_rank=16)  # fmt: skip
+            for name, values in classes.items():
+                writer.writerow({**base, "class": name, **values})
+            writer.writerow({**base, "class": "step", **step})
+
+
+@pytest.fixture
+def kernels_dir(tmp_path):
+    write(
+        tmp_path / "h200.csv",
+        [
+            (512, {"gemm": dict(kernels=1000, gpu_ms=4.0, flops=1e12, bytes=0),
+                   "elementwise": dict(kernels=3000, gpu_ms=6.0, flops=0, bytes=4.0e9)},
+             dict(kernels=4000, wall_ms=40.0, busy_ms=10.0)),
+            (2048, {"gemm": dict(kernels=1000, gpu_ms=16.0, flops=4e12, bytes=0),
+                    "elementwise": dict(kernels=3000, gpu_ms=12.0, flops=0, bytes=16.0e9)},
+             dict(kernels=4000, wall_ms=41.0, busy_ms=28.0)),
+        ],
+    )  # fmt: skip
+    with open(tmp_path / "rates.csv", "w") as handle:
+        handle.write(
+            "rate,size,value,unit\ngemm-bf16,8192,800,TFLOPS\ngemm-fp16,8192,760,TFLOPS\ncopy,1,4000,GB/s\n"
+        )
+    return tmp_path
+
+
+def test_interpolate():
+    assert _interpolate([(512, 1.0), (2048, 4.0)], 1024) == pytest.approx(2.0)
+    assert (
+        _interpolate([(512, 1.0)], 1024) == 2.0
+        and _interpolate([(512, 1.0)], 1024, proportional=False) == 1.0
+    )
+    assert _interpolate([(512, 4.0), (2048, 1.0)], 100000) == 0.0  # never below zero
+
+
+def test_card_rates_cited_measured_here_and_by_rule(kernels_dir):
+    t4 = card_rates(load_profile("t4"), "fp16", kernels_dir)
+    assert (t4.gemm_tflops, t4.copy_gbps, t4.source) == (42.3, 240.0, "measured / measured")
+    h200 = card_rates(load_profile("h200"), "bf16", kernels_dir)
+    assert (h200.gemm_tflops, h200.copy_gbps) == (800.0, 4000.0) and h200.source.startswith("measured here")
+    l4 = card_rates(load_profile("l4"), "bf16", kernels_dir)
+    assert l4.source == "rule / rule" and 0 < l4.gemm_tflops < 121 and 0 < l4.copy_gbps < 300
+
+
+def test_projection_per_class(kernels_dir):
+    projection = KernelProjection(kernels_dir)
+    assert projection.launch_ms == pytest.approx(40.0 / 4000)  # the GPU-idle point's wall per kernel
+    # elementwise on the H200: 4e9 B / 4000 GB/s = 1 ms of 6, and 4 ms of 12: median share 0.25
+    assert projection.efficiency["elementwise"] == pytest.approx((1 / 6 + 4 / 12) / 2)
+    t4 = load_profile("t4")
+    got = projection.step_ms(t4, "qwen2.5-0.5b", 1024, 1, True, "fp16")
+    gemm = 8.0 * 800 / 42.3  # the H200's 8 ms at 1024 tokens, at the T4's sustained rate
+    elementwise = max(3000 * LATENCY_S * 1000, 8e9 / (240e9 * projection.efficiency["elementwise"]) * 1000)
+    assert got == pytest.approx(max(4000 * projection.launch_ms, gemm + elementwise))
+    assert projection.step_ms(t4, "llama-3.2-1b", 1024, 1, True, "fp16") is None  # not profiled
+
+
+def test_host_validation_leaves_the_profiled_points_out(kernels_dir, tmp_path):
+    (kernels_dir / "h200.csv").rename(kernels_dir / "t4.csv")  # steps profiled with the T4's kernels
+    trials = tmp_path / "results" / "t4" / "trials.csv"
+    trials.parent.mkdir(parents=True)
+    columns = "model,seq_len,batch_size,dtype,grad_ckpt,recipe,status,step_time_p50_s"
+    rows = ["qwen2.5-0.5b,512,1,bf16,True,peft,ok,0.041", "qwen2.5-0.5b,1024,1,bf16,True,peft,ok,0.050",
+            "qwen2.5-0.5b,1024,1,bf16,True,peft,oom,", "qwen2.5-7b,1024,1,bf16,True,peft,ok,0.5"]  # fmt: skip
+    trials.write_text("\n".join([columns, *rows]) + "\n")
+    from analysis.kernel_projection import host_validation
+
+    (checked,) = host_validation(tmp_path / "results", kernels_dir)
+    assert (checked["kernels"], checked["seq_len"], checked["measured_ms"]) == ("t4", 1024, 50.0)
+    assert checked["error"] == pytest.approx(checked["projected_ms"] / 50.0 - 1)
