@@ -39,3 +39,15 @@ def test_estimate_refuses_what_it_cannot_answer():
     ):
         result = run(*args, "--examples", "10", "--tokens", "512")
         assert result.exit_code == 2 and words in result.output, result.output
+
+
+def test_readme_quotes_the_estimate():
+    from analysis.estimate import _hours
+
+    best = estimate("t4", "llama-3.2-3b", 5000, 512, 2, RESULTS)["options"][0]
+    readme = " ".join((RESULTS.parent / "README.md").read_text().split())
+    setting = (
+        f"{best['dtype']} {'with' if best['grad_ckpt'] else 'without'} checkpointing at batch {best['batch']}"
+    )
+    quote = f"~{_hours(best['hours'])} (band {_hours(best['low'])}-{_hours(best['high'])})"
+    assert setting in readme and quote in readme, (setting, quote)
