@@ -23,9 +23,32 @@ class Planned:
 RETRIED = ("timeout",)  # a recorded status a rerun tries again (with the rerun's --timeout)
 
 
+def stale_inferences(rows: list[dict]) -> set[str]:
+    """Keys of rows recorded as OOMs inferred from a configuration that today's rule
+    (TrialSpec.dominates: longer or larger, all else equal) does not let imply them: earlier
+    versions also inferred across LoRA ranks, and r16 can fit where r8 ran out of memory. A
+    sweep runs these points again, and no inference is drawn from them."""
+    by_key = {r["trial_key"]: r for r in rows}
+    stale = set()
+    for row in rows:
+        source = by_key.get(row.get("inferred_from") or "")
+        if row.get("inferred_from") and (
+            source is None or not TrialSpec.from_row(row).dominates(TrialSpec.from_row(source))
+        ):
+            stale.add(row["trial_key"])
+    return stale
+
+
 def plan_sweep(cfg: SweepConfig, host: HostGPU | None, store: ResultsFile) -> list[Planned]:
     check_recorded(cfg, store.path, store.rows)
-    recorded = set() if cfg.overwrite else {r["trial_key"] for r in store.rows if r["status"] not in RETRIED}
+    stale = stale_inferences(store.rows)
+    recorded = (
+        set()
+        if cfg.overwrite
+        else {
+            r["trial_key"] for r in store.rows if r["status"] not in RETRIED and r["trial_key"] not in stale
+        }
+    )
     planned = []
     for spec in expand(cfg.axes):
         reason = unsupported(cfg, host, spec)
@@ -57,7 +80,14 @@ def _run(cfg: SweepConfig, runner: TrialRunner, store: ResultsFile, progress) ->
     from bench.pool import WorkerPool
 
     todo = [p for p in plan_sweep(cfg, runner.host, store) if p.action != "recorded"]
-    ooms = [] if cfg.overwrite else [TrialSpec.from_row(r) for r in store.rows if r["status"] == "oom"]
+    stale = stale_inferences(store.rows)
+    ooms = (
+        []
+        if cfg.overwrite
+        else [
+            TrialSpec.from_row(r) for r in store.rows if r["status"] == "oom" and r["trial_key"] not in stale
+        ]
+    )
     written: Counter = Counter()
     pool = WorkerPool(spares=cfg.spare_workers, cuda=cfg.device == "cuda")
     mirror = WandbMirror(cfg.wandb_mode, cfg.results_dir, cfg.profile.name, "trial")

@@ -52,6 +52,25 @@ def test_an_oom_at_one_rank_implies_nothing_at_another():
     assert implied_oom(r16, [r8]) is None
 
 
+def test_rows_inferred_across_ranks_are_run_again():
+    """Published sweeps hold r16 OOMs inferred from r8 ones by an earlier rule: a sweep treats
+    them as not recorded (they run again) and infers nothing from them; an inference today's
+    rule makes stays recorded."""
+    from bench.sweep import stale_inferences
+
+    def row(seq, rank, status, inferred_from=""):
+        spec = AXES.spec(
+            model="tiny", seq_len=seq, batch_size=1, lora_rank=rank, dtype="fp16", grad_ckpt=True
+        )
+        return {**spec.to_row(), "trial_key": spec.key, "status": status, "inferred_from": inferred_from}
+
+    r8 = row(512, 8, "oom")
+    longer = row(1024, 8, "oom", r8["trial_key"])
+    across = row(512, 16, "oom", r8["trial_key"])
+    orphan = row(256, 16, "oom", "no-such-key")
+    assert stale_inferences([r8, longer, across, orphan]) == {across["trial_key"], orphan["trial_key"]}
+
+
 def test_an_added_field_at_its_default_leaves_every_key_as_it_was():
     """docs/adding-an-axis.md: a field added to TrialSpec changes no recorded key at its
     default, and is in the key (as name=value) when it is not."""
