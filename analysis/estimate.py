@@ -82,18 +82,27 @@ def estimate(
     if projection is None:
         raise BenchUsageError(f"no measured step times under {results_dir} to project from")
     error = projection.calibration()["p90_error_left_out"]
-    answer = {"profile": profile.name, "model": model, "examples": examples, "tokens": tokens,
-              "epochs": epochs, "error": error, "options": []}  # fmt: skip
+    options = job_options(projection, profile, bounds, examples, tokens, epochs, error)
+    return {"profile": profile.name, "model": model, "examples": examples, "tokens": tokens,
+            "epochs": epochs, "error": error, "options": options}  # fmt: skip
+
+
+def job_options(
+    projection, profile, bounds, examples: int, tokens: int, epochs: int, error: float
+) -> list[dict]:
+    """Each measured setting of `bounds` (one model on `profile`) that trains `tokens`, with
+    the job's projected hours and band, fastest first."""
+    options = []
     for setting in settings(bounds, tokens):
         step = projection.step_s(
-            profile, model, tokens, setting["batch"], setting["grad_ckpt"], setting["dtype"]
-        )
+            profile, bounds.model.iloc[0], tokens, setting["batch"],
+            setting["grad_ckpt"], setting["dtype"],
+        )  # fmt: skip
         steps = math.ceil(examples / setting["batch"]) * epochs
         hours = steps * step / 3600
-        answer["options"].append({**setting, "steps": steps, "step_s": step, "hours": hours,
-                                  "low": hours / (1 + error), "high": hours * (1 + error)})  # fmt: skip
-    answer["options"].sort(key=lambda o: o["hours"])
-    return answer
+        options.append({**setting, "steps": steps, "step_s": step, "hours": hours,
+                        "low": hours / (1 + error), "high": hours * (1 + error)})  # fmt: skip
+    return sorted(options, key=lambda o: o["hours"])
 
 
 def render(answer: dict) -> list[str]:

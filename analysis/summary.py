@@ -10,7 +10,6 @@ from analysis.data import load, profiles
 from analysis.projection import calibrated
 
 EXAMPLES, TOKENS, EPOCHS = 5000, 512, 2
-STEPS = EXAMPLES * EPOCHS  # batch 1
 
 
 def render(results_dir: Path) -> str:
@@ -24,10 +23,12 @@ def render(results_dir: Path) -> str:
         "Largest model: the largest catalogue model whose longest sequence at batch 1 (any "
         "precision the card has, with or without gradient checkpointing, smallest LoRA rank) "
         f"reaches {TOKENS} tokens; context: that longest sequence (measured, emulated on an H200). "
-        f"Reference job: {EXAMPLES} examples x {TOKENS} tokens x {EPOCHS} epochs at batch 1 "
-        f"({STEPS} steps), with the setting that gave the context. Its time is **projected** "
-        "(analysis/projection.py: launches + matmuls at a fitted share of the card's datasheet "
-        "TFLOPS + NF4 dequantisation at an assumed share of its bandwidth), not measured.",
+        f"Reference job: {EXAMPLES} examples x {TOKENS} tokens x {EPOCHS} epochs, as `qlora-bench "
+        "estimate` answers it: at the fastest measured setting that trains it on the card (precision, "
+        "checkpointing, the largest measured batch that holds the tokens), hours with their band "
+        "and that setting. Its time is **projected** (analysis/projection.py: launches + matmuls at "
+        "a fitted share of the card's datasheet TFLOPS + NF4 dequantisation at an assumed share of "
+        "its bandwidth), not measured.",
         "",
     ]
     if projection is None or bounds.empty:
@@ -57,13 +58,17 @@ def render(results_dir: Path) -> str:
             cells += ["none", "-", "-"]
         else:
             r = fitting[fitting.model == big].iloc[0]
-            cells += [big, f"{int(r.max_value)} ({_setting(r)})", _hours(projection, profile, r)]
+            cells += [big, f"{int(r.max_value)} ({_setting(r)})", _job(projection, profile, bounds, big, cal)]
         small = best[best.model == "qwen2.5-1.5b"]
         if small.empty:
             cells.append("not in grid")
         else:
             r = small.iloc[0]
-            job = _hours(projection, profile, r) if r.max_value >= TOKENS else "does not fit"
+            job = (
+                _job(projection, profile, bounds, "qwen2.5-1.5b", cal)
+                if r.max_value >= TOKENS
+                else "does not fit"
+            )
             cells.append(f"{int(r.max_value)} ({_setting(r)}) / {job}")
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
@@ -139,6 +144,14 @@ def _setting(row) -> str:
     return f"{row['dtype']}, {'ckpt' if row.grad_ckpt else 'no ckpt'}, r{int(row.lora_rank)}"
 
 
-def _hours(projection, profile, row) -> str:
-    step = projection.step_s(profile, row.model, TOKENS, 1, bool(row.grad_ckpt), row["dtype"])
-    return f"{STEPS * step / 3600:.1f}"
+def _job(projection, profile, bounds, model: str, cal: dict) -> str:
+    """The reference job's projected hours at the fastest setting (analysis.estimate)."""
+    from analysis.estimate import job_options
+
+    rows = bounds[(bounds.profile == profile.name) & (bounds.model == model)]
+    options = job_options(projection, profile, rows, EXAMPLES, TOKENS, EPOCHS, cal["p90_error_left_out"])
+    if not options:
+        return "does not fit"
+    o = options[0]
+    setting = f"{o['dtype']}, {'ckpt' if o['grad_ckpt'] else 'no ckpt'}, batch {o['batch']}"
+    return f"{o['hours']:.1f} ({o['low']:.1f}-{o['high']:.1f}; {setting})"
