@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from analysis.data import load, profiles
+from analysis.data import load, model_order, profiles
 from analysis.projection import calibrated
 
 EXAMPLES, TOKENS, EPOCHS = 5000, 512, 2
@@ -77,7 +77,34 @@ def render(results_dir: Path) -> str:
         "measures them.",
         "",
     ]
-    return "\n".join(lines + by_stack(Path(results_dir)))
+    return "\n".join(lines + job_times(projection, bounds, cal) + by_stack(Path(results_dir)))
+
+
+def job_times(projection, bounds, cal: dict) -> list[str]:
+    """The reference job on every measured card and model, as `qlora-bench estimate` answers."""
+    lines = [
+        "## How long the reference job takes",
+        "",
+        f"{EXAMPLES} examples x {TOKENS} tokens x {EPOCHS} epochs on each card and model with "
+        "measured boundaries, at the fastest measured setting that trains it: **projected** hours "
+        f"(band: the projection's 90th-percentile error against the H200's own steps, "
+        f"{cal['p90_error_left_out']:.0%}; its error on a real small card is not measured) and that "
+        "setting. `qlora-bench estimate --profile P --model M --examples N --tokens T --epochs E` "
+        "answers for any job.",
+        "",
+        "| profile | " + " | ".join(m for m in model_order() if m in set(bounds.model)) + " |",
+        "| --- |" + " --- |" * len(set(bounds.model)),
+    ]
+    for profile in profiles():
+        if bounds[bounds.profile == profile.name].empty:
+            continue
+        cells = [
+            _job(projection, profile, bounds, m, cal) if not bounds[(bounds.profile == profile.name)
+                                                                   & (bounds.model == m)].empty else ""
+            for m in model_order() if m in set(bounds.model)
+        ]  # fmt: skip
+        lines.append(f"| {profile.name} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def by_stack(results_dir: Path) -> list[str]:
