@@ -91,7 +91,7 @@ def _ratios(cited: dict) -> dict:
 class Point:
     """A profiled step: per class {kernels, gpu_ms, flops, bytes}; the step's wall and busy ms."""
 
-    key: tuple  # (model, dtype, grad_ckpt, recipe, batch_size)
+    key: tuple  # (model, dtype, grad_ckpt, recipe): steps of any batch and length interpolate
     tokens: int
     classes: dict
     wall_ms: float
@@ -107,14 +107,14 @@ def load_points(path: Path) -> list[Point]:
                  int(r["batch_size"]), int(r["seq_len"]))  # fmt: skip
         by_point.setdefault(point, {})[r["class"]] = r
     points = []
-    for (*key, seq), classes in by_point.items():
+    for (*key, batch, seq), classes in by_point.items():
         step = classes.pop("step", None)
         if step is None:
             continue
         points.append(
             Point(
                 key=tuple(key),
-                tokens=key[-1] * seq,
+                tokens=batch * seq,
                 classes={
                     c: {k: float(v[k] or 0) for k in ("kernels", "gpu_ms", "flops", "bytes")}
                     for c, v in classes.items()
@@ -159,11 +159,13 @@ class KernelProjection:
                 recipe: str = "peft", kernel_set: str | None = None) -> float | None:  # fmt: skip
         """The projected wall time of one step on `profile`'s card, from the steps profiled with
         its kernels (or `kernel_set`'s, else the H200's own); None when no profiled step of that
-        model, precision, checkpointing and batch is there to project from."""
+        model, precision and checkpointing is there to project from. Steps interpolate in tokens
+        (batch x length) whatever their batch: attention's share grows with the length alone,
+        which this does not model."""
         points = self._points(profile, kernel_set)
-        near = [p for p in points if p.key == (model, dtype, ckpt, recipe, batch)]
+        near = [p for p in points if p.key == (model, dtype, ckpt, recipe)]
         if not near and dtype == "fp16":  # a card's fp16 step from the h200's bf16 one
-            near = [p for p in points if p.key == (model, "bf16", ckpt, recipe, batch)]
+            near = [p for p in points if p.key == (model, "bf16", ckpt, recipe)]
         if not near:
             return None
         tokens = seq * batch
@@ -216,7 +218,7 @@ def host_validation(results_dir: Path, kernels_dir: Path | None = None) -> list[
             if r["status"] != "ok" or not r.get("step_time_p50_s") or (r.get("recipe") or "peft") != "peft":
                 continue
             ckpt, batch, seq = r["grad_ckpt"] == "True", int(r["batch_size"]), int(r["seq_len"])
-            if (r["model"], r["dtype"], ckpt, "peft", batch, batch * seq) in profiled:
+            if (r["model"], r["dtype"], ckpt, "peft", batch * seq) in profiled:
                 continue
             got = projection.step_ms(
                 projection.host, r["model"], seq, batch, ckpt, r["dtype"], kernel_set=name
