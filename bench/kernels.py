@@ -76,10 +76,14 @@ def kernel_class(kernel: str, ops: list[str], flops: float = 0) -> str:
 
 
 def _bytes(event) -> int:
-    """Bytes an operator moves: its tensor inputs read, and an output as large as the largest."""
+    """Bytes an operator moves: its tensor inputs read, and an output as large as the largest.
+    torch before 2.13 keeps no dtypes in its events: then 2 bytes an element (the step's
+    fp16/bf16; fp32 tensors count half)."""
+    shapes = event.input_shapes or []
+    dtypes = getattr(event, "input_dtypes", None) or ["c10::Half"] * len(shapes)
     sizes = [
         math.prod(shape) * _SIZES.get(str(dtype).lower(), 2)
-        for shape, dtype in zip(event.input_shapes or [], event.input_dtypes or [], strict=False)
+        for shape, dtype in zip(shapes, dtypes, strict=False)
         if shape and isinstance(shape, list) and all(isinstance(d, int) for d in shape)
     ]
     return sum(sizes) + max(sizes, default=0)

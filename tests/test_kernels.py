@@ -62,3 +62,15 @@ def test_kernels_on_cpu(tmp_path):
 def test_kernels_refuses_trl():
     result = CliRunner().invoke(main, ["kernels", "--profile", "t4", "--recipe", "trl"])
     assert result.exit_code == 2 and "trl" in result.output
+
+
+def test_bytes_without_dtypes():
+    """torch 2.11 (the GPU host's) keeps no input dtypes in its profiler events: 2 bytes each."""
+    from types import SimpleNamespace
+
+    from bench.kernels import _bytes
+
+    old = SimpleNamespace(input_shapes=[[4, 8], [8], []])
+    assert _bytes(old) == (32 * 2 + 8 * 2) + 32 * 2
+    new = SimpleNamespace(input_shapes=[[4, 8], [8]], input_dtypes=["float", "c10::BFloat16"])
+    assert _bytes(new) == (32 * 4 + 8 * 2) + 32 * 4

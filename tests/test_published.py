@@ -191,11 +191,12 @@ def test_load_timing_is_an_importable_module():
     assert callable(load_timing.main)
 
 
-@pytest.mark.parametrize("profile, points, stale", [("rtx3050-laptop", 192, 78), ("t4", 320, 45)])
+@pytest.mark.parametrize("profile, points, stale", [("rtx3050-laptop", 192, 0), ("t4", 320, 45)])
 def test_the_published_sweeps_resume_with_only_stale_inferences_to_run(profile, points, stale):
     """The schema-1 trials files, read by today's code: every point of the default grid is
     recorded, except the r16 OOMs an earlier rule inferred from r8 ones (bench.sweep.
-    stale_inferences), which a resumed sweep runs again. The dry run needs no GPU."""
+    stale_inferences), which a resumed sweep runs again: rtx3050-laptop's 78 were (2 of them fit),
+    t4's 45 not yet. The dry run needs no GPU."""
     from conftest import cli
 
     result = cli("--profile", profile, "--dry-run", "--results-dir", str(RESULTS), env={"COLUMNS": "200"})
