@@ -109,3 +109,24 @@ def test_a_kept_model_measures_what_a_fresh_worker_measures_to_the_byte(spec, pl
     for column in MEMORY:
         for how, row in probes.items():
             assert row[column] == loaded[column], (column, how, row[column], loaded[column])
+
+
+def test_kernels_profiles_a_step_on_the_gpu(tmp_path):
+    """`qlora-bench kernels` on the GPU host's own torch (2.11 on the H200 keeps no dtypes in its
+    profiler events, which a CPU test on a newer torch cannot catch): every class has GPU time,
+    the matrix products FLOPs, the step a wall time at least the GPU's busy time."""
+    import csv
+
+    from click.testing import CliRunner
+
+    from bench.cli import main
+
+    out = tmp_path / "k.csv"
+    args = ["kernels", "--profile", "h200", "--models", "tiny", "--seq-lens", "128", "--batch-sizes", "1",
+            "--ranks", "8", "--dtypes", "bf16", "--grad-ckpt", "on", "--profile-steps", "1", "--out", str(out)]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    rows = {r["class"]: r for r in csv.DictReader(out.open())}
+    assert {"gemm", "dequant", "elementwise", "optimizer", "step"} <= set(rows)
+    assert float(rows["gemm"]["flops"]) > 0 and float(rows["elementwise"]["bytes"]) > 0
+    assert float(rows["step"]["wall_ms"]) >= float(rows["step"]["busy_ms"]) > 0
