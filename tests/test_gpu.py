@@ -122,8 +122,9 @@ def test_kernels_profiles_a_step_on_the_gpu(tmp_path):
     from bench.cli import main
 
     out = tmp_path / "k.csv"
-    args = ["kernels", "--profile", "h200", "--models", "tiny", "--seq-lens", "128", "--batch-sizes", "1",
-            "--ranks", "8", "--dtypes", "bf16", "--grad-ckpt", "on", "--profile-steps", "1", "--out", str(out)]  # fmt: skip
+    args = ["kernels", "--profile", "h200", "--models", "tiny", "--seq-lens", "128",
+            "--batch-sizes", "1", "--ranks", "8", "--dtypes", "bf16", "--grad-ckpt", "on",
+            "--profile-steps", "1", "--out", str(out)]  # fmt: skip
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     rows = {r["class"]: r for r in csv.DictReader(out.open())}
