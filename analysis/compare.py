@@ -46,18 +46,34 @@ def compare(names: list[str], results_dir: Path, models: list[str] | None, ref_s
         raise BenchUsageError("; ".join(f"{k}: {v}" for k, v in missing.items()))
     present = set().union(*(set(r.model) for r in rows_of.values() if not r.empty))
     wanted = [m for m in model_order() if m in (set(models) if models else present)]
+    error = projection.calibration()["p90_error_left_out"] if projection is not None else None
     table = []
     for model in wanted:
         for dtype, ckpt in SETTINGS:
             line = {"model": model, "setting": f"{dtype}, {'ckpt' if ckpt else 'no ckpt'}"}
+            speeds = {}
             for p in profiles:
                 line[p.name], longest = _cell(rows_of[p.name], model, dtype, ckpt, ref_seq, p.name in missing)
                 if projection is not None and longest is not None and longest >= 512:  # 512 fits
-                    step = projection.step_s(p, model, 512, 1, ckpt, dtype)
-                    line[p.name] += f" / ~{512 / step:,.0f}"
+                    speeds[p.name] = 512 / projection.step_s(p, model, 512, 1, ckpt, dtype)
+                    line[p.name] += f" / ~{speeds[p.name]:,.0f}"
+            line["unranked"] = _overlapping(speeds, error)
             if any(v not in ("not measured", "not in grid") for k, v in line.items() if k in rows_of):
                 table.append(line)
-    return {"profiles": [p.name for p in profiles], "missing": missing, "rows": table, "ref_seq": ref_seq}
+    return {"profiles": [p.name for p in profiles], "missing": missing, "rows": table, "ref_seq": ref_seq,
+            "error": error}  # fmt: skip
+
+
+def _overlapping(speeds: dict[str, float], error: float | None) -> list[tuple[str, str]]:
+    """Pairs of cards whose projected speeds' bands (speed / (1 + error) to speed x (1 + error))
+    overlap: the projection cannot say which is faster."""
+    names = sorted(speeds)
+    return [
+        (a, b)
+        for i, a in enumerate(names)
+        for b in names[i + 1 :]
+        if error is not None and max(speeds[a], speeds[b]) / min(speeds[a], speeds[b]) <= (1 + error) ** 2
+    ]
 
 
 def _cell(rows, model, dtype, ckpt, ref_seq, missing) -> tuple[str, int | None]:
@@ -107,3 +123,10 @@ def render(result: dict, console=None) -> None:
         "tokens/s are projected from the card's datasheet and the H200's measured steps, not "
         "measured on the card (emulated rows ran on a larger GPU, whose step time is not the card's)."
     )
+    unranked = [(line, pair) for line in result["rows"] for pair in line["unranked"]]
+    if unranked:
+        console.print(
+            f"Not ranked (their projected tokens/s lie within each other's band, +/-"
+            f"{result['error']:.0%}, the projection's 90th-percentile error on the H200's own steps): "
+            + "; ".join(f"{line['model']} {line['setting']}: {a} ~ {b}" for line, (a, b) in unranked)
+        )

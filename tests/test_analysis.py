@@ -73,3 +73,17 @@ def test_the_issues_example_3060_against_4060ti_answers_from_measured_boundaries
     line = next(li for li in result.stdout.splitlines() if "qwen2.5-7b" in li and "fp16, ckpt" in li)
     cells = [c.strip() for c in line.split("│")[3:5]]
     assert cells[0].startswith("960 / 0") and cells[1].startswith("2688 / 2 / ~"), cells
+
+
+def test_readme_worked_example_is_what_compare_prints():
+    result = cli("compare", "rtx3050-laptop", "t4", "--model", "qwen2.5-1.5b", env={"COLUMNS": "160"})
+    assert result.returncode == 0, result.stderr
+    readme = (RESULTS.parent / "README.md").read_text()
+    rows = [line for line in result.stdout.splitlines() if line.startswith("│ qwen2.5-1.5b")]
+    assert len(rows) == 4 and all(row in readme for row in rows[:3]), rows
+
+
+def test_compare_does_not_rank_cards_whose_bands_overlap():
+    result = cli("compare", "t4", "l4", "--model", "qwen2.5-1.5b", env={"COLUMNS": "400"})
+    assert result.returncode == 0, result.stderr
+    assert "Not ranked" in result.stdout and "l4 ~ t4" in result.stdout
