@@ -12,6 +12,7 @@ from bench.estimate import estimate
 from bench.kernels import kernels
 from bench.options import (
     ALPHA_RATIO,
+    BATCH_SIZES,
     DEVICE,
     DTYPES,
     GRAD_CKPT,
@@ -21,6 +22,7 @@ from bench.options import (
     RANKS,
     RESULTS_DIR,
     RESULTS_IN,
+    SEQ_LENS,
     SFT_OPTIONS,
     TIMEOUT,
     WANDB,
@@ -53,8 +55,8 @@ def main():
 @PROFILE
 @DEVICE
 @MODELS
-@click.option("--seq-lens", callback=csv_list(int), help="Override sequence lengths, e.g. 512,1024.")
-@click.option("--batch-sizes", callback=csv_list(int), help="Override batch sizes.")
+@SEQ_LENS
+@BATCH_SIZES
 @RANKS
 @DTYPES
 @GRAD_CKPT

@@ -28,7 +28,7 @@ from pathlib import Path
 import click
 
 from bench.errors import BenchUsageError
-from bench.options import DEVICE, DTYPES, GRAD_CKPT, MODELS, RANKS, csv_list
+from bench.options import BATCH_SIZES, DEVICE, DTYPES, GRAD_CKPT, MODELS, RANKS, SEQ_LENS, csv_list
 
 CLASSES = (
     "gemm",  # tensor-core matrix products of the base layers, adapters and LM head
@@ -229,8 +229,8 @@ def _round(value):
 @click.option("--profile", "profile_name", required=True, help="Profile whose kernels and dtypes run.")
 @DEVICE
 @MODELS
-@click.option("--seq-lens", callback=csv_list(int), help="Sequence lengths, e.g. 512,2048.")
-@click.option("--batch-sizes", callback=csv_list(int), help="Batch sizes.")
+@SEQ_LENS
+@BATCH_SIZES
 @RANKS
 @DTYPES
 @GRAD_CKPT

@@ -100,6 +100,10 @@ DEVICE = click.option(
 MODELS = click.option(
     "--models", callback=csv_list(str), help="Override the grid's models (comma-separated)."
 )
+SEQ_LENS = click.option(
+    "--seq-lens", callback=csv_list(int), help="Override sequence lengths, e.g. 512,1024."
+)
+BATCH_SIZES = click.option("--batch-sizes", callback=csv_list(int), help="Override batch sizes.")
 RANKS = click.option("--ranks", callback=csv_list(int), help="Override LoRA ranks.")
 DTYPES = click.option("--dtypes", callback=csv_list(str), help="Override precisions: fp16,bf16.")
 GRAD_CKPT = click.option(
