@@ -142,15 +142,23 @@ class KernelProjection:
         idle = [p.wall_ms / p.kernels for p in points if p.busy_ms < 0.5 * p.wall_ms]
         # the CPU's cost per launched kernel, where the GPU mostly waited for it
         self.launch_ms = median(idle) if idle else min(p.wall_ms / p.kernels for p in points)
+        self._rates: dict[tuple, Rates] = {}
         self.efficiency = {}  # share of the copy bandwidth the H200 reached, per memory class
         for cls in MEMORY:
             shares = []
             for p in points:
                 c = p.classes.get(cls)
                 if c and c["gpu_ms"] > 0 and c["bytes"] > 0:
-                    bw = card_rates(self.host, p.key[1], self.dir).copy_gbps * 1e9
+                    bw = self.rates(self.host, p.key[1]).copy_gbps * 1e9
                     shares.append(min(1.0, (c["bytes"] / bw) / (c["gpu_ms"] / 1000)))
             self.efficiency[cls] = median(shares) if shares else 1.0
+
+    def rates(self, profile, dtype: str) -> Rates:
+        """card_rates, read from its files once per card and precision."""
+        key = (profile.name, dtype)
+        if key not in self._rates:
+            self._rates[key] = card_rates(profile, dtype, self.dir)
+        return self._rates[key]
 
     def _points(self, profile, kernel_set: str | None) -> list[Point]:
         return self.files.get(kernel_set or profile.name) or self.files.get("h200") or []
@@ -169,7 +177,7 @@ class KernelProjection:
         if not near:
             return None
         tokens = seq * batch
-        host, card = card_rates(self.host, near[0].key[1], self.dir), card_rates(profile, dtype, self.dir)
+        host, card = self.rates(self.host, near[0].key[1]), self.rates(profile, dtype)
         gpu = 0.0
         for cls in {c for p in near for c in p.classes}:
             gpu += self._class_ms(cls, near, tokens, host, card)
@@ -177,13 +185,11 @@ class KernelProjection:
         return max(kernels * self.launch_ms, gpu)
 
     def _class_ms(self, cls: str, near: list[Point], tokens: int, host: Rates, card: Rates) -> float:
-        def at(field):
-            return _interpolate([(p.tokens, p.classes.get(cls, {}).get(field, 0.0)) for p in near], tokens)
+        def at(field, proportional=True):
+            points = [(p.tokens, p.classes.get(cls, {}).get(field, 0.0)) for p in near]
+            return _interpolate(points, tokens, proportional)
 
-        kernels = _interpolate(
-            [(p.tokens, p.classes.get(cls, {}).get("kernels", 0.0)) for p in near], tokens, proportional=False
-        )
-        floor = kernels * LATENCY_S * 1000
+        floor = at("kernels", proportional=False) * LATENCY_S * 1000
         if cls in COMPUTE:
             return max(floor, at("gpu_ms") * host.gemm_tflops / card.gemm_tflops)
         return max(floor, at("bytes") / (card.copy_gbps * 1e9 * self.efficiency[cls]) * 1000)
