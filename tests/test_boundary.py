@@ -273,6 +273,12 @@ def test_slots_are_sized_for_the_smallest_cap_and_larger_caps_run_fewer_at_once(
     assert int(budget // run.share(group)) == 3
     assert run.share(group[:4]) == slot_gib(plan)  # one setting: nothing to preload
 
+    # on the H200 natively (its own profile: no cap) a slot holds the whole card, no preload
+    native = BoundaryRun(boundary_config("h200", tmp_path))
+    assert native.runner.plan.cap_gib is None
+    native.todo = native.tasks
+    assert all(native.share(g) == slot_gib(native.runner.plan) == float("inf") for g in native.groups())
+
     gpu = GpuBudget(10.0)
     huge = ["huge"]
     assert gpu.take_first(huge, {"huge": 25.0}.get) == ("huge", 10.0)  # clamped: it can run alone

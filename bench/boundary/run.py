@@ -163,7 +163,8 @@ class BoundaryRun:
         estimate of a loaded model, never more than the cap it loads under)."""
         model = group[0].base.model
         loaded = self.cfg.catalog[model].loaded_gib_estimate() if model in self.cfg.catalog else math.inf
-        preload = min(self.runner.plan.cap_gib, loaded) if len(self.settings(group)) > 1 else 0.0
+        cap = self.runner.plan.cap_gib
+        preload = min(cap, loaded) if cap is not None and len(self.settings(group)) > 1 else 0.0
         return slot_gib(self.runner.plan) + preload
 
     def search_group(self, group: list[BoundaryTask], pool: WorkerPool, deadline: float | None) -> None:

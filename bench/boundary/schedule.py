@@ -8,6 +8,7 @@ memory; they do share the GPU's SMs, which is why boundary rows carry no through
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -34,8 +35,8 @@ SPARES = 1  # a started worker per slot: it preloads the next model setting, or 
 def slot_gib(plan: emulation.Plan) -> float:
     """Host GPU memory a search slot holds at least: its worker's allocator cap, and its worker's
     and spare's CUDA contexts. While its spare preloads a model it holds that too
-    (BoundaryRun.share)."""
-    return plan.cap_gib + (1 + SPARES) * CONTEXT_GIB
+    (BoundaryRun.share). A native card's slot (no cap) holds the whole card."""
+    return math.inf if plan.cap_gib is None else plan.cap_gib + (1 + SPARES) * CONTEXT_GIB
 
 
 def auto_parallel(entries, host) -> int:
@@ -89,6 +90,7 @@ def run_boundaries(runs: list[BoundaryRun], parallel: int | None = None, progres
     parallel = parallel or auto_parallel([(r.cfg, r.runner.plan) for r in runs], host)
     cuda = runs[0].cfg.device == "cuda"
     budgeted = cuda and host is not None  # else no host GPU memory to share: every share is 0
+    native = cuda and any(r.runner.plan.cap_gib is None for r in runs)
     budget = GpuBudget(host.total_gib - HOST_HEADROOM_GIB if budgeted else float("inf"))
     entered: list[BoundaryRun] = []
     try:
@@ -113,7 +115,9 @@ def run_boundaries(runs: list[BoundaryRun], parallel: int | None = None, progres
             # One worker pool per slot, from group to group: a spare with its CUDA context
             # already created takes over for a group's first model setting, and one that
             # preloaded it for each later setting.
-            pool = WorkerPool(spares=SPARES if cuda else 0, cuda=cuda)
+            # On a native card (no cap) no spare: its context and preloaded model would take the
+            # memory the searched one runs out of.
+            pool = WorkerPool(spares=SPARES if cuda and not native else 0, cuda=cuda)
             try:
                 while deadline is None or time.perf_counter() < deadline:
                     taken = budget.take_first(waiting, share)
