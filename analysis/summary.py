@@ -46,9 +46,13 @@ def render(results_dir: Path) -> str:
         "| projected reference job (h) | Qwen2.5-1.5B: longest sequence / projected job (h) |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
+    partial = []
     for profile in profiles():
         rows = bounds[(bounds.profile == profile.name) & (bounds.status == "ok") & (bounds.axis == "seq_len")]
         if rows.empty:
+            continue
+        if not set(profile.grid.models) <= set(rows.model):  # its largest model is not known
+            partial.append(f"{profile.name} ({rows.model.nunique()} of its {len(profile.grid.models)} grid models)")
             continue
         best = _best_setting(rows)
         fitting = best[best.max_value >= TOKENS]
@@ -74,7 +78,8 @@ def render(results_dir: Path) -> str:
     lines += [
         "",
         "Profiles without measured boundaries are left out: `qlora-bench boundary --profile P` "
-        "measures them.",
+        "measures them"
+        + (f"; so are those whose grid was searched only in part: {', '.join(partial)}." if partial else "."),
         "",
     ]
     return "\n".join(lines + job_times(projection, bounds, cal) + by_stack(Path(results_dir)))

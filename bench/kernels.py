@@ -198,7 +198,7 @@ def run_kernels(cfg, steps: int, out: Path) -> list[dict]:
     out.parent.mkdir(parents=True, exist_ok=True)
     new = not out.exists()
     with out.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, FIELDS, extrasaction="ignore")
+        writer = csv.DictWriter(handle, FIELDS, extrasaction="ignore", lineterminator="\n")
         if new:
             writer.writeheader()
         for spec in expand(cfg.axes):

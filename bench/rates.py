@@ -62,7 +62,7 @@ def write_rates(device: str, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     new = not out.exists()
     with out.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, ["rate", "size", "value", "unit", *where])
+        writer = csv.DictWriter(handle, ["rate", "size", "value", "unit", *where], lineterminator="\n")
         if new:
             writer.writeheader()
         for row in measure_rates(device):

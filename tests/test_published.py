@@ -159,10 +159,14 @@ def test_every_recorded_row_keeps_its_key_and_the_default_grids_are_recorded():
 
     repo = RESULTS.parent
     for path in [*repo.glob("results/*/*.csv"), *repo.glob("archive/**/*.csv")]:
+        if path.parent.name == "kernels":  # profiled steps: their key names the trial, not a row of one
+            continue
         for row in read_rows(path):
             if row.get("trial_key"):
                 assert TrialSpec.from_row(row).key == row["trial_key"], path
     for path in FILES:
+        if path.parent.name == "h200":  # one native boundary, for `verify` on the H200; not its grid
+            continue
         cfg = boundary_config(path.parent.name, RESULTS)
         recorded = {r["boundary_key"] for r in read_rows(path)}
         assert {t.key for t in plan_tasks(cfg)} <= recorded  # the default grid, and maybe more
@@ -191,16 +195,16 @@ def test_load_timing_is_an_importable_module():
     assert callable(load_timing.main)
 
 
-@pytest.mark.parametrize("profile, points, stale", [("rtx3050-laptop", 192, 0), ("t4", 320, 45)])
-def test_the_published_sweeps_resume_with_only_stale_inferences_to_run(profile, points, stale):
-    """The schema-1 trials files, read by today's code: every point of the default grid is
-    recorded, except the r16 OOMs an earlier rule inferred from r8 ones (bench.sweep.
-    stale_inferences), which a resumed sweep runs again: rtx3050-laptop's 78 were (2 of them fit),
-    t4's 45 not yet. The dry run needs no GPU."""
+@pytest.mark.parametrize("profile, points", [("rtx3050-laptop", 192), ("t4", 320)])
+def test_the_published_sweeps_hold_no_stale_inference(profile, points):
+    """The published trials files, read by today's code: every point of the default grid is
+    recorded, none of them an OOM inferred across LoRA ranks (an earlier rule; bench.sweep.
+    stale_inferences would run those again): rtx3050-laptop's 78 were re-run (2 of them fit),
+    t4's 45 too (2 fit: Qwen2.5-7B r16 with checkpointing at 2048 x 1 and 512 x 4, 13.74 GiB
+    reserved). The dry run needs no GPU."""
     from conftest import cli
 
     result = cli("--profile", profile, "--dry-run", "--results-dir", str(RESULTS), env={"COLUMNS": "200"})
     assert result.returncode == 0, result.stderr
     actions = [line.split("│")[-2].strip() for line in result.stdout.splitlines() if line.count("│") > 2]
-    assert len(actions) == points and actions.count("run") == stale
-    assert actions.count("recorded") == points - stale
+    assert len(actions) == points and actions.count("recorded") == points
