@@ -93,6 +93,7 @@ class Point:
 
     key: tuple  # (model, dtype, grad_ckpt, recipe): steps of any batch and length interpolate
     tokens: int
+    seq: int
     classes: dict
     wall_ms: float
     busy_ms: float
@@ -103,7 +104,7 @@ def load_points(path: Path) -> list[Point]:
     """The profiled steps of one kernels CSV (the latest row of each point and class)."""
     by_point: dict[tuple, dict] = {}
     for r in _rows(path):
-        point = (r["model"], r["dtype"], r["grad_ckpt"] == "True", r["recipe"] or "peft",
+        point = (r["model"], r["dtype"], r["grad_ckpt"].lower() == "true", r["recipe"] or "peft",
                  int(r["batch_size"]), int(r["seq_len"]))  # fmt: skip
         by_point.setdefault(point, {})[r["class"]] = r
     points = []
@@ -115,6 +116,7 @@ def load_points(path: Path) -> list[Point]:
             Point(
                 key=tuple(key),
                 tokens=batch * seq,
+                seq=seq,
                 classes={
                     c: {k: float(v[k] or 0) for k in ("kernels", "gpu_ms", "flops", "bytes")}
                     for c, v in classes.items()
@@ -160,34 +162,57 @@ class KernelProjection:
             self._rates[key] = card_rates(profile, dtype, self.dir)
         return self._rates[key]
 
+    def kernel_set(self, profile) -> str | None:
+        """Whose profiled steps stand for `profile`'s card: its own, else those profiled with the
+        same attention kernels (the T4's without FlashAttention, the H200's with it), else any."""
+        if profile.name in self.files:
+            return profile.name
+        same = "h200" if "flash" in profile.gpu.sdpa_backends else "t4"
+        return same if same in self.files else next(iter(self.files), None)
+
     def _points(self, profile, kernel_set: str | None) -> list[Point]:
-        return self.files.get(kernel_set or profile.name) or self.files.get("h200") or []
+        return self.files.get(kernel_set or self.kernel_set(profile)) or []
 
     def step_ms(self, profile, model: str, seq: int, batch: int, ckpt: bool, dtype: str,
                 recipe: str = "peft", kernel_set: str | None = None) -> float | None:  # fmt: skip
-        """The projected wall time of one step on `profile`'s card, from the steps profiled with
-        its kernels (or `kernel_set`'s, else the H200's own); None when no profiled step of that
-        model, precision and checkpointing is there to project from. Steps interpolate in tokens
-        (batch x length) whatever their batch: attention's share grows with the length alone,
-        which this does not model."""
+        """The projected wall time of one step (see step_parts): the longer of the CPU's launches
+        and the GPU's work, which overlap."""
+        parts = self.step_parts(profile, model, seq, batch, ckpt, dtype, recipe, kernel_set)
+        return max(parts) if parts else None
+
+    def step_parts(self, profile, model: str, seq: int, batch: int, ckpt: bool, dtype: str,
+                   recipe: str = "peft", kernel_set: str | None = None) -> tuple | None:  # fmt: skip
+        """(launch ms, GPU ms) of one step on `profile`'s card, from the steps profiled with
+        its kernels (or `kernel_set`'s; kernel_set picks); None when no profiled step of that
+        model, precision and checkpointing is there to project from (a step of the other half
+        precision stands in: the same work). Steps interpolate in tokens (batch x length),
+        attention in tokens x length."""
         points = self._points(profile, kernel_set)
         near = [p for p in points if p.key == (model, dtype, ckpt, recipe)]
-        if not near and dtype == "fp16":  # a card's fp16 step from the h200's bf16 one
-            near = [p for p in points if p.key == (model, "bf16", ckpt, recipe)]
+        if not near:  # the other half precision: the same work, the card's own rates
+            other = "bf16" if dtype == "fp16" else "fp16"
+            near = [p for p in points if p.key == (model, other, ckpt, recipe)]
         if not near:
             return None
         tokens = seq * batch
         host, card = self.rates(self.host, near[0].key[1]), self.rates(profile, dtype)
         gpu = 0.0
         for cls in {c for p in near for c in p.classes}:
-            gpu += self._class_ms(cls, near, tokens, host, card)
+            gpu += self._class_ms(cls, near, tokens, host, card, seq)
         kernels = _interpolate([(p.tokens, p.kernels) for p in near], tokens, proportional=False)
-        return max(kernels * self.launch_ms, gpu)
+        return kernels * self.launch_ms, gpu
 
-    def _class_ms(self, cls: str, near: list[Point], tokens: int, host: Rates, card: Rates) -> float:
+    def _class_ms(
+        self, cls: str, near: list[Point], tokens: int, host: Rates, card: Rates, seq: int
+    ) -> float:
+        # attention's work grows with the length squared, per sequence: batch x length^2
+        # (tokens x length); the rest with the tokens
+        x = (lambda p: p.tokens * p.seq) if cls == "attention" else (lambda p: p.tokens)
+        target = tokens * seq if cls == "attention" else tokens
+
         def at(field, proportional=True):
-            points = [(p.tokens, p.classes.get(cls, {}).get(field, 0.0)) for p in near]
-            return _interpolate(points, tokens, proportional)
+            points = [(x(p), p.classes.get(cls, {}).get(field, 0.0)) for p in near]
+            return _interpolate(points, target, proportional)
 
         floor = at("kernels", proportional=False) * LATENCY_S * 1000
         if cls in COMPUTE:
@@ -223,16 +248,17 @@ def host_validation(results_dir: Path, kernels_dir: Path | None = None) -> list[
         for r in _rows(trials):
             if r["status"] != "ok" or not r.get("step_time_p50_s") or (r.get("recipe") or "peft") != "peft":
                 continue
-            ckpt, batch, seq = r["grad_ckpt"] == "True", int(r["batch_size"]), int(r["seq_len"])
+            ckpt, batch, seq = r["grad_ckpt"].lower() == "true", int(r["batch_size"]), int(r["seq_len"])
             if (r["model"], r["dtype"], ckpt, "peft", batch * seq) in profiled:
                 continue
-            got = projection.step_ms(
+            parts = projection.step_parts(
                 projection.host, r["model"], seq, batch, ckpt, r["dtype"], kernel_set=name
             )
-            if got is None:
+            if parts is None:
                 continue
-            measured = float(r["step_time_p50_s"]) * 1000
+            measured, got = float(r["step_time_p50_s"]) * 1000, max(parts)
             out.append({"kernels": name, "model": r["model"], "seq_len": seq, "batch_size": batch,
                         "grad_ckpt": ckpt, "dtype": r["dtype"], "measured_ms": measured,
-                        "projected_ms": got, "error": got / measured - 1})  # fmt: skip
+                        "projected_ms": got, "bound": "gpu" if parts[1] >= parts[0] else "launch",
+                        "error": got / measured - 1, "git_commit": r.get("git_commit", "")})  # fmt: skip
     return out

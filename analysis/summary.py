@@ -52,7 +52,8 @@ def render(results_dir: Path) -> str:
         if rows.empty:
             continue
         if not set(profile.grid.models) <= set(rows.model):  # its largest model is not known
-            partial.append(f"{profile.name} ({rows.model.nunique()} of its {len(profile.grid.models)} grid models)")
+            searched = f"{rows.model.nunique()} of its {len(profile.grid.models)} grid models"
+            partial.append(f"{profile.name} ({searched})")
             continue
         best = _best_setting(rows)
         fitting = best[best.max_value >= TOKENS]

@@ -189,19 +189,31 @@ def profile_point(request, steps: int) -> tuple[list[dict], str]:
         slot.drop(device)
 
 
-def run_kernels(cfg, steps: int, out: Path) -> list[dict]:
+def run_kernels(cfg, steps: int, out: Path) -> list[str]:
+    """Profile every point of `cfg`'s grid into `out`; the keys of the points profiled, now or
+    by an earlier run."""
     from bench.runner import TrialRunner, host_gpu
     from bench.spec import expand
 
     runner = TrialRunner(cfg, host_gpu(cfg))
-    written = []
+    profiled = []
     out.parent.mkdir(parents=True, exist_ok=True)
     new = not out.exists()
+    # points whose step row is written are done: a time-cut run resumes (a point cut while its
+    # rows were written has no step row, and runs again; its newer rows are the ones read)
+    done = set()
+    if not new:
+        with out.open(newline="") as handle:
+            done = {(r["profile"], r["trial_key"]) for r in csv.DictReader(handle) if r["class"] == "step"}
     with out.open("a", newline="") as handle:
         writer = csv.DictWriter(handle, FIELDS, extrasaction="ignore", lineterminator="\n")
         if new:
             writer.writeheader()
         for spec in expand(cfg.axes):
+            if (cfg.profile.name, spec.key) in done:
+                click.echo(f"{spec.key}: profiled already ({out})")
+                profiled.append(spec.key)
+                continue
             try:
                 rows, backend = profile_point(runner.request(spec), steps)
             except Exception as exc:  # an OOM or a library's refusal: say so, go on
@@ -210,15 +222,15 @@ def run_kernels(cfg, steps: int, out: Path) -> list[dict]:
             base = runner.row(spec, {}, sdpa_backend_used=backend, steps=steps)
             for row in rows:
                 writer.writerow({**base, **{k: _round(v) for k, v in row.items()}})
-                written.append({**base, **row})
             handle.flush()
+            profiled.append(spec.key)
             step = rows[-1]
             click.echo(
                 f"{spec.model} seq {spec.seq_len} batch {spec.batch_size} {spec.dtype}"
                 f"{' ckpt' if spec.grad_ckpt else ''} {spec.recipe}: {step['wall_ms']:.1f} ms/step, "
                 f"GPU busy {step['busy_ms']:.1f} ms, {step['kernels']:.0f} kernels"
             )
-    return written
+    return profiled
 
 
 def _round(value):
@@ -269,10 +281,10 @@ def kernels(
             spare_workers=0, workload="step", sft_steps=1, sft_lr=1e-4, sft_eval_samples=1,
             extra_axes={"recipe": recipes},
         )  # fmt: skip
-        rows = run_kernels(cfg, steps, out or Path("results") / "kernels" / f"{cfg.profile.name}.csv")
+        points = run_kernels(cfg, steps, out or Path("results") / "kernels" / f"{cfg.profile.name}.csv")
     except BenchUsageError as exc:
         click.echo(f"qlora-bench: error: {exc}", err=True)
         sys.exit(2)
-    if not rows:
+    if not points:
         click.echo("qlora-bench: error: no point could be profiled", err=True)
         sys.exit(1)

@@ -181,10 +181,11 @@ def render(results_dir: Path) -> str:
 def write(results_dir: Path, out: Path | None = None) -> list[Path]:
     """The boundary tables (results_dir/boundaries.md, or `out`) and beside them the purchase
     summary (purchase.md), when the results hold seeds the seeds table (seeds.md), and the fit
-    predictor's coefficients and accuracy (predictor.json, predictor.md), then the page made of
+    predictor's coefficients and accuracy (predictor.json, predictor.md), when steps were
+    profiled the per-kernel projection's page (kernel-projection.md), then the page made of
     them (site/index.html). All are rendered before any is written: a damaged results file
     writes nothing."""
-    from analysis import predict, summary
+    from analysis import kernel_report, predict, summary
     from bench import seeds
 
     out = Path(out or Path(results_dir) / "boundaries.md")
@@ -193,6 +194,9 @@ def write(results_dir: Path, out: Path | None = None) -> list[Path]:
     if seeds_text is not None:
         texts[out.with_name("seeds.md")] = seeds_text
     texts.update(predict.texts(results_dir, out.parent))
+    kernels_text = kernel_report.render(results_dir)
+    if kernels_text is not None:
+        texts[out.with_name("kernel-projection.md")] = kernels_text
     for path, text in texts.items():
         try:
             path.write_text(text)

@@ -85,3 +85,30 @@ def test_host_validation_leaves_the_profiled_points_out(kernels_dir, tmp_path):
     (checked,) = host_validation(tmp_path / "results", kernels_dir)
     assert (checked["kernels"], checked["seq_len"], checked["measured_ms"]) == ("t4", 1024, 50.0)
     assert checked["error"] == pytest.approx(checked["projected_ms"] / 50.0 - 1)
+
+
+def test_attention_grows_with_the_length_squared_and_cards_take_their_attention_kernels(kernels_dir):
+    """Attention's time interpolates in batch x length^2 (the rest in tokens): 1 ms at 512 and
+    16 ms at 2048 (x16) project to 4 ms at 1024 x 1 but 2 ms at 512 x 2 (same tokens). A card
+    without FlashAttention takes the T4's profiled steps, one with it the H200's; a step of the
+    other half precision stands in when its own is not profiled."""
+    import shutil
+
+    rows = list(csv.DictReader(open(kernels_dir / "h200.csv")))
+    for seq, ms in ((512, 1.0), (2048, 16.0)):
+        step = next(r for r in rows if r["class"] == "step" and r["seq_len"] == str(seq))
+        rows.insert(rows.index(step), {**step, "class": "attention", "kernels": "10", "gpu_ms": str(ms)})
+    with open(kernels_dir / "h200.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    shutil.copy(kernels_dir / "h200.csv", kernels_dir / "t4.csv")
+    projection = KernelProjection(kernels_dir)
+    h200 = projection.host
+    long, wide = (
+        projection.step_parts(h200, "qwen2.5-0.5b", s, b, True, "bf16") for s, b in ((1024, 1), (512, 2))
+    )
+    assert long[1] - wide[1] == pytest.approx(4.0 - 2.0)
+    assert projection.kernel_set(load_profile("gtx1650")) == "t4"
+    assert projection.kernel_set(load_profile("rtx3070")) == "h200"
+    assert projection.step_ms(load_profile("rtx3070"), "qwen2.5-0.5b", 512, 1, True, "fp16") is not None

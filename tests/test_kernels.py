@@ -58,6 +58,10 @@ def test_kernels_on_cpu(tmp_path):
     gemm = next(r for r in rows if r["class"] == "gemm")
     assert float(gemm["flops"]) > 0 and gemm["model"] == "tiny" and gemm["emulated"] == "False"
 
+    again = CliRunner().invoke(main, args)  # resumes: the point is profiled already
+    assert again.exit_code == 0 and "profiled already" in again.output
+    assert len(list(csv.DictReader(out.open()))) == len(rows)
+
 
 def test_kernels_refuses_trl():
     result = CliRunner().invoke(main, ["kernels", "--profile", "t4", "--recipe", "trl"])

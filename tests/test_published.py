@@ -150,6 +150,18 @@ def test_report_regenerates_the_purchase_summary_byte_for_byte():
     assert "**projected**" in text and "not measured" in text  # a projection says what it is
 
 
+def test_report_regenerates_the_kernel_projection_page_byte_for_byte():
+    """results/kernel-projection.md: the per-kernel projection from the committed profiled steps;
+    its GPU-bound steps on the H200 within 20% at the median (launch-bound ones depend on the
+    host's CPU, and the page says so)."""
+    from analysis import kernel_report
+
+    text = kernel_report.render(RESULTS)
+    assert text == (RESULTS / "kernel-projection.md").read_text()
+    gpu_bound = next(line for line in text.splitlines() if line.startswith("| GPU-bound"))
+    assert int(gpu_bound.split("|")[3].strip().rstrip("%")) <= 20
+
+
 def test_every_recorded_row_keeps_its_key_and_the_default_grids_are_recorded():
     """The key is derived from TrialSpec's fields: every committed row (archives included) must
     re-derive its own key, or a resumed run would redo what is recorded; and the default grids
