@@ -126,10 +126,12 @@ def render(results_dir: Path) -> str | None:
             "",
             "Every measured ok step (sweeps, peft) of a profiled model and setting, its profiled "
             "lengths left out, projected for the H200 from the kernels that trial ran with. "
-            "Launch-bound steps depend on the host's CPU: the sweeps' steps were measured on an "
-            "earlier lent host whose launches cost about half (Qwen2.5-7B, 512 tokens: 0.28 s "
-            "there, 0.51 s profiled), so their error is the hosts' difference. A small card's "
-            "steps are GPU-bound (table below).",
+            "Launch-bound steps depend on the host's CPU and the code: the sweeps' steps were "
+            "measured on 2026-11-21 (commit e8db8b9), where launch-bound steps took about half as "
+            "long as the same steps do now (Qwen2.5-7B, 512 tokens: 0.28 s then, 0.51 s profiled; "
+            "Qwen2.5-0.5B with checkpointing: 0.23 s at 512 tokens then, 0.42-0.49 s at 1024 in "
+            "rtx3050-laptop's sweep rows of 2026-12-02); another lent host or the code since, not "
+            "separated. A small card's steps are GPU-bound (table below).",
             "",
             *_validation(Path(results_dir), kernels_dir),
             "",
