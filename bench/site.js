@@ -28,6 +28,30 @@ function answer(card, model, seq, batch, rank, dtype, ckpt, recipe) {
     lines.push(`  measured on this profile (emulated): the longest sequence at batch 1 is ${DATA.measured[key]} tokens`);
   return lines.join('\n');
 }
+// `qlora-bench estimate`'s arithmetic and words (analysis/estimate.py), from each setting's
+// projected step time exported per card, model and tokens per example.
+const hours = (h) => (h < 1 ? `${(h * 60).toFixed(0)} min` : `${h.toFixed(1)} h`);
+function job(card, model, examples, tokens, epochs) {
+  const found = DATA.jobs.options[[card, model, tokens].join('|')];
+  if (!found) return `no measured boundaries of ${model} on ${card} (measure them: qlora-bench boundary --profile ${card} --models ${model})`;
+  const head = `${model} on ${card}: ${examples} examples x ${tokens} tokens x ${epochs} epochs`;
+  if (!found.length) return `${head}: does not fit on peft's path (no measured setting trains ${tokens} tokens at batch 1); other recipes reach further: results/boundaries.md`;
+  const err = DATA.jobs.error;
+  const options = found.map((o) => {
+    const steps = Math.ceil(examples / o.batch) * epochs;
+    return {...o, steps: steps, hours: steps * o.step_s / 3600};
+  }).sort((a, b) => a.hours - b.hours);
+  const lines = [`${head}, PROJECTED (not measured):`];
+  options.forEach((o, i) => {
+    const setting = `${o.dtype}, ${o.grad_ckpt ? 'ckpt' : 'no ckpt'}, r${o.lora_rank}, batch ${o.batch}`;
+    lines.push(`${i === 0 ? '  fastest' : '         '} ${setting}: ~${hours(o.hours)} (band ${hours(o.hours / (1 + err))}-${hours(o.hours * (1 + err))}; ${o.steps} steps of ~${o.step_s.toFixed(2)} s; from the ${o.source})`);
+  });
+  lines.push(`Band: the projection's 90th-percentile error (${(err * 100).toFixed(0)}%) against the H200's own steps with each model left out; its error on a real small card is not measured.`);
+  return lines.join('\n');
+}
+function jobNow() {
+  $('jobanswer').textContent = job($('jcard').value, $('jmodel').value, +$('examples').value, +$('tokens').value, +$('epochs').value);
+}
 function fill(select, values) { select.innerHTML = values.map((v) => `<option>${v}</option>`).join(''); }
 function predictNow() {
   $('answer').textContent = answer($('p-card').value, $('p-model').value, +$('p-seq').value, +$('p-batch').value,
@@ -43,15 +67,17 @@ function compare() {
 }
 const cards = Object.keys(DATA.cards);
 fill($('card'), cards); fill($('p-card'), cards); fill($('p-model'), DATA.models);
+fill($('jcard'), cards); fill($('jmodel'), DATA.models);
 $('compare').innerHTML = cards.map((c) => `<label><input type="checkbox" class="cmp" value="${c}"> ${c}</label>`).join(' ');
 const q = new URLSearchParams(location.search);
-for (const [k, v] of q) { const el = $('p-' + k); if (el) { if (el.type === 'checkbox') el.checked = v === 'on'; else el.value = v; } }
+for (const [k, v] of q) { const el = $('p-' + k) || ['jcard', 'jmodel', 'examples', 'tokens', 'epochs'].includes(k) && $(k); if (el) { if (el.type === 'checkbox') el.checked = v === 'on'; else el.value = v; } }
 if (q.get('card')) $('card').value = q.get('card');
 for (const c of (q.get('compare') || '').split(',')) { const el = document.querySelector(`.cmp[value="${c}"]`); if (el) el.checked = true; }
 for (const el of document.querySelectorAll('#predict select, #predict input')) el.addEventListener('change', predictNow);
+for (const el of document.querySelectorAll('#job select, #job input')) el.addEventListener('change', jobNow);
 $('card').addEventListener('change', showCard);
 for (const el of document.querySelectorAll('.cmp')) el.addEventListener('change', compare);
-showCard(); compare(); predictNow();
+showCard(); compare(); predictNow(); jobNow();
 if (q.get('view')) {  // one view alone (a link to it, or a screenshot)
   for (const el of document.querySelectorAll('body > section')) el.hidden = el.id !== q.get('view');
 }

@@ -2,10 +2,11 @@
 
 The page (results/site/index.html, readable offline, no server) holds what `report` wrote: the
 buyer's summary, every card's boundary tables by recipe, the reports of real runs against our
-measurements, the predictor's accuracy; a compare view of two or three cards; and the fit
-predictor itself, running in the page from results/predictor.json with the same arithmetic and
-the same words as `qlora-bench predict` (tests/test_site.py checks one against the other in a
-headless Chromium). Every section says what its numbers are: measured (and emulated, on which
+measurements, the predictor's accuracy; a compare view of two or three cards; the fit predictor
+itself, running in the page from results/predictor.json with the same arithmetic and the same
+words as `qlora-bench predict`; and a job's time as `qlora-bench estimate` gives it, from each
+setting's projected step time (tests/test_site.py checks both against the CLI in a headless
+Chromium). Every section says what its numbers are: measured (and emulated, on which
 GPU), projected, or predicted, and which file holds their rows.
 """
 
@@ -110,7 +111,35 @@ def page_data(results_dir: Path) -> dict:
                 )  # fmt: skip
                 measured.setdefault(key, row["max_value"])  # the first, as predict reads them
     predictor = json.loads((results_dir / "predictor.json").read_text())
-    return {"groups": predictor["groups"], "cards": cards, "models": list(catalog), "measured": measured}
+    return {"groups": predictor["groups"], "cards": cards, "models": list(catalog), "measured": measured,
+            "jobs": jobs(results_dir)}  # fmt: skip
+
+
+JOB_TOKENS = (256, 512, 1024, 2048)  # the page's choice of tokens per example
+
+
+def jobs(results_dir: Path) -> dict:
+    """What the page's job estimate needs, as `qlora-bench estimate` computes it: per card, model
+    and tokens per example (JOB_TOKENS), each setting that trains it with its projected step
+    time; the page multiplies by the job's steps. And the band's error."""
+    from analysis.data import load
+    from analysis.estimate import job_options
+    from analysis.projection import calibrated
+    from bench.profiles import load_profile
+
+    data = load(results_dir)
+    projection, bounds = calibrated(data), data.boundaries
+    if projection is None or bounds.empty:
+        return {"error": None, "options": {}}
+    error = projection.calibration()["p90_error_left_out"]
+    options = {}
+    for (card, model), rows in bounds.groupby(["profile", "model"]):  # peft's (analysis.data)
+        profile = load_profile(card)
+        for tokens in JOB_TOKENS:
+            found = job_options(projection, profile, rows, 1, tokens, 1, error)
+            keep = ("dtype", "grad_ckpt", "lora_rank", "batch", "step_s", "source")
+            options["|".join([card, model, str(tokens)])] = [{k: o[k] for k in keep} for o in found]
+    return {"error": error, "options": options}
 
 
 STYLE = """
@@ -118,7 +147,7 @@ body{font:15px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1100px;padding:
 table{border-collapse:collapse;margin:.6em 0;font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px}
 th{background:#f2f2f2}code{background:#f4f4f4;padding:0 2px}.kind{font-size:12px;color:#555;
 border-left:4px solid #999;padding-left:6px}.kind b{color:#000}nav a{margin-right:1em}
-#answer{background:#f7f7f2;border:1px solid #ddd;padding:.6em;white-space:pre-wrap}
+#answer,#jobanswer{background:#f7f7f2;border:1px solid #ddd;padding:.6em;white-space:pre-wrap}
 form label{margin-right:1em;display:inline-block}img{max-width:100%}
 """
 
@@ -149,6 +178,7 @@ def render(results_dir: Path) -> str:
         f'<figure><img src="../figures/{p.name}" alt="{p.stem}"><figcaption>{p.name}</figcaption></figure>'
         for p in sorted((results_dir / "figures").glob("*.png"))
     )
+    tokens = "".join(f"<option>{t}</option>" for t in JOB_TOKENS)
     blob = json.dumps(data, sort_keys=True, separators=(",", ":")).replace("</", "<\\/")
     body = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>qlora-bench: will my QLoRA run fit this GPU?</title>
@@ -157,7 +187,7 @@ def render(results_dir: Path) -> str:
 <h1>Will my QLoRA run fit this GPU?</h1>
 <p>Made by <code>qlora-bench site</code> from <code>results/</code>. Every number below says what it is:
 <b>measured</b>, <b>projected</b> or <b>predicted</b>.</p>
-<nav><a href="#predict">predict</a><a href="#summary-section">compare cards</a>
+<nav><a href="#predict">predict</a><a href="#job">job time</a><a href="#summary-section">compare cards</a>
 <a href="#cards">one card's tables</a><a href="#stacks">training stacks</a>
 <a href="#seeds">reports of real runs</a><a href="#figures">figures</a></nav>
 <section id="predict"><h2>Predict a configuration</h2>
@@ -174,6 +204,16 @@ def render(results_dir: Path) -> str:
 <pre id="answer"></pre>
 <p>The same answer, in a shell: <code>qlora-bench predict --profile CARD --model MODEL --seq-len N</code>.</p>
 {markdown(accuracy, 2)}</section>
+<section id="job"><h2>How long will my job take?</h2>
+{_kind("projected", "results/&lt;card&gt;/boundaries.csv (settings), analysis/projection.py (steps)")}
+<form onsubmit="return false">
+<label>card <select id="jcard"></select></label><label>model <select id="jmodel"></select></label>
+<label>examples <input id="examples" type="number" min="1" value="5000"></label>
+<label>tokens per example <select id="tokens">{tokens}</select></label>
+<label>epochs <input id="epochs" type="number" min="1" value="2"></label></form>
+<pre id="jobanswer"></pre>
+<p>The same answer, in a shell: <code>qlora-bench estimate --profile CARD --model MODEL --examples N
+--tokens T --epochs E</code> (any T).</p></section>
 <section id="summary-section"><h2>Compare cards</h2>
 {_kind("measured", "results/&lt;card&gt;/boundaries.csv")}
 {_kind("projected", "the reference job's hours: analysis/projection.py")}

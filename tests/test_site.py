@@ -71,6 +71,26 @@ def test_the_pages_predictor_answers_as_the_cli_does(card, model, seq, batch, ra
     assert shown.replace("&amp;", "&") == said
 
 
+JOBS = [
+    ("t4", "llama-3.2-3b", 5000, 512, 2),  # the README's example: two settings, the fastest first
+    ("gtx1650", "qwen2.5-1.5b", 1000, 1024, 1),  # does not fit
+    ("l4", "llama-3.1-8b", 333, 2048, 3),
+    ("rtx3050-laptop", "qwen2.5-0.5b", 777, 256, 1),
+]
+
+
+@pytest.mark.parametrize("card, model, examples, tokens, epochs", JOBS)
+def test_the_pages_job_estimate_answers_as_the_cli_does(card, model, examples, tokens, epochs):
+    query = dict(view="job", jcard=card, jmodel=model, examples=examples, tokens=tokens, epochs=epochs)
+    shown = re.search(r'<pre id="jobanswer">(.*?)</pre>', _dom(query), re.S).group(1)
+    result = cli(
+        "estimate", "--profile", card, "--model", model, "--examples", str(examples),
+        "--tokens", str(tokens), "--epochs", str(epochs),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert shown.replace("&amp;", "&") == result.stdout.strip()
+
+
 def test_the_compare_view_shows_only_the_cards_chosen():
     dom = _dom({"compare": "t4,l4"})
     summary = dom[dom.index('id="summary"') :]
