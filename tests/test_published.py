@@ -162,6 +162,16 @@ def test_report_regenerates_the_kernel_projection_page_byte_for_byte():
     assert int(gpu_bound.split("|")[3].strip().rstrip("%")) <= 20
 
 
+def test_the_h200s_native_rows_give_its_process_overhead():
+    """docs/emulation.md quotes it: a training process on the H200 holds 0.75 GiB beside
+    PyTorch's reserved memory (context and kernel modules), from the native rows."""
+    from analysis.context import overhead
+
+    gib, rows = overhead(RESULTS)["h200"]
+    assert round(gib, 2) == 0.75 and rows == 11
+    assert set(overhead(RESULTS)) == {"h200"}  # every other row was emulated
+
+
 def test_every_recorded_row_keeps_its_key_and_the_default_grids_are_recorded():
     """The key is derived from TrialSpec's fields: every committed row (archives included) must
     re-derive its own key, or a resumed run would redo what is recorded; and the default grids
