@@ -160,7 +160,10 @@ def accuracy(held: pd.DataFrame) -> dict:
 
 
 def render(results_dir: Path) -> str:
-    held = leave_out(load_rows(results_dir))
+    from analysis import arch_predict
+
+    frame = load_rows(results_dir)
+    held = leave_out(frame)
     if held.empty:
         return "No measured rows to fit.\n"
     total = accuracy(held)
@@ -191,15 +194,19 @@ def render(results_dir: Path) -> str:
     lines.append(line("**all**", total))
     for model, group in held.groupby("model"):
         lines.append(line(model, accuracy(group)))
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + arch_predict.section(frame)[0]) + "\n"
 
 
 def export(results_dir: Path) -> dict:
     """The fitted coefficients, as data (results/predictor.json): what `qlora-bench predict`
     and the static page compute with, without pandas or the CSVs."""
+    from analysis import arch_predict
+    from bench.architecture import FEATURES
+
     frame = load_rows(results_dir)
     if frame.empty:
         return {"groups": []}
+    _, held = arch_predict.section(frame)
     groups = [
         {
             **dict(zip(GROUP, key, strict=True)),
@@ -212,6 +219,12 @@ def export(results_dir: Path) -> dict:
     return {
         "model": "peak_reserved_gib = coef . [1, rank/16, batch*seq/1000, batch*(seq/1000)^2 (not flash)]",
         "groups": groups,
+        "architecture": {
+            "model": "peak_reserved_gib = coef . bench.architecture.features(config, ...)",
+            "features": list(FEATURES),
+            "groups": arch_predict.groups(frame),
+            "left_out": {k: round(v, 4) if isinstance(v, float) else v for k, v in (held or {}).items()},
+        },
     }
 
 

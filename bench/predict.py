@@ -38,6 +38,72 @@ def _measured_boundary(results_dir: Path, profile: str, key: dict) -> str | None
     return None
 
 
+def _verdict(peak: float, gpu) -> str:
+    cap = gpu.allocator_cap_gib
+    verdict = (
+        f"fits ({cap - peak:.2f} GiB to spare)"
+        if peak <= cap
+        else f"does not fit ({peak - cap:.2f} GiB short)"
+    )
+    return (
+        f"  predicted peak reserved {peak:.2f} GiB against the card's {cap:.2f} GiB "
+        f"(usable {gpu.usable_vram_gib} - CUDA context {gpu.context_overhead_gib}): {verdict}"
+    )
+
+
+def _load(results_dir: Path) -> dict:
+    path = Path(results_dir) / "predictor.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BenchUsageError(
+            f"{path}: no fitted predictor ({type(exc).__name__}); `qlora-bench report` writes it"
+        ) from None
+
+
+def answer_config(results_dir: Path, profile_name: str, config: Path, seq_len: int, batch_size: int,
+                  rank: int, dtype: str, grad_ckpt: bool, recipe: str) -> str:  # fmt: skip
+    """The same answer for an architecture given by its config values (a config.json), from the
+    cross-architecture fit (analysis/arch_predict.py)."""
+    from bench.architecture import architecture, features
+    from bench.profiles import load_profile
+
+    try:
+        values = json.loads(Path(config).read_text())
+    except (OSError, ValueError) as exc:
+        raise BenchUsageError(f"--config {config}: cannot read a JSON config ({exc})") from None
+    arch = architecture(values, f"--config {config}")
+    gpu = load_profile(profile_name).gpu
+    if dtype == "bf16" and not gpu.native_bf16:
+        raise BenchUsageError(f"--dtype bf16: {profile_name} has no bf16 (compute capability below 8.0)")
+    fitted = _load(results_dir).get("architecture") or {}
+    flash, ckpt = "flash" in gpu.sdpa_backends, "true" if grad_ckpt else "false"
+    wanted = {"dtype": dtype, "grad_ckpt": ckpt, "recipe": recipe, "flash": flash}
+    group = next((g for g in fitted.get("groups", []) if all(g[k] == v for k, v in wanted.items())), None)
+    name = values.get("_name_or_path") or Path(config).name
+    ckpt_text = "ckpt" if grad_ckpt else "no ckpt"
+    setting = f"{name}, {seq_len} tokens x {batch_size}, r{rank}, {dtype}, {ckpt_text}, {recipe}"
+    if group is None:
+        raise BenchUsageError(
+            f"no cross-architecture fit for {setting} on a card with{'' if flash else 'out'} flash "
+            "attention (it needs three measured models of that precision, checkpointing and recipe)"
+        )
+    x = features(arch, rank, batch_size, seq_len, flash)
+    peak = sum(c * v for c, v in zip(group["coef"], x, strict=True))
+    left = fitted.get("left_out") or {}
+    return "\n".join(
+        [
+            f"{profile_name}: {setting}",
+            _verdict(peak, gpu),
+            f"  predicted from the architecture, no row of this model measured: a fit across "
+            f"{len(group['models'])} measured models ({group['rows']} rows); with each measured model "
+            f"left out its error was {left.get('median_error', float('nan')):.1%} (median), its fit/OOM "
+            f"call right {left.get('agreement_away_from_cap', float('nan')):.1%} of the time away "
+            f"from the cap: {Path(results_dir) / 'predictor.md'}",
+        ]
+    )
+
+
 def answer(results_dir: Path, profile_name: str, model: str, seq_len: int, batch_size: int, rank: int,
            dtype: str, grad_ckpt: bool, recipe: str) -> str:  # fmt: skip
     from bench.catalog import load_catalog
@@ -45,18 +111,14 @@ def answer(results_dir: Path, profile_name: str, model: str, seq_len: int, batch
 
     catalog = load_catalog()
     if model not in catalog:
-        raise BenchUsageError(f"--model: unknown {model!r}; known: {sorted(catalog)}")
+        raise BenchUsageError(
+            f"--model: unknown {model!r}; known: {sorted(catalog)} (or --config a config.json)"
+        )
     profile = load_profile(profile_name, set(catalog))
     gpu = profile.gpu
     if dtype == "bf16" and not gpu.native_bf16:
         raise BenchUsageError(f"--dtype bf16: {profile.name} has no bf16 (compute capability below 8.0)")
-    path = Path(results_dir) / "predictor.json"
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise BenchUsageError(
-            f"{path}: no fitted predictor ({type(exc).__name__}); `qlora-bench report` writes it"
-        ) from None
+    data = _load(results_dir)
     flash = "flash" in gpu.sdpa_backends
     ckpt = "true" if grad_ckpt else "false"
     wanted = {"model": model, "dtype": dtype, "grad_ckpt": ckpt, "recipe": recipe, "flash": flash}
@@ -71,16 +133,9 @@ def answer(results_dir: Path, profile_name: str, model: str, seq_len: int, batch
             "measures them"
         )
     peak = predicted_peak(group, rank, batch_size, seq_len)
-    cap = gpu.allocator_cap_gib
-    verdict = (
-        f"fits ({cap - peak:.2f} GiB to spare)"
-        if peak <= cap
-        else f"does not fit ({peak - cap:.2f} GiB short)"
-    )
     lines = [
         f"{profile.name}: {setting}",
-        f"  predicted peak reserved {peak:.2f} GiB against the card's {cap:.2f} GiB "
-        f"(usable {gpu.usable_vram_gib} - CUDA context {gpu.context_overhead_gib}): {verdict}",
+        _verdict(peak, gpu),
         f"  predicted, not measured: a fit to {group['rows']} measured rows of this model, precision, "
         f"checkpointing and recipe on cards {'with' if flash else 'without'} flash attention; its "
         f"accuracy with points left out: {Path(results_dir) / 'predictor.md'}",
@@ -102,7 +157,12 @@ def answer(results_dir: Path, profile_name: str, model: str, seq_len: int, batch
 
 @click.command()
 @click.option("--profile", "profile_name", required=True, help="Profile name or YAML path.")
-@click.option("--model", required=True, help="Catalogue model.")
+@click.option("--model", help="Catalogue model.")
+@click.option(
+    "--config",
+    type=click.Path(path_type=Path),
+    help="Instead of --model: a model's config.json (an architecture not in the catalogue).",
+)
 @click.option("--seq-len", type=click.IntRange(1), required=True)
 @click.option("--batch-size", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--rank", type=click.IntRange(1), default=16, show_default=True)
@@ -110,10 +170,15 @@ def answer(results_dir: Path, profile_name: str, model: str, seq_len: int, batch
 @click.option("--grad-ckpt/--no-grad-ckpt", default=True, show_default=True)
 @click.option("--recipe", default="peft", show_default=True, help="Training stack (docs/recipes.md).")
 @click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
-def predict(results_dir, profile_name, **options):
+def predict(results_dir, profile_name, model, config, **options):
     """Predict peak memory and fit/OOM for a configuration on a card, from the measured rows."""
     try:
-        click.echo(answer(results_dir, profile_name, **options))
+        if (model is None) == (config is None):
+            raise BenchUsageError("give one of --model (a catalogue model) and --config (a config.json)")
+        if config is not None:
+            click.echo(answer_config(results_dir, profile_name, config, **options))
+        else:
+            click.echo(answer(results_dir, profile_name, model, **options))
     except BenchUsageError as exc:
         click.echo(f"qlora-bench: error: {exc}", err=True)
         sys.exit(2)

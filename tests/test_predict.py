@@ -65,3 +65,50 @@ def test_predict_refuses_what_it_cannot_answer(tmp_path):
         str(tmp_path),
     )
     assert empty.returncode == 2 and "predictor.json" in empty.stderr and "Traceback" not in empty.stderr
+
+
+def test_an_architecture_nobody_measured_is_predicted_from_its_config(tmp_path):
+    """--config: Mistral-7B's config values (not in the catalogue) against the cross-architecture
+    fit; its answer is the fit's coefficients times bench.architecture's terms, and it says how
+    well a left-out model was predicted. The README quotes that leave-model-out accuracy."""
+    import json
+
+    from bench.architecture import architecture, features
+
+    config = {"_name_or_path": "mistralai/Mistral-7B-v0.1", "hidden_size": 4096, "intermediate_size": 14336,
+              "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 8,
+              "vocab_size": 32000, "tie_word_embeddings": False}  # fmt: skip
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    result = cli("predict", "--profile", "t4", "--config", str(path), "--seq-len", "2048", "--rank", "16")
+    assert result.returncode == 0, result.stderr
+    fitted = json.loads((RESULTS / "predictor.json").read_text())["architecture"]
+    group = next(
+        g for g in fitted["groups"]
+        if (g["dtype"], g["grad_ckpt"], g["recipe"], g["flash"]) == ("fp16", "true", "peft", False)
+    )  # fmt: skip
+    x = features(architecture(config, "test"), 16, 1, 2048, False)
+    peak = sum(c * v for c, v in zip(group["coef"], x, strict=True))
+    assert f"predicted peak reserved {peak:.2f} GiB" in result.stdout
+    assert "predicted from the architecture, no row of this model measured" in result.stdout
+    left = fitted["left_out"]
+    readme = " ".join((REPO / "README.md").read_text().split())
+    quoted = (
+        f"off by {100 * left['median_error']:.1f} % (median; 90th percentile "
+        f"{100 * left['p90_error']:.1f} %), and its fit/OOM call agrees "
+        f"{100 * left['agreement_away_from_cap']:.1f} % of the time"
+    )
+    assert quoted in readme, quoted
+
+
+def test_predict_config_refuses_bad_input(tmp_path):
+    base = ("predict", "--profile", "t4", "--seq-len", "512")
+    missing = cli(*base, "--config", str(tmp_path / "none.json"))
+    assert missing.returncode == 2 and "cannot read" in missing.stderr
+    (tmp_path / "enc.json").write_text('{"hidden_size": 768}')
+    partial = cli(*base, "--config", str(tmp_path / "enc.json"))
+    assert partial.returncode == 2 and "num_hidden_layers" in partial.stderr
+    both = cli(*base, "--config", str(tmp_path / "enc.json"), "--model", "qwen2.5-7b")
+    neither = cli(*base)
+    assert both.returncode == neither.returncode == 2 and "one of --model" in neither.stderr
+    assert "Traceback" not in missing.stderr + partial.stderr + both.stderr + neither.stderr
