@@ -17,9 +17,7 @@ function answer(card, model, seq, batch, rank, dtype, ckpt, recipe) {
   const setting = `${model}, ${seq} tokens x ${batch}, r${rank}, ${dtype}, ${ckpt ? 'ckpt' : 'no ckpt'}, ${recipe}`;
   if (!group) return `no measurements to predict ${setting} on a card with ${c.flash ? 'flash attention' : 'no flash attention'}`;
   const p = peak(group, rank, batch, seq);
-  const verdict = p <= c.cap ? `fits (${(c.cap - p).toFixed(2)} GiB to spare)` : `does not fit (${(p - c.cap).toFixed(2)} GiB short)`;
-  const lines = [`${card}: ${setting}`,
-    `  predicted peak reserved ${p.toFixed(2)} GiB against the card's ${c.cap.toFixed(2)} GiB (usable ${c.usable} - CUDA context ${c.context}): ${verdict}`,
+  const lines = [`${card}: ${setting}`, verdictLine(p, c),
     `  predicted, not measured: a fit to ${group.rows} measured rows of this model, precision, checkpointing and recipe on cards ${c.flash ? 'with' : 'without'} flash attention`];
   if (group.ranks.length === 1 && rank !== group.ranks[0])
     lines.push(`  measured at LoRA rank ${group.ranks[0]} only: the prediction leaves out what r${rank} changes (usually little: the adapters and their optimizer states)`);
@@ -52,8 +50,54 @@ function job(card, model, examples, tokens, epochs) {
 function jobNow() {
   $('jobanswer').textContent = job($('jcard').value, $('jmodel').value, +$('examples').value, +$('tokens').value, +$('epochs').value);
 }
+// `qlora-bench predict --config`'s arithmetic and words (bench/architecture.py, bench/predict.py)
+function architecture(c) {
+  c = c.text_config || c;
+  const need = ['hidden_size', 'num_hidden_layers', 'num_attention_heads', 'intermediate_size', 'vocab_size'];
+  const bad = need.filter((k) => !Number.isInteger(c[k]) || c[k] <= 0);
+  if (bad.length) throw new Error(`the config needs positive integer ${bad.join(', ')} (a decoder's config.json)`);
+  const h = c.hidden_size, heads = c.num_attention_heads, kv = c.num_key_value_heads || heads;
+  const d = c.head_dim || Math.floor(h / heads), i = c.intermediate_size, L = c.num_hidden_layers, V = c.vocab_size;
+  const proj = [[h, heads * d], [h, kv * d], [h, kv * d], [heads * d, h], [h, i], [h, i], [i, h]];
+  return {hidden: h, layers: L, heads: heads, intermediate: i, vocab: V,
+    body: L * proj.reduce((s, [a, b]) => s + a * b, 0), embeddings: V * h * (c.tie_word_embeddings ? 1 : 2),
+    lora: L * proj.reduce((s, [a, b]) => s + a + b, 0)};
+}
+function archFeatures(a, rank, batch, seq, flash) {
+  const G = 2 ** 30, t = batch * seq;
+  const x = [1.0, a.body * 0.5 / G, a.embeddings * 2 / G, rank * a.lora * 16 / G, t * a.hidden * a.layers * 2 / G,
+    t * a.intermediate * 2 / G, t * a.intermediate * a.layers * 2 / G, t * a.vocab * 4 / G];
+  if (!flash) { const s = t * seq * a.heads * 4 / G; x.push(s, s * a.layers); }
+  return x;
+}
+function verdictLine(p, c) {
+  const verdict = p <= c.cap ? `fits (${(c.cap - p).toFixed(2)} GiB to spare)` : `does not fit (${(p - c.cap).toFixed(2)} GiB short)`;
+  return `  predicted peak reserved ${p.toFixed(2)} GiB against the card's ${c.cap.toFixed(2)} GiB (usable ${c.usable} - CUDA context ${c.context}): ${verdict}`;
+}
+function answerConfig(card, text, seq, batch, rank, dtype, ckpt, recipe) {
+  const c = DATA.cards[card];
+  let values, a;
+  try { values = JSON.parse(text); a = architecture(values); } catch (e) { return `the config: ${e.message}`; }
+  if (dtype === 'bf16' && !c.bf16) return `--dtype bf16: ${card} has no bf16 (compute capability below 8.0)`;
+  const fitted = DATA.architecture || {groups: []};
+  const want = {dtype: dtype, grad_ckpt: ckpt ? 'true' : 'false', recipe: recipe, flash: c.flash};
+  const group = fitted.groups.find((g) => Object.keys(want).every((k) => g[k] === want[k]));
+  const setting = `${values._name_or_path || 'config.json'}, ${seq} tokens x ${batch}, r${rank}, ${dtype}, ${ckpt ? 'ckpt' : 'no ckpt'}, ${recipe}`;
+  if (!group) return `no cross-architecture fit for ${setting} on a card with${c.flash ? '' : 'out'} flash attention (it needs three measured models of that precision, checkpointing and recipe)`;
+  const x = archFeatures(a, rank, batch, seq, c.flash);
+  const p = group.coef.reduce((s, v, k) => s + v * x[k], 0);
+  const left = fitted.left_out;
+  return [`${card}: ${setting}`, verdictLine(p, c),
+    `  predicted from the architecture, no row of this model measured: a fit across ${group.models.length} measured models (${group.rows} rows); with each measured model left out its error was ${(left.median_error * 100).toFixed(1)}% (median), its fit/OOM call right ${(left.agreement_away_from_cap * 100).toFixed(1)}% of the time away from the cap: results/predictor.md`].join('\n');
+}
 function fill(select, values) { select.innerHTML = values.map((v) => `<option>${v}</option>`).join(''); }
 function predictNow() {
+  const config = $('p-config').value.trim();
+  if (config) {
+    $('answer').textContent = answerConfig($('p-card').value, config, +$('p-seq').value, +$('p-batch').value,
+      +$('p-rank').value, $('p-dtype').value, $('p-ckpt').checked, $('p-recipe').value);
+    return;
+  }
   $('answer').textContent = answer($('p-card').value, $('p-model').value, +$('p-seq').value, +$('p-batch').value,
     +$('p-rank').value, $('p-dtype').value, $('p-ckpt').checked, $('p-recipe').value);
 }
@@ -73,7 +117,7 @@ const q = new URLSearchParams(location.search);
 for (const [k, v] of q) { const el = $('p-' + k) || ['jcard', 'jmodel', 'examples', 'tokens', 'epochs'].includes(k) && $(k); if (el) { if (el.type === 'checkbox') el.checked = v === 'on'; else el.value = v; } }
 if (q.get('card')) $('card').value = q.get('card');
 for (const c of (q.get('compare') || '').split(',')) { const el = document.querySelector(`.cmp[value="${c}"]`); if (el) el.checked = true; }
-for (const el of document.querySelectorAll('#predict select, #predict input')) el.addEventListener('change', predictNow);
+for (const el of document.querySelectorAll('#predict select, #predict input, #predict textarea')) el.addEventListener('change', predictNow);
 for (const el of document.querySelectorAll('#job select, #job input')) el.addEventListener('change', jobNow);
 $('card').addEventListener('change', showCard);
 for (const el of document.querySelectorAll('.cmp')) el.addEventListener('change', compare);

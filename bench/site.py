@@ -112,7 +112,7 @@ def page_data(results_dir: Path) -> dict:
                 measured.setdefault(key, row["max_value"])  # the first, as predict reads them
     predictor = json.loads((results_dir / "predictor.json").read_text())
     return {"groups": predictor["groups"], "cards": cards, "models": list(catalog), "measured": measured,
-            "jobs": jobs(results_dir)}  # fmt: skip
+            "architecture": predictor.get("architecture"), "jobs": jobs(results_dir)}  # fmt: skip
 
 
 JOB_TOKENS = (256, 512, 1024, 2048)  # the page's choice of tokens per example
@@ -200,9 +200,12 @@ def render(results_dir: Path) -> str:
 <label>precision <select id="p-dtype"><option>fp16</option><option>bf16</option></select></label>
 <label><input id="p-ckpt" type="checkbox" checked> gradient checkpointing</label>
 <label>recipe <select id="p-recipe"><option>peft</option><option>loop</option><option>trl</option>
-<option>liger</option><option>unsloth</option></select></label></form>
+<option>liger</option><option>unsloth</option></select></label>
+<label>or, for a model not in the list, its config.json:<br><textarea id="p-config" rows="3" cols="70"
+placeholder='{{"hidden_size": 4096, "num_hidden_layers": 32, ...}}'></textarea></label></form>
 <pre id="answer"></pre>
-<p>The same answer, in a shell: <code>qlora-bench predict --profile CARD --model MODEL --seq-len N</code>.</p>
+<p>The same answer, in a shell: <code>qlora-bench predict --profile CARD --model MODEL --seq-len N</code>
+(or <code>--config config.json</code>).</p>
 {markdown(accuracy, 2)}</section>
 <section id="job"><h2>How long will my job take?</h2>
 {_kind("projected", "results/&lt;card&gt;/boundaries.csv (settings), analysis/projection.py (steps)")}

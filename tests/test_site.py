@@ -71,6 +71,28 @@ def test_the_pages_predictor_answers_as_the_cli_does(card, model, seq, batch, ra
     assert shown.replace("&amp;", "&") == said
 
 
+MISTRAL = {"_name_or_path": "mistralai/Mistral-7B-v0.1", "hidden_size": 4096, "intermediate_size": 14336,
+           "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 8, "vocab_size": 32000,
+           "tie_word_embeddings": False}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "card, seq, dtype", [("t4", 2048, "fp16"), ("t4", 8192, "fp16"), ("l4", 4096, "bf16")]
+)
+def test_the_pages_predictor_answers_for_a_config_as_the_cli_does(card, seq, dtype, tmp_path):
+    """A model not in the catalogue, its config.json pasted into the page (here: in the link)."""
+    import json
+
+    query = dict(view="predict", card=card, seq=seq, rank=16, dtype=dtype, config=json.dumps(MISTRAL))
+    shown = re.search(r'<pre id="answer">(.*?)</pre>', _dom(query), re.S).group(1)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(MISTRAL))
+    result = cli("predict", "--profile", card, "--config", str(path), "--seq-len", str(seq), "--rank", "16",
+                 "--dtype", dtype)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert shown.replace("&amp;", "&") == result.stdout.strip()
+
+
 JOBS = [
     ("t4", "llama-3.2-3b", 5000, 512, 2),  # the README's example: two settings, the fastest first
     ("gtx1650", "qwen2.5-1.5b", 1000, 1024, 1),  # does not fit
