@@ -37,7 +37,10 @@ def _runtime_info(device: str) -> dict:
     return info
 
 
-def worker_main(conn) -> None:
+def worker_main(conn, gpu: int | None = None) -> None:
+    from bench.gpus import pin
+
+    pin(gpu)  # before anything initialises CUDA: this worker's only GPU (boundary --gpus)
     _die_with_parent()
     # Ctrl-C reaches the whole process group: the sweep stops and kills its workers; a worker
     # must not turn it into a failed trial's row first.
@@ -59,7 +62,7 @@ def worker_main(conn) -> None:
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    conn.send(msg.Ready(os.getpid()))
+    conn.send(msg.Ready(os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES")))
     slot = trial.ModelSlot()  # the model kept from the last trial, for the next
     while True:
         try:

@@ -15,6 +15,7 @@ from bench.options import (
     BATCH_SIZES,
     DEVICE,
     DTYPES,
+    GPUS,
     GRAD_CKPT,
     MODELS,
     OPTIMIZER,
@@ -194,14 +195,15 @@ def sweep(dry_run, boundaries, **options):
 @WANDB
 @click.option("--overwrite", is_flag=True, help="Search boundaries already recorded again.")
 @extra_axes
-def boundary(parallel, time_budget, **options):
+@GPUS
+def boundary(parallel, time_budget, gpus, **options):
     """Find and verify OOM boundaries: longest sequence at batch 1, largest batch at reference lengths."""
 
     def run():
         from bench import commands, config
 
         cfgs = config.boundary_configs(extra_axes=split_axes(options), **options)
-        return commands.run_boundary_command(cfgs, parallel, time_budget)
+        return commands.run_boundary_command(cfgs, parallel, time_budget, gpus)
 
     _guard(run)
 

@@ -85,18 +85,37 @@ def list_profiles_command() -> int:
     return 0
 
 
-def run_boundary_command(cfgs: list[BoundaryConfig], parallel: int | None, time_budget=None) -> int:
-    _run_boundaries(cfgs, parallel, Console(stderr=True), time_budget)
+def run_boundary_command(
+    cfgs: list[BoundaryConfig], parallel: int | None, time_budget=None, gpus=None
+) -> int:
+    _run_boundaries(cfgs, parallel, Console(stderr=True), time_budget, host_gpus(cfgs[0].device, gpus))
     return 0
 
 
-def _run_boundaries(cfgs: list[BoundaryConfig], parallel, console, time_budget=None) -> None:
+def host_gpus(device: str, text: str | None) -> list[int] | None:
+    """--gpus resolved against this host's GPUs, which must be of one kind (the emulation plan
+    is made for the first)."""
+    from bench.envinfo import nvml_gpu
+    from bench.gpus import nvml_count, parse_gpus
+
+    if text is None:
+        return None
+    if device != "cuda":
+        raise BenchUsageError("--gpus: needs --device cuda (GPUs of this host)")
+    gpus = parse_gpus(text, nvml_count())
+    names = {gpu: getattr(nvml_gpu(gpu), "name", None) for gpu in gpus}
+    if len(set(names.values())) != 1:
+        raise BenchUsageError(f"--gpus: one kind of GPU at a time, not {names}")
+    return gpus
+
+
+def _run_boundaries(cfgs: list[BoundaryConfig], parallel, console, time_budget=None, gpus=None) -> None:
     """Search the boundaries of every config's profile together."""
     from bench.boundary import BoundaryRun, run_boundaries
 
     runs = [BoundaryRun(cfg) for cfg in cfgs]
     with _progress(console) as progress:
-        summaries = run_boundaries(runs, parallel, progress, time_budget)
+        summaries = run_boundaries(runs, parallel, progress, time_budget, gpus)
     for run, summary in zip(runs, summaries, strict=True):
         left = f"; {summary['left']} left for a rerun (time budget)" if summary["left"] else ""
         console.print(

@@ -25,7 +25,9 @@ class MemoryProbe:
 
                 pynvml.nvmlInit()
                 self.nvml = pynvml
-                self.handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
+                from bench.gpus import nvml_index
+
+                self.handle = pynvml.nvmlDeviceGetHandleByIndex(nvml_index(torch.cuda.current_device()))
             except Exception:
                 self.nvml = None
         _reset_peak_rss()

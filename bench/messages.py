@@ -55,6 +55,7 @@ class InitCuda:
 @dataclass(frozen=True)
 class Ready:
     pid: int
+    visible_devices: str | None = None  # the worker's CUDA_VISIBLE_DEVICES (pinned by --gpus)
 
 
 @dataclass(frozen=True)

@@ -293,3 +293,11 @@ safe_scan_option = click.option(
     "fit) goes beside the largest fitting one, and values below it that ran out of memory are "
     "flagged (memory is not monotone near the cap). 0: no scan.",
 )
+
+
+GPUS = click.option(
+    "--gpus",
+    default=None,
+    help="Several GPUs of this host: `all` or indices (0,1,... as nvidia-smi numbers them); each "
+    "GPU gets --parallel slots and its own memory budget, workers pinned to it. Default: one GPU.",
+)

@@ -64,10 +64,10 @@ class BadFork(RuntimeError):
 
 
 class Worker:
-    def __init__(self, method: str = "spawn"):
+    def __init__(self, method: str = "spawn", gpu: int | None = None):
         ctx = _context(method)
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=worker_main, args=(child,), daemon=True)
+        self.process = ctx.Process(target=worker_main, args=(child, gpu), daemon=True)
         self.process.start()
         child.close()
         self.ready = False
@@ -88,7 +88,7 @@ class Worker:
                 raise BadFork() from None
             raise RuntimeError(f"worker failed to start: {_death_reason(self.process.exitcode)}") from None
         assert isinstance(ready, msg.Ready)
-        self.ready = True
+        self.ready, self.visible_devices = True, ready.visible_devices
 
     def preload(self, request: msg.TrialRequest) -> None:
         """Have this (spare) worker load the model of `request` now, before the trial."""
@@ -158,7 +158,10 @@ class WorkerPool:
     worker's trials run, so that a change of model costs no load.
     """
 
-    def __init__(self, spares: int = 0, startup_timeout: float = 600.0, cuda: bool = False):
+    def __init__(
+        self, spares: int = 0, startup_timeout: float = 600.0, cuda: bool = False, gpu: int | None = None
+    ):
+        self.gpu = gpu  # every worker pinned to this GPU (bench.gpus); None: CUDA's default
         self.spares = spares
         self.startup_timeout = startup_timeout
         self.cuda = cuda
@@ -224,7 +227,7 @@ class WorkerPool:
         for worker in [w for w in self._spare if w.preloading is None]:
             self._spare.remove(worker)
             return worker
-        return Worker(self.method)
+        return Worker(self.method, self.gpu)
 
     def _refill(self, model: str | None) -> None:
         """Start spares up to `spares`; have one preload the next model to come after `model`."""
@@ -232,7 +235,7 @@ class WorkerPool:
         if model in models:
             self._coming = self._coming[models.index(model) + 1 :]
         while len(self._spare) < self.spares:
-            self._spare.append(Worker(self.method))
+            self._spare.append(Worker(self.method, self.gpu))
             if self.cuda:
                 self._spare[-1].conn.send(msg.InitCuda())
         coming = [r for r in self._coming if r.model != model]

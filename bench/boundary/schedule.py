@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from bench import emulation
 from bench.envinfo import utc_now
+from bench.gpus import slot_gpus
 from bench.messages import PrepareWeights
 from bench.pool import WorkerPool
 
@@ -56,9 +57,10 @@ class GpuBudget:
     fits what is free, and gives the share back after the group (a share larger than the whole
     is clamped, so one group can always run)."""
 
-    def __init__(self, total_gib: float):
+    def __init__(self, total_gib: float, cond: threading.Condition | None = None):
         self.total = self.free = total_gib
-        self.cond = threading.Condition()
+        # GPUs' budgets taking from one waiting list share one condition (boundary --gpus)
+        self.cond = cond or threading.Condition()
 
     def take_first(self, waiting: list, share) -> tuple[object, float] | None:
         """Remove and return the first of `waiting` whose `share(item)` fits, with the share
@@ -80,22 +82,28 @@ class GpuBudget:
             self.cond.notify_all()
 
 
-def run_boundaries(runs: list[BoundaryRun], parallel: int | None = None, progress=None, time_budget=None):
+def run_boundaries(
+    runs: list[BoundaryRun], parallel: int | None = None, progress=None, time_budget=None, gpus=None
+):
     """Search the boundaries of one or more profiles' runs together: their model groups share
     the slots and the host GPU's memory budget, so one profile's small models fill what another
     profile's large ones leave free, and no profile's tail leaves slots idle. Returns each run's
-    summary."""
+    summary. With `gpus` (several GPUs of one host, bench.gpus) each GPU has its own memory
+    budget and `parallel` slots (auto: as many as one GPU holds), whose workers it pins."""
     started, started_utc = time.perf_counter(), utc_now()
     host = runs[0].host
     parallel = parallel or auto_parallel([(r.cfg, r.runner.plan) for r in runs], host)
     cuda = runs[0].cfg.device == "cuda"
     budgeted = cuda and host is not None  # else no host GPU memory to share: every share is 0
     native = cuda and any(r.runner.plan.cap_gib is None for r in runs)
-    budget = GpuBudget(host.total_gib - HOST_HEADROOM_GIB if budgeted else float("inf"))
+    total = host.total_gib - HOST_HEADROOM_GIB if budgeted else float("inf")
+    placed = slot_gpus(parallel, gpus) if gpus else [None] * parallel
+    shared = threading.Condition()
+    budgets = {gpu: GpuBudget(total, shared) for gpu in set(placed)}  # one per GPU (None: the one)
     entered: list[BoundaryRun] = []
     try:
         for run in runs:
-            run.begin(parallel, progress)
+            run.begin(len(placed), progress)
             entered.append(run)
     except BaseException:  # e.g. another run holds a profile's results: nothing was searched
         for run in entered:
@@ -111,13 +119,14 @@ def run_boundaries(runs: list[BoundaryRun], parallel: int | None = None, progres
         def share(item) -> float:
             return item[0].share(item[1]) if budgeted else 0.0
 
-        def slot() -> None:
+        def slot(gpu: int | None) -> None:
             # One worker pool per slot, from group to group: a spare with its CUDA context
             # already created takes over for a group's first model setting, and one that
             # preloaded it for each later setting.
             # On a native card (no cap) no spare: its context and preloaded model would take the
             # memory the searched one runs out of.
-            pool = WorkerPool(spares=SPARES if cuda and not native else 0, cuda=cuda)
+            pool = WorkerPool(spares=SPARES if cuda and not native else 0, cuda=cuda, gpu=gpu)
+            budget = budgets[gpu]
             try:
                 while deadline is None or time.perf_counter() < deadline:
                     taken = budget.take_first(waiting, share)
@@ -131,8 +140,9 @@ def run_boundaries(runs: list[BoundaryRun], parallel: int | None = None, progres
             finally:
                 pool.close(graceful=False)
 
-        n_groups = len(waiting)
-        threads = [threading.Thread(target=slot, daemon=True) for _ in range(max(1, min(parallel, n_groups)))]
+        # as many slots as groups at most, spread over the GPUs (slot_gpus cycles through them)
+        used = placed[: max(1, min(len(placed), len(waiting)))]
+        threads = [threading.Thread(target=slot, args=(gpu,), daemon=True) for gpu in used]
         for t in threads:
             t.start()
         for t in threads:
