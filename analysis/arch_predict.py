@@ -17,7 +17,7 @@ import functools
 import numpy as np
 import pandas as pd
 
-from analysis.predict import NEAR_CAP, accuracy
+from analysis.fit_accuracy import NEAR_CAP, accuracy
 from analysis.projection import _nnls
 from bench.architecture import architecture, features
 

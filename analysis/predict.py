@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analysis.fit_accuracy import NEAR_CAP, accuracy
 from bench.results import read_results
 
 GROUP = ("model", "dtype", "grad_ckpt", "recipe", "flash")
-NEAR_CAP = 0.05  # agreement is scored on points whose prediction is farther than this from the cap
 
 
 @functools.cache
@@ -143,20 +143,6 @@ def leave_out(frame: pd.DataFrame) -> pd.DataFrame:
     if not result.empty:
         result["error"] = (result.predicted - result.measured).abs() / result.measured
     return result
-
-
-def accuracy(held: pd.DataFrame) -> dict:
-    fits_ = held[held.status == "ok"]
-    away = held[~held.near_cap]
-    return {
-        "points": len(held),
-        "fits": len(fits_),
-        "median_error": float(fits_.error.median()),
-        "p90_error": float(fits_.error.quantile(0.9)),
-        "agreement_away_from_cap": float(away.agrees.mean()),
-        "points_away_from_cap": len(away),
-        "agreement_all": float(held.agrees.mean()),
-    }
 
 
 def render(results_dir: Path) -> str:
