@@ -59,6 +59,9 @@ def test_searches_spread_over_gpus_find_the_boundaries_one_gpu_finds(tmp_path, m
     from bench.config import boundary_configs
 
     monkeypatch.setenv("QLORA_BENCH_INJECT", "tokens>1000:oom")
+    # spawned workers: a forkserver started here would keep this test's environment for the
+    # rest of the session's pools (the fault injections of later tests)
+    monkeypatch.setenv("QLORA_BENCH_WORKER_START", "spawn")
     pools = []
 
     class Recorded(schedule.WorkerPool):
