@@ -260,5 +260,5 @@ def host_validation(results_dir: Path, kernels_dir: Path | None = None) -> list[
             out.append({"kernels": name, "model": r["model"], "seq_len": seq, "batch_size": batch,
                         "grad_ckpt": ckpt, "dtype": r["dtype"], "measured_ms": measured,
                         "projected_ms": got, "bound": "gpu" if parts[1] >= parts[0] else "launch",
-                        "error": got / measured - 1, "git_commit": r.get("git_commit", "")})  # fmt: skip
+                        "error": got / measured - 1})  # fmt: skip
     return out

@@ -13,15 +13,6 @@ from statistics import median
 
 from analysis.kernel_projection import KernelProjection, _rows, host_validation
 
-MODELS = (
-    "qwen2.5-0.5b",
-    "llama-3.2-1b",
-    "qwen2.5-1.5b",
-    "qwen2.5-3b",
-    "llama-3.2-3b",
-    "qwen2.5-7b",
-    "llama-3.1-8b",
-)
 LENGTHS = (512, 2048)
 
 
@@ -69,13 +60,16 @@ def _validation(results_dir: Path, kernels_dir: Path) -> list[str]:
 def _cards(results_dir: Path, projection: KernelProjection) -> list[str]:
     from analysis.data import load, profiles
     from analysis.projection import calibrated
+    from analysis.summary import _size
 
     fitted = calibrated(load(results_dir))
+    profiled = {p.key[0] for points in projection.files.values() for p in points}
+    models = sorted(profiled, key=_size)  # smallest first
     lines = [
         "| card | kernels from | rates (TFLOPS / GB/s, source) | "
-        + " | ".join(f"{m} {n}" for m in MODELS for n in LENGTHS)
+        + " | ".join(f"{m} {n}" for m in models for n in LENGTHS)
         + " |",
-        "| --- | --- | --- |" + " --- |" * (len(MODELS) * len(LENGTHS)),
+        "| --- | --- | --- |" + " --- |" * (len(models) * len(LENGTHS)),
     ]
     for profile in profiles():
         if not profile.gpu.fp16_tensor_tflops:
@@ -87,7 +81,7 @@ def _cards(results_dir: Path, projection: KernelProjection) -> list[str]:
             projection.kernel_set(profile) or "-",
             f"{rates.gemm_tflops:.0f} / {rates.copy_gbps:.0f} ({rates.source})",
         ]
-        for model in MODELS:
+        for model in models:
             for seq in LENGTHS:
                 step = projection.step_ms(profile, model, seq, 1, True, dtype)
                 old = fitted.step_s(profile, model, seq, 1, True, dtype) if fitted else None

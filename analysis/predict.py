@@ -149,6 +149,11 @@ def render(results_dir: Path) -> str:
     from analysis import arch_predict
 
     frame = load_rows(results_dir)
+    return _render(frame, arch_predict.section(frame)[0] if not frame.empty else [])
+
+
+def _render(frame: pd.DataFrame, arch_lines: list[str]) -> str:
+    """predictor.md: this fit's leave-out table, then the cross-architecture fit's lines."""
     held = leave_out(frame)
     if held.empty:
         return "No measured rows to fit.\n"
@@ -180,19 +185,25 @@ def render(results_dir: Path) -> str:
     lines.append(line("**all**", total))
     for model, group in held.groupby("model"):
         lines.append(line(model, accuracy(group)))
-    return "\n".join(lines + arch_predict.section(frame)[0]) + "\n"
+    return "\n".join(lines + arch_lines) + "\n"
 
 
 def export(results_dir: Path) -> dict:
     """The fitted coefficients, as data (results/predictor.json): what `qlora-bench predict`
     and the static page compute with, without pandas or the CSVs."""
     from analysis import arch_predict
-    from bench.architecture import FEATURES
 
     frame = load_rows(results_dir)
+    return _export(frame, arch_predict.section(frame)[1] if not frame.empty else None)
+
+
+def _export(frame: pd.DataFrame, arch_held: dict | None) -> dict:
+    """export's data, given the cross-architecture fit's left-out accuracy."""
+    from analysis import arch_predict
+    from bench.architecture import FEATURES
+
     if frame.empty:
         return {"groups": []}
-    _, held = arch_predict.section(frame)
     groups = [
         {
             **dict(zip(GROUP, key, strict=True)),
@@ -209,7 +220,7 @@ def export(results_dir: Path) -> dict:
             "model": "peak_reserved_gib = coef . bench.architecture.features(config, ...)",
             "features": list(FEATURES),
             "groups": arch_predict.groups(frame),
-            "left_out": {k: round(v, 4) if isinstance(v, float) else v for k, v in (held or {}).items()},
+            "left_out": {k: round(v, 4) if isinstance(v, float) else v for k, v in (arch_held or {}).items()},
         },
     }
 
@@ -218,13 +229,17 @@ def texts(results_dir: Path, out_dir: Path | None = None) -> dict[Path, str]:
     """{path: text} of predictor.json and predictor.md (empty when nothing is measured)."""
     import json
 
+    from analysis import arch_predict
+
     out_dir = Path(out_dir or results_dir)
-    data = export(results_dir)
+    frame = load_rows(results_dir)  # read once, and the cross-architecture fit left out once
+    arch_lines, arch_held = arch_predict.section(frame) if not frame.empty else ([], None)
+    data = _export(frame, arch_held)
     if not data["groups"]:
         return {}
     return {
         out_dir / "predictor.json": json.dumps(data, indent=1, sort_keys=True) + "\n",
-        out_dir / "predictor.md": render(results_dir),
+        out_dir / "predictor.md": _render(frame, arch_lines),
     }
 
 

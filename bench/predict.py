@@ -61,28 +61,48 @@ def _load(results_dir: Path) -> dict:
         ) from None
 
 
+def _card(profile_name: str, dtype: str, known_models: set[str] | None = None):
+    """The profile, refused (exit 2) for a precision its card lacks."""
+    from bench.profiles import load_profile
+
+    profile = load_profile(profile_name, known_models)
+    if dtype == "bf16" and not profile.gpu.native_bf16:
+        raise BenchUsageError(f"--dtype bf16: {profile.name} has no bf16 (compute capability below 8.0)")
+    return profile
+
+
+def _group(groups: list[dict], wanted: dict) -> dict | None:
+    """The fitted group whose key holds every value of `wanted`."""
+    return next((g for g in groups if all(g[k] == v for k, v in wanted.items())), None)
+
+
+def _setting(
+    name: str, seq_len: int, batch_size: int, rank: int, dtype: str, grad_ckpt: bool, recipe: str
+) -> str:
+    ckpt = "ckpt" if grad_ckpt else "no ckpt"
+    return f"{name}, {seq_len} tokens x {batch_size}, r{rank}, {dtype}, {ckpt}, {recipe}"
+
+
 def answer_config(results_dir: Path, profile_name: str, config: Path, seq_len: int, batch_size: int,
                   rank: int, dtype: str, grad_ckpt: bool, recipe: str) -> str:  # fmt: skip
     """The same answer for an architecture given by its config values (a config.json), from the
     cross-architecture fit (analysis/arch_predict.py)."""
     from bench.architecture import architecture, features
-    from bench.profiles import load_profile
 
     try:
         values = json.loads(Path(config).read_text())
     except (OSError, ValueError) as exc:
         raise BenchUsageError(f"--config {config}: cannot read a JSON config ({exc})") from None
     arch = architecture(values, f"--config {config}")
-    gpu = load_profile(profile_name).gpu
-    if dtype == "bf16" and not gpu.native_bf16:
-        raise BenchUsageError(f"--dtype bf16: {profile_name} has no bf16 (compute capability below 8.0)")
+    profile = _card(profile_name, dtype)
+    gpu = profile.gpu
     fitted = _load(results_dir).get("architecture") or {}
     flash, ckpt = "flash" in gpu.sdpa_backends, "true" if grad_ckpt else "false"
-    wanted = {"dtype": dtype, "grad_ckpt": ckpt, "recipe": recipe, "flash": flash}
-    group = next((g for g in fitted.get("groups", []) if all(g[k] == v for k, v in wanted.items())), None)
+    group = _group(
+        fitted.get("groups", []), {"dtype": dtype, "grad_ckpt": ckpt, "recipe": recipe, "flash": flash}
+    )
     name = values.get("_name_or_path") or Path(config).name
-    ckpt_text = "ckpt" if grad_ckpt else "no ckpt"
-    setting = f"{name}, {seq_len} tokens x {batch_size}, r{rank}, {dtype}, {ckpt_text}, {recipe}"
+    setting = _setting(name, seq_len, batch_size, rank, dtype, grad_ckpt, recipe)
     if group is None:
         raise BenchUsageError(
             f"no cross-architecture fit for {setting} on a card with{'' if flash else 'out'} flash "
@@ -93,7 +113,7 @@ def answer_config(results_dir: Path, profile_name: str, config: Path, seq_len: i
     left = fitted.get("left_out") or {}
     return "\n".join(
         [
-            f"{profile_name}: {setting}",
+            f"{profile.name}: {setting}",
             _verdict(peak, gpu),
             f"  predicted from the architecture, no row of this model measured: a fit across "
             f"{len(group['models'])} measured models ({group['rows']} rows); with each measured model "
@@ -107,24 +127,20 @@ def answer_config(results_dir: Path, profile_name: str, config: Path, seq_len: i
 def answer(results_dir: Path, profile_name: str, model: str, seq_len: int, batch_size: int, rank: int,
            dtype: str, grad_ckpt: bool, recipe: str) -> str:  # fmt: skip
     from bench.catalog import load_catalog
-    from bench.profiles import load_profile
 
     catalog = load_catalog()
     if model not in catalog:
         raise BenchUsageError(
             f"--model: unknown {model!r}; known: {sorted(catalog)} (or --config a config.json)"
         )
-    profile = load_profile(profile_name, set(catalog))
+    profile = _card(profile_name, dtype, set(catalog))
     gpu = profile.gpu
-    if dtype == "bf16" and not gpu.native_bf16:
-        raise BenchUsageError(f"--dtype bf16: {profile.name} has no bf16 (compute capability below 8.0)")
     data = _load(results_dir)
     flash = "flash" in gpu.sdpa_backends
     ckpt = "true" if grad_ckpt else "false"
     wanted = {"model": model, "dtype": dtype, "grad_ckpt": ckpt, "recipe": recipe, "flash": flash}
-    group = next((g for g in data["groups"] if all(g[k] == v for k, v in wanted.items())), None)
-    ckpt_text = "ckpt" if grad_ckpt else "no ckpt"
-    setting = f"{model}, {seq_len} tokens x {batch_size}, r{rank}, {dtype}, {ckpt_text}, {recipe}"
+    group = _group(data["groups"], wanted)
+    setting = _setting(model, seq_len, batch_size, rank, dtype, grad_ckpt, recipe)
     if group is None:
         kernels = "flash attention" if flash else "no flash attention"
         raise BenchUsageError(

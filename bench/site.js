@@ -9,12 +9,17 @@ function peak(group, rank, batch, seq) {
   for (let i = 0; i < x.length; i++) sum += group.coef[i] * x[i];
   return sum;
 }
+// bench/predict.py's _card, _group and _setting
+const noBf16 = (card, c, dtype) => (dtype === 'bf16' && !c.bf16 ? `--dtype bf16: ${card} has no bf16 (compute capability below 8.0)` : null);
+const findGroup = (groups, want) => groups.find((g) => Object.keys(want).every((k) => g[k] === want[k]));
+const settingText = (name, seq, batch, rank, dtype, ckpt, recipe) => `${name}, ${seq} tokens x ${batch}, r${rank}, ${dtype}, ${ckpt ? 'ckpt' : 'no ckpt'}, ${recipe}`;
 function answer(card, model, seq, batch, rank, dtype, ckpt, recipe) {
   const c = DATA.cards[card];
-  if (dtype === 'bf16' && !c.bf16) return `--dtype bf16: ${card} has no bf16 (compute capability below 8.0)`;
+  const refused = noBf16(card, c, dtype);
+  if (refused) return refused;
   const want = {model: model, dtype: dtype, grad_ckpt: ckpt ? 'true' : 'false', recipe: recipe, flash: c.flash};
-  const group = DATA.groups.find((g) => Object.keys(want).every((k) => g[k] === want[k]));
-  const setting = `${model}, ${seq} tokens x ${batch}, r${rank}, ${dtype}, ${ckpt ? 'ckpt' : 'no ckpt'}, ${recipe}`;
+  const group = findGroup(DATA.groups, want);
+  const setting = settingText(model, seq, batch, rank, dtype, ckpt, recipe);
   if (!group) return `no measurements to predict ${setting} on a card with ${c.flash ? 'flash attention' : 'no flash attention'}`;
   const p = peak(group, rank, batch, seq);
   const lines = [`${card}: ${setting}`, verdictLine(p, c),
@@ -78,11 +83,11 @@ function answerConfig(card, text, seq, batch, rank, dtype, ckpt, recipe) {
   const c = DATA.cards[card];
   let values, a;
   try { values = JSON.parse(text); a = architecture(values); } catch (e) { return `the config: ${e.message}`; }
-  if (dtype === 'bf16' && !c.bf16) return `--dtype bf16: ${card} has no bf16 (compute capability below 8.0)`;
+  const refused = noBf16(card, c, dtype);
+  if (refused) return refused;
   const fitted = DATA.architecture || {groups: []};
-  const want = {dtype: dtype, grad_ckpt: ckpt ? 'true' : 'false', recipe: recipe, flash: c.flash};
-  const group = fitted.groups.find((g) => Object.keys(want).every((k) => g[k] === want[k]));
-  const setting = `${values._name_or_path || 'config.json'}, ${seq} tokens x ${batch}, r${rank}, ${dtype}, ${ckpt ? 'ckpt' : 'no ckpt'}, ${recipe}`;
+  const group = findGroup(fitted.groups, {dtype: dtype, grad_ckpt: ckpt ? 'true' : 'false', recipe: recipe, flash: c.flash});
+  const setting = settingText(values._name_or_path || 'config.json', seq, batch, rank, dtype, ckpt, recipe);
   if (!group) return `no cross-architecture fit for ${setting} on a card with${c.flash ? '' : 'out'} flash attention (it needs three measured models of that precision, checkpointing and recipe)`;
   const x = archFeatures(a, rank, batch, seq, c.flash);
   const p = group.coef.reduce((s, v, k) => s + v * x[k], 0);
