@@ -6,6 +6,7 @@ import pytest
 from conftest import boundary_config, cli
 
 from bench.boundary import SEQ_STEP, BoundaryTask, search
+from bench.boundary.search import resume_hint
 from bench.spec import TrialSpec
 
 BASE = TrialSpec("tiny", 0, 1, 8, "fp16", True, 16)
@@ -226,6 +227,34 @@ def test_a_hinted_search_finds_the_exact_boundary_and_a_good_hint_costs_two_tria
         assert found["trials"] == 2
     # near hints settle in a few trials; a hint 2-3x off costs about what no hint costs
     assert found["trials"] <= (8 if abs(offset) <= 7 else 16)
+
+
+def test_a_search_cut_short_resumes_where_its_probes_left_off():
+    task = BoundaryTask("seq_len", BASE, 32768 // SEQ_STEP, SEQ_STEP, 512 // SEQ_STEP)
+    exact = max(u for u in range(1, 513) if memory(task.at(u)) <= CAP)
+    calls, probe = [], fake_probe([])
+
+    def cut(spec):  # the run is killed after its third probe
+        if len(calls) == 3:
+            raise TimeoutError
+        calls.append(spec)
+        return probe(spec)
+
+    with pytest.raises(TimeoutError):
+        search(task, cut, CAP)
+    rows = [  # as boundary-trials.csv holds them (strings), beside another search's and a band's
+        {"boundary_key": task.key, "purpose": "search", "seq_len": str(c.seq_len), **probe(c)} for c in calls
+    ]
+    rows += [
+        {"boundary_key": "other", "purpose": "search", "seq_len": "99999", "status": "ok"},
+        {"boundary_key": task.key, "purpose": "band_high", "seq_len": str(exact * 64 + 64), "status": "ok"},
+    ]
+    hint = resume_hint(task, rows)
+    fits = [c.seq_len // SEQ_STEP for c in calls if memory(c) <= CAP]
+    assert hint == max(fits) <= exact
+    resumed = search(task, fake_probe([]), CAP, hint=hint)
+    assert (resumed["lo"], resumed["hi"]) == (exact, exact + 1) and resumed["trials"] <= 8
+    assert resume_hint(task, rows[-2:]) is None  # nothing of its own: no hint
 
 
 def test_a_hint_past_either_end_is_clamped():

@@ -21,7 +21,7 @@ import time
 from dataclasses import replace
 
 from bench.boundary.schedule import SPARES, slot_gib
-from bench.boundary.search import SEQ_STEP, BoundaryTask, plan_tasks, search
+from bench.boundary.search import SEQ_STEP, BoundaryTask, plan_tasks, resume_hint, search
 from bench.config import BoundaryConfig
 from bench.envinfo import utc_now
 from bench.messages import TrialRequest
@@ -196,10 +196,12 @@ class BoundaryRun:
     def _hint(self, task: BoundaryTask) -> int | None:
         """Where to start: the boundary of the same search at the nearest rank (the nearest
         smaller one first: a larger rank never fits more, by more than noise), else, for a
-        batch search, the batch-1 sequence boundary's tokens over this length. None: no sibling."""
+        batch search, the batch-1 sequence boundary's tokens over this length, else where a cut
+        run of this search left off (resume_hint). None: nothing known."""
         with self.lock:
             ranks = dict(self.found.get(_family(task), {}))
             seq = dict(self.found.get(_seq_family(task), {})) if task.axis == "batch_size" else {}
+            own = [] if self.cfg.overwrite else list(self.probes.rows)
         rank = task.base.lora_rank
         if ranks:
             nearest = min(ranks, key=lambda r: (r > rank, abs(r - rank)))
@@ -208,7 +210,7 @@ class BoundaryRun:
             nearest = min(seq, key=lambda r: (r != rank, abs(r - rank)))
             tokens = seq[nearest] * SEQ_STEP
             return max(1, tokens // task.base.seq_len) if tokens else None
-        return None
+        return resume_hint(task, own)  # no sibling: where this search's own cut run left off
 
     def _unsupported(self, task: BoundaryTask) -> str | None:
         return unsupported(self.cfg, self.host, task.at(task.start))

@@ -84,6 +84,21 @@ def plan_tasks(cfg: BoundaryConfig) -> list[BoundaryTask]:
     return tasks
 
 
+def resume_hint(task: BoundaryTask, rows: list[dict]) -> int | None:
+    """Where a search cut short (a time limit, a killed run) left off, from its recorded
+    probes: the largest value that fit below the smallest that ran out of memory. Only where
+    to start: the boundary is still settled by this run's own probes."""
+    fits, ooms = set(), set()
+    for row in rows:
+        if row.get("boundary_key") != task.key or row.get("purpose") != "search":
+            continue
+        units = int(float(row[task.axis])) // task.step
+        (fits if row.get("status") == "ok" else ooms if row.get("status") == "oom" else set()).add(units)
+    top = min(ooms, default=None)
+    below = [u for u in fits if top is None or u < top]
+    return max(below) if below else None
+
+
 def _predict(fits: dict[int, float], cap_gib: float | None, floor_gib: float | None = None) -> int | None:
     """Units at which peak reserved memory reaches the cap, by a line through the largest
     fitting probe and the largest one well below it (adjacent probes differ by allocator
