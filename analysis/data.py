@@ -10,7 +10,7 @@ import pandas as pd
 
 from bench.catalog import load_catalog
 from bench.profiles import available_profiles, load_profile
-from bench.results import read_results
+from bench.results import read_results, variant
 
 
 def model_order() -> list[str]:
@@ -35,8 +35,9 @@ def _read(paths, **extra) -> pd.DataFrame:
         if not read_results(path):
             continue
         frame = pd.read_csv(path, keep_default_na=True)
-        if "recipe" in frame:  # figures, comparisons and projections are of the peft recipe
-            frame = frame[frame.recipe.fillna("peft") == "peft"]
+        # figures, comparisons and projections are of the main tables' measurement: the peft
+        # recipe, no padding, the default allocator (bench.results.variant)
+        frame = frame[[not variant(row) for row in frame.to_dict("records")]]
         frames.append(frame.assign(**extra))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 

@@ -143,11 +143,13 @@ def _heatmaps(rows: pd.DataFrame, column: str, columns: list[str], title: str, p
 def _boundary_rows(results_dir: Path) -> pd.DataFrame:
     """Every recipe's batch-1 sequence boundaries with a value: the longest fit, 0 for none,
     -1 where the stack errors."""
-    from bench.results import read_results
+    from bench.results import read_results, variant
 
     rows = []
     for path in sorted(Path(results_dir).glob("*/boundaries.csv")):
         for row in read_results(path):
+            if variant(row, ("recipe",)):  # another allocator, padding, ...: not these figures
+                continue
             if row["axis"] == "seq_len" and row["status"] in ("ok", "error"):
                 value = int(row["max_value"]) if row["status"] == "ok" else -1
                 rows.append({**row, "recipe": row.get("recipe") or "peft", "value": value})

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.fit_accuracy import NEAR_CAP, accuracy
-from bench.results import read_results
+from bench.results import read_results, variant
 
 GROUP = ("model", "dtype", "grad_ckpt", "recipe", "flash")
 
@@ -47,7 +47,12 @@ def load_rows(results_dir: Path) -> pd.DataFrame:
         if path.name not in ("trials.csv", "boundary-trials.csv"):
             continue
         for row in read_results(path):
-            if row["status"] in ("ok", "oom") and not row.get("inferred_from") and row.get("mem_cap_gib"):
+            if (
+                row["status"] in ("ok", "oom")
+                and not row.get("inferred_from")
+                and row.get("mem_cap_gib")
+                and not variant(row, ("recipe",))  # no padding, evaluation or other allocator
+            ):
                 rows.append(row)
     frame = pd.DataFrame(rows)
     if frame.empty:
@@ -58,8 +63,6 @@ def load_rows(results_dir: Path) -> pd.DataFrame:
     for column in ("peak_reserved_gib", "mem_cap_gib"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     frame["flash"] = frame.profile.map(_flash)
-    if "padding" in frame:
-        frame = frame[frame.padding.replace("", "none").fillna("none") == "none"]
     return frame.reset_index(drop=True)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.results import read_results
+from bench.results import read_results, variant
 
 POINT = ("profile", "model", "dtype", "grad_ckpt", "lora_rank", "batch_size", "seq_len", "padding")
 
@@ -24,6 +24,8 @@ def points(root: Path, profile: str | None = None) -> dict[tuple, dict[str, dict
         for row in read_results(path):
             if profile and row["profile"] != profile or row["status"] not in ("ok", "oom"):
                 continue
+            if variant(row, ("recipe", "padding", "lengths", "eval_batch_size", "eval_new_tokens")):
+                continue  # another allocator or workload: not the same point
             found.setdefault(tuple(row.get(k) or "" for k in POINT), {})[row.get("recipe") or "peft"] = row
 
     def order(point):

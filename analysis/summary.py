@@ -116,13 +116,13 @@ def job_times(projection, bounds, cal: dict) -> list[str]:
 def by_stack(results_dir: Path) -> list[str]:
     """How far each training stack gets on a card: the longest sequence at batch 1 per recipe, at
     settings that more than one recipe was searched at (docs/recipes.md says what each runs)."""
-    from bench.results import read_results, value_text
+    from bench.results import read_results, value_text, variant
     from bench.spec import RECIPES
 
     cells: dict[tuple, dict[str, str]] = {}
     for path in sorted(results_dir.glob("*/boundaries.csv")):
         for row in read_results(path):
-            if row["axis"] != "seq_len" or row["status"] not in ("ok", "error"):
+            if row["axis"] != "seq_len" or row["status"] not in ("ok", "error") or variant(row, ("recipe",)):
                 continue
             setting = (path.parent.name, row["model"], row["dtype"], row["grad_ckpt"], int(row["lora_rank"]))
             value = value_text(row) if row["status"] == "ok" else "fails"

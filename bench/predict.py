@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from bench.errors import BenchUsageError
+from bench.results import variant
 
 
 def predicted_peak(group: dict, rank: int, batch: int, seq: int) -> float:
@@ -31,6 +32,7 @@ def _measured_boundary(results_dir: Path, profile: str, key: dict) -> str | None
                 row["axis"] == "seq_len"
                 and row["status"] == "ok"
                 and (row.get("recipe") or "peft") == key["recipe"]
+                and not variant(row, ("recipe",))
             ):
                 same = (row["model"], row["dtype"], row["grad_ckpt"], row["lora_rank"])
                 if same == (key["model"], key["dtype"], key["grad_ckpt"], str(key["rank"])):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from bench.catalog import load_catalog
 from bench.errors import BenchUsageError
-from bench.results import read_results, value_text
+from bench.results import read_results, value_text, variant_title
 from bench.spec import RECIPES
 
 COLUMNS = [("fp16", "true"), ("fp16", "false"), ("bf16", "true"), ("bf16", "false")]
@@ -153,13 +153,13 @@ def render(results_dir: Path) -> str:
     ]
     sections = 0
     for path in sorted(Path(results_dir).glob("*/boundaries.csv")):
-        by_recipe: dict[str, list[dict]] = {}
+        by_variant: dict[str, list[dict]] = {}  # one table per recipe, allocator, padding, ...
         for row in read_results(path):  # files before schema 6 are the peft recipe's
-            by_recipe.setdefault(row.get("recipe") or "peft", []).append(row)
-        order = {r: i for i, r in enumerate(RECIPES)}
-        for recipe in sorted(by_recipe, key=lambda r: (order.get(r, len(order)), r)):
-            title = path.parent.name if recipe == "peft" else f"{path.parent.name}, recipe {recipe}"
-            lines += profile_section(title, by_recipe[recipe], model_order)
+            by_variant.setdefault(variant_title(row), []).append(row)
+        recipe = {t: rows[0].get("recipe") or "peft" for t, rows in by_variant.items()}
+        for title in sorted(by_variant, key=lambda t: (RECIPES.index(recipe[t]), t)):
+            name = path.parent.name + (f", {title}" if title else "")
+            lines += profile_section(name, by_variant[title], model_order)
             sections += 1
         checked = path.with_name("verify.csv")  # `verify` on the card itself, beside the tables
         if checked.exists():

@@ -235,3 +235,30 @@ def value_text(row: dict) -> str:
     if row.get("oom_below"):  # not monotone: the safe value leads
         text = f"{row['safe_value']} ({text}§)"
     return text
+
+
+def variant(row: dict, but: tuple[str, ...] = ()) -> dict[str, str]:
+    """A row's added axes (those outside the legacy key: recipe, padding, lengths, evaluation,
+    allocator) away from their defaults, less those named in `but`: {} for the measurement the
+    main tables publish. Each table, comparison and fit takes one variant, so that an expandable-
+    allocator boundary, say, never stands in a default-allocator cell."""
+    from dataclasses import fields
+
+    from bench.spec import _LEGACY_FIELDS, TrialSpec, field_type
+
+    out = {}
+    for f in fields(TrialSpec):
+        text = row.get(f.name)
+        if f.name in _LEGACY_FIELDS or f.name in but or text is None or str(text) in ("", "nan"):
+            continue
+        kind = field_type(f.name)
+        value = kind(float(text)) if kind is int else str(text)
+        if value != (f.default if kind is int else str(f.default)):
+            out[f.name] = str(value)
+    return out
+
+
+def variant_title(row: dict) -> str:
+    """The variant in words, as section titles write it ('recipe loop, allocator expandable');
+    '' for the default measurement."""
+    return ", ".join(f"{name} {value}" for name, value in variant(row).items())

@@ -89,7 +89,7 @@ def page_data(results_dir: Path) -> dict:
     batch-1 sequence boundaries (as `predict` shows them)."""
     from bench.catalog import load_catalog
     from bench.profiles import load_profile
-    from bench.results import read_results
+    from bench.results import read_results, variant
 
     catalog = load_catalog()
     cards = {}
@@ -104,7 +104,7 @@ def page_data(results_dir: Path) -> dict:
             "bf16": gpu.native_bf16,
         }
         for row in read_results(path):
-            if row["axis"] == "seq_len" and row["status"] == "ok":
+            if row["axis"] == "seq_len" and row["status"] == "ok" and not variant(row, ("recipe",)):
                 key = "|".join(
                     [path.parent.name, row["model"], row["dtype"], row["grad_ckpt"], row["lora_rank"],
                      row.get("recipe") or "peft"]

@@ -18,6 +18,7 @@ import pytest
 from conftest import boundary_config, read_rows
 
 from bench import report
+from bench.results import variant_title
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 FILES = sorted(RESULTS.glob("*/boundaries.csv"))
@@ -27,17 +28,18 @@ FAMILIES = [
 ]
 
 
-def _ok(path, recipe: str | None = None):
-    """A file's searched boundaries (of one recipe when given; files before schema 6 are peft's)."""
+def _ok(path, part: str | None = None):
+    """A file's searched boundaries (of one variant when given: a recipe, an allocator, ...;
+    bench.results.variant_title, '' for the main tables' measurement)."""
     rows = [r for r in read_rows(path) if r["status"] == "ok"]
-    return rows if recipe is None else [r for r in rows if (r.get("recipe") or "peft") == recipe]
+    return rows if part is None else [r for r in rows if variant_title(r) == part]
 
 
-# One part per results file and recipe: the physics below holds within a recipe.
+# One part per results file and variant: the physics below holds within one.
 PARTS = [
-    pytest.param(path, recipe, id=f"{path.parent.name}-{recipe}")
+    pytest.param(path, part, id=f"{path.parent.name}-{part or 'main'}".replace(" ", "-"))
     for path in FILES
-    for recipe in sorted({r.get("recipe") or "peft" for r in read_rows(path)})
+    for part in sorted({variant_title(r) for r in read_rows(path)})
 ]
 
 
@@ -90,18 +92,18 @@ def _index(rows, vary: str):
     return out
 
 
-@pytest.mark.parametrize("path, recipe", PARTS)
-def test_larger_rank_never_has_a_larger_boundary(path, recipe):
-    for group in _index(_ok(path, recipe), "lora_rank").values():
+@pytest.mark.parametrize("path, part", PARTS)
+def test_larger_rank_never_has_a_larger_boundary(path, part):
+    for group in _index(_ok(path, part), "lora_rank").values():
         ranks = sorted(group, key=int)
         for small, big in pairwise(ranks):
             a, b = group[small], group[big]
             assert int(b["max_value"]) <= int(a["max_value"]) + _noise(a), (a, b)
 
 
-@pytest.mark.parametrize("path, recipe", PARTS)
-def test_larger_model_of_a_family_never_has_a_larger_boundary(path, recipe):
-    for group in _index(_ok(path, recipe), "model").values():
+@pytest.mark.parametrize("path, part", PARTS)
+def test_larger_model_of_a_family_never_has_a_larger_boundary(path, part):
+    for group in _index(_ok(path, part), "model").values():
         for family in FAMILIES:
             present = [m for m in family if m in group]
             for small, big in pairwise(present):
@@ -109,19 +111,19 @@ def test_larger_model_of_a_family_never_has_a_larger_boundary(path, recipe):
                 assert int(b["max_value"]) <= int(a["max_value"]) + _noise(a), (a, b)
 
 
-@pytest.mark.parametrize("path, recipe", PARTS)
-def test_longer_sequences_never_allow_a_larger_batch(path, recipe):
-    batches = [r for r in _ok(path, recipe) if r["axis"] == "batch_size"]
+@pytest.mark.parametrize("path, part", PARTS)
+def test_longer_sequences_never_allow_a_larger_batch(path, part):
+    batches = [r for r in _ok(path, part) if r["axis"] == "batch_size"]
     for group in _index(batches, "seq_len").values():
         seqs = sorted(group, key=int)
         for short, long in pairwise(seqs):
             assert int(group[long]["max_value"]) <= int(group[short]["max_value"]) + 1
 
 
-@pytest.mark.parametrize("path, recipe", PARTS)
-def test_sequence_and_batch_searches_agree(path, recipe):
+@pytest.mark.parametrize("path, part", PARTS)
+def test_sequence_and_batch_searches_agree(path, part):
     """batch 1 fits at length L exactly when the longest sequence at batch 1 is >= L (± a step)."""
-    rows = _ok(path, recipe)
+    rows = _ok(path, part)
     seq = {
         (r["model"], r["lora_rank"], r["dtype"], r["grad_ckpt"]): int(r["max_value"])
         for r in rows
@@ -230,3 +232,15 @@ def test_the_published_sweeps_hold_no_stale_inference(profile, points):
     assert result.returncode == 0, result.stderr
     actions = [line.split("│")[-2].strip() for line in result.stdout.splitlines() if line.count("│") > 2]
     assert len(actions) == points and actions.count("recorded") == points
+
+
+def test_a_boundary_of_another_allocator_has_its_own_table_never_a_main_cell():
+    from bench.results import variant
+
+    assert variant({"recipe": "peft", "allocator": "default", "eval_batch_size": "0", "padding": ""}) == {}
+    assert variant_title({"recipe": "loop", "allocator": "expandable"}) == "recipe loop, allocator expandable"
+    assert variant({"recipe": "liger", "allocator": "expandable"}, ("recipe",)) == {"allocator": "expandable"}
+    text = (RESULTS / "boundaries.md").read_text()
+    main = text.split("\n## t4\n")[1].split("\n## ")[0]
+    assert "| qwen2.5-7b | 16 | 1792‡ |" in main  # the default allocator's, not expandable's 2496
+    assert "\n## t4, allocator expandable\n" in text
