@@ -117,14 +117,15 @@ def main():
     help="After the sweep, find and verify the grid's OOM boundaries (as `boundary`).",
 )
 @extra_axes
-def sweep(dry_run, boundaries, **options):
+@GPUS
+def sweep(dry_run, boundaries, gpus, **options):
     """Sweep a hardware profile's grid; one CSV row per configuration."""
 
     def run():
         from bench import commands, config
 
         cfg = config.sweep_config(extra_axes=split_axes(options), **options)
-        return commands.run_sweep_command(cfg, dry_run, boundaries)
+        return commands.run_sweep_command(cfg, dry_run, boundaries, gpus)
 
     _guard(run)
 

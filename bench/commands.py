@@ -37,8 +37,9 @@ def _progress(console: Console) -> Progress:
     )
 
 
-def run_sweep_command(cfg: SweepConfig, dry_run: bool, boundaries: bool = False) -> int:
+def run_sweep_command(cfg: SweepConfig, dry_run: bool, boundaries: bool = False, gpus=None) -> int:
     console = Console(stderr=True)
+    gpus = host_gpus(cfg.device, gpus)  # before anything runs: a bad --gpus is exit 2
     store = sweep_store(cfg)
     if dry_run:
         planned = plan_sweep(cfg, None, store)
@@ -50,11 +51,11 @@ def run_sweep_command(cfg: SweepConfig, dry_run: bool, boundaries: bool = False)
         Console(width=None if sys.stdout.isatty() else 200).print(table)  # piped: no cut-off cells
         return 0
     with _progress(console) as progress:
-        written = run_sweep(cfg, progress)
+        written = run_sweep(cfg, progress, gpus)
     summary = ", ".join(f"{n} {status}" for status, n in sorted(written.items())) or "nothing to do"
     console.print(f"{cfg.profile.name}: {summary} -> {store.path}")
     if boundaries:
-        _run_boundaries([boundary_config_of(cfg)], None, console)
+        _run_boundaries([boundary_config_of(cfg)], None, console, gpus=gpus)
     return 1 if written.get("error") or written.get("timeout") else 0
 
 

@@ -298,6 +298,7 @@ safe_scan_option = click.option(
 GPUS = click.option(
     "--gpus",
     default=None,
-    help="Several GPUs of this host: `all` or indices (0,1,... as nvidia-smi numbers them); each "
-    "GPU gets --parallel slots and its own memory budget, workers pinned to it. Default: one GPU.",
+    help="Several GPUs of this host: `all` or indices (0,1,... as nvidia-smi numbers them), "
+    "workers pinned to each. boundary: each GPU gets --parallel slots and its own memory budget; "
+    "sweep: the grid's settings run side by side, one trial per GPU at a time. Default: one GPU.",
 )

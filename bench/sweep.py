@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bench.config import SweepConfig
 from bench.envinfo import HostGPU
@@ -65,18 +66,30 @@ def sweep_store(cfg: SweepConfig) -> ResultsFile:
     return ResultsFile(results_path(cfg.results_dir, cfg.profile, cfg.device))
 
 
-def run_sweep(cfg: SweepConfig, progress=None) -> Counter:
-    """Run every pending point; returns a count of statuses written in this run."""
+def run_sweep(cfg: SweepConfig, progress=None, gpus: list[int] | None = None) -> Counter:
+    """Run every pending point; returns a count of statuses written in this run. With `gpus`
+    (several GPUs of one host, bench.gpus) the grid's settings run side by side, one trial per
+    GPU at a time."""
     runner = TrialRunner(cfg, host_gpu(cfg))
     store = sweep_store(cfg)
     store.lock()
     try:
-        return _run(cfg, runner, store, progress)
+        return _run(cfg, runner, store, progress, gpus)
     finally:
         store.unlock()
 
 
-def _run(cfg: SweepConfig, runner: TrialRunner, store: ResultsFile, progress) -> Counter:
+def settings(todo: list[Planned]) -> list[list[Planned]]:
+    """The points in groups that differ only in length and batch, in plan order: an OOM implies
+    one only within its group (TrialSpec.dominates), so groups run on different GPUs draw the
+    same inferences as one after another."""
+    groups: dict[str, list[Planned]] = {}
+    for item in todo:
+        groups.setdefault(replace(item.spec, seq_len=0, batch_size=0, lora_alpha=0).key, []).append(item)
+    return list(groups.values())
+
+
+def _run(cfg: SweepConfig, runner: TrialRunner, store: ResultsFile, progress, gpus=None) -> Counter:
     from bench.pool import WorkerPool
 
     todo = [p for p in plan_sweep(cfg, runner.host, store) if p.action != "recorded"]
@@ -89,25 +102,29 @@ def _run(cfg: SweepConfig, runner: TrialRunner, store: ResultsFile, progress) ->
         ]
     )
     written: Counter = Counter()
-    pool = WorkerPool(spares=cfg.spare_workers, cuda=cfg.device == "cuda")
     mirror = WandbMirror(cfg.wandb_mode, cfg.results_dir, cfg.profile.name, "trial")
     task = progress.add_task("sweep", total=len(todo)) if progress else None
-    try:
-        for item in todo:
-            spec = item.spec
+    lock = threading.Lock()  # the file, the OOMs, the counts and the bar, across GPUs
+
+    def one(item: Planned, pool, stopped=lambda: False) -> None:
+        spec = item.spec
+        with lock:
             if progress:
                 progress.update(task, description=spec.key)
             implied = implied_oom(spec, ooms) if cfg.skip_implied else None
-            if item.action == "unsupported":
-                measured = {"status": "unsupported", "reason": item.reason}
-            elif implied is not None:
-                measured = {
-                    "status": "oom",
-                    "inferred_from": implied.key,
-                    "reason": "not run: a smaller configuration with everything else equal ran out of memory",
-                }
-            else:
-                measured = pool.run(runner.request(spec), cfg.timeout_s).row
+        if item.action == "unsupported":
+            measured = {"status": "unsupported", "reason": item.reason}
+        elif implied is not None:
+            measured = {
+                "status": "oom",
+                "inferred_from": implied.key,
+                "reason": "not run: a smaller configuration with everything else equal ran out of memory",
+            }
+        else:
+            measured = pool.run(runner.request(spec), cfg.timeout_s).row
+        if stopped():  # Ctrl-C while it ran: its workers were stopped, so no row
+            return
+        with lock:
             if measured["status"] == "oom":
                 ooms.append(spec)
             store.append(runner.row(spec, measured), replace_key=True)  # a retried timeout's row goes
@@ -115,10 +132,61 @@ def _run(cfg: SweepConfig, runner: TrialRunner, store: ResultsFile, progress) ->
             written[measured["status"]] += 1
             if progress:
                 progress.advance(task)
-    except BaseException:  # Ctrl-C or a failed write: stop the workers now, not after their trials
-        pool.close(graceful=False)
-        raise
+
+    try:
+        if gpus and len(gpus) > 1:
+            _on_gpus(cfg, settings(todo), gpus, one)
+        else:
+            pool = WorkerPool(spares=cfg.spare_workers, cuda=cfg.device == "cuda", gpu=(gpus or [None])[0])
+            try:
+                for item in todo:
+                    one(item, pool)
+            except BaseException:  # Ctrl-C or a failed write: stop the workers now, not after their trials
+                pool.close(graceful=False)
+                raise
+            finally:
+                pool.close()
     finally:
-        pool.close()
         mirror.finish(store.fieldnames)
     return written
+
+
+def _on_gpus(cfg: SweepConfig, groups: list[list[Planned]], gpus: list[int], one) -> None:
+    """One lane per GPU, each with its own worker pool pinned to it, taking the next group of
+    settings until none is left; the first failure (a failed write, Ctrl-C) stops every lane."""
+    from bench.pool import WorkerPool
+
+    waiting, failed, pools, lock = list(groups), [], [], threading.Lock()
+
+    def lane(gpu: int) -> None:
+        pool = WorkerPool(spares=cfg.spare_workers, cuda=cfg.device == "cuda", gpu=gpu)
+        pools.append(pool)
+        try:
+            while not failed:
+                with lock:
+                    if not waiting:
+                        return
+                    group = waiting.pop(0)
+                for item in group:
+                    if failed:
+                        return
+                    one(item, pool, lambda: bool(failed))
+        except BaseException as exc:
+            failed.append(exc)
+        finally:
+            pool.close(graceful=not failed)
+
+    threads = [threading.Thread(target=lane, args=(gpu,), daemon=True) for gpu in gpus]
+    for t in threads:
+        t.start()
+    try:
+        while any(t.is_alive() for t in threads):
+            for t in threads:
+                t.join(0.2)
+    except BaseException as exc:  # Ctrl-C: stop every lane's workers now, write nothing more
+        failed.append(exc)
+        for pool in pools:
+            pool.close(graceful=False)
+        raise
+    if failed:
+        raise failed[0]

@@ -43,9 +43,10 @@ def test_a_pinned_worker_sees_only_its_gpu():
         worker.stop()
 
 
-def test_gpus_needs_a_gpu_device(tmp_path):
+@pytest.mark.parametrize("command", ["boundary", "sweep"])
+def test_gpus_needs_a_gpu_device(tmp_path, command):
     result = cli(
-        "boundary", "--profile", "t4", "--device", "cpu", "--gpus", "all", "--results-dir", str(tmp_path)
+        command, "--profile", "t4", "--device", "cpu", "--gpus", "all", "--results-dir", str(tmp_path)
     )
     assert result.returncode == 2 and "--gpus: needs --device cuda" in result.stderr
     assert not any(tmp_path.iterdir())  # nothing started, nothing written
@@ -90,3 +91,46 @@ def test_searches_spread_over_gpus_find_the_boundaries_one_gpu_finds(tmp_path, m
             assert sorted(p.gpu for p in pools if p.gpu is not None) == [0, 1]
     assert found["one"] == found["two"] and len(found["one"]) == 2
     assert {v[0] for v in found["one"].values()} == {"960"}
+
+
+def test_a_sweep_over_two_gpus_writes_the_rows_one_gpu_writes(tmp_path, monkeypatch):
+    """The grid's settings on two 'GPUs' (pools pinned to 0 and 1, one trial each at a time):
+    the same rows as one GPU, OOM inferences included (an OOM implies only within its setting),
+    each row once."""
+    from bench import sweep
+    from bench.config import sweep_config
+
+    monkeypatch.setenv("QLORA_BENCH_INJECT", "tokens>100:oom")
+    monkeypatch.setenv("QLORA_BENCH_WORKER_START", "spawn")  # as above: no forkserver of this env
+    pools = []
+
+    import bench.pool
+
+    original = bench.pool.WorkerPool
+
+    class Pinned(original):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            pools.append(self)
+
+    monkeypatch.setattr(bench.pool, "WorkerPool", Pinned)
+    found = {}
+    for name, gpus in (("one", None), ("two", [0, 1])):
+        cfg = sweep_config(
+            profile_name="rtx3050-laptop", device="cpu", models=None, seq_lens=(64, 128, 256),
+            batch_sizes=(1,), ranks=(4, 8), dtypes=("fp16",), grad_ckpt=(False,), lora_alpha_ratio=2.0,
+            lora_dropout=0.05, target_modules="all-linear", optimizer="adamw_torch", warmup_steps=1,
+            measured_steps=1, weights=None, results_dir=tmp_path / name, timeout_s=600, wandb_mode="off",
+            overwrite=False, no_skip_implied=False, spare_workers=0, workload="step", sft_steps=1,
+            sft_lr=2e-4, sft_eval_samples=1, extra_axes={},
+        )  # fmt: skip
+        pools.clear()
+        written = sweep.run_sweep(cfg, gpus=gpus)
+        rows = list(csv.DictReader(open(tmp_path / name / "rtx3050-laptop" / "trials-cpu.csv")))
+        found[name] = {r["trial_key"]: (r["status"], r["inferred_from"]) for r in rows}
+        assert len(rows) == len(found[name]) == sum(written.values()) == 6
+        if gpus:
+            assert sorted(p.gpu for p in pools) == [0, 1]
+    assert found["one"] == found["two"]
+    assert sorted(s for s, _ in found["one"].values()) == ["ok", "ok", "oom", "oom", "oom", "oom"]
+    assert sum(bool(i) for _, i in found["one"].values()) == 2  # 256 inferred from 128, per rank
