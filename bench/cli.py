@@ -23,8 +23,10 @@ from bench.options import (
     RANKS,
     RESULTS_DIR,
     RESULTS_IN,
+    SCHEDULER,
     SEQ_LENS,
     SFT_OPTIONS,
+    TARGET_MODULES,
     TIMEOUT,
     WANDB,
     DefaultGroup,
@@ -63,12 +65,7 @@ def main():
 @GRAD_CKPT
 @ALPHA_RATIO
 @click.option("--lora-dropout", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True)
-@click.option(
-    "--target-modules",
-    default="all-linear",
-    show_default=True,
-    help="LoRA targets: all-linear or comma-separated module names.",
-)
+@TARGET_MODULES
 @OPTIMIZER
 @click.option("--warmup-steps", type=click.IntRange(1), default=2, show_default=True)
 @click.option(
@@ -197,14 +194,15 @@ def sweep(dry_run, boundaries, gpus, **options):
 @click.option("--overwrite", is_flag=True, help="Search boundaries already recorded again.")
 @extra_axes
 @GPUS
-def boundary(parallel, time_budget, gpus, **options):
+@SCHEDULER
+def boundary(parallel, time_budget, gpus, scheduler, **options):
     """Find and verify OOM boundaries: longest sequence at batch 1, largest batch at reference lengths."""
 
     def run():
         from bench import commands, config
 
         cfgs = config.boundary_configs(extra_axes=split_axes(options), **options)
-        return commands.run_boundary_command(cfgs, parallel, time_budget, gpus)
+        return commands.run_boundary_command(cfgs, parallel, time_budget, gpus, scheduler)
 
     _guard(run)
 

@@ -87,9 +87,10 @@ def list_profiles_command() -> int:
 
 
 def run_boundary_command(
-    cfgs: list[BoundaryConfig], parallel: int | None, time_budget=None, gpus=None
+    cfgs: list[BoundaryConfig], parallel: int | None, time_budget=None, gpus=None, scheduler=None
 ) -> int:
-    _run_boundaries(cfgs, parallel, Console(stderr=True), time_budget, host_gpus(cfgs[0].device, gpus))
+    gpus = host_gpus(cfgs[0].device, gpus)
+    _run_boundaries(cfgs, parallel, Console(stderr=True), time_budget, gpus, scheduler)
     return 0
 
 
@@ -110,13 +111,25 @@ def host_gpus(device: str, text: str | None) -> list[int] | None:
     return gpus
 
 
-def _run_boundaries(cfgs: list[BoundaryConfig], parallel, console, time_budget=None, gpus=None) -> None:
-    """Search the boundaries of every config's profile together."""
+def _run_boundaries(
+    cfgs: list[BoundaryConfig], parallel, console, time_budget=None, gpus=None, scheduler=None
+) -> None:
+    """Search the boundaries of every config's profile together (on a Dask cluster with
+    `scheduler`: bench.boundary.dask_run)."""
     from bench.boundary import BoundaryRun, run_boundaries
 
+    if scheduler and (time_budget or gpus or parallel):
+        raise BenchUsageError(
+            "--scheduler: the cluster's workers place the searches (no --parallel, --gpus or --time-budget)"
+        )
     runs = [BoundaryRun(cfg) for cfg in cfgs]
     with _progress(console) as progress:
-        summaries = run_boundaries(runs, parallel, progress, time_budget, gpus)
+        if scheduler:
+            from bench.boundary.dask_run import run_on_dask
+
+            summaries = run_on_dask(runs, scheduler, progress)
+        else:
+            summaries = run_boundaries(runs, parallel, progress, time_budget, gpus)
     for run, summary in zip(runs, summaries, strict=True):
         left = f"; {summary['left']} left for a rerun (time budget)" if summary["left"] else ""
         console.print(

@@ -302,3 +302,18 @@ GPUS = click.option(
     "workers pinned to each. boundary: each GPU gets --parallel slots and its own memory budget; "
     "sweep: the grid's settings run side by side, one trial per GPU at a time. Default: one GPU.",
 )
+
+
+TARGET_MODULES = click.option(
+    "--target-modules", default="all-linear", show_default=True, help="LoRA targets: all-linear or "
+    "comma-separated module names."
+)  # fmt: skip
+
+SCHEDULER = click.option(
+    "--scheduler",
+    default=None,
+    help="Run the searches on a Dask cluster: its scheduler's address (tcp://host:8786; "
+    "workers one per GPU, one thread each, not daemonic), or `local` to start one here "
+    "(dask-cuda's on a GPU host). Rows are written here as each model group finishes. Needs "
+    "pip install 'qlora-bench[dask]'.",
+)
