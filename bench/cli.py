@@ -167,7 +167,8 @@ def sweep(dry_run, boundaries, gpus, **options):
     "--time-budget",
     type=click.FloatRange(min=1),
     default=None,
-    help="Seconds after which no new search starts (those running finish); rerun to resume.",
+    help="Seconds (from the first search, after any random-weight checkpoints are built) after "
+    "which no new search starts (those running finish); rerun to resume.",
 )
 @safe_scan_option
 @band_option

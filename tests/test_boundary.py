@@ -399,3 +399,25 @@ def test_the_band_searches_again_with_the_cap_lower_and_higher():
     }
     run.cfg = SimpleNamespace(band_gib=0.0)
     assert run._band(task, None, 10) == {}  # not asked for: no probe
+
+
+def test_the_time_budget_counts_from_the_first_search_not_the_weights_build(tmp_path, monkeypatch):
+    """A budget shorter than building the random-weight checkpoints still starts a search (it
+    once started none), and no new search starts after it: one of the group's two is left."""
+    import time
+
+    from bench.boundary import BoundaryRun, run_boundaries, schedule
+    from bench.config import boundary_configs
+
+    monkeypatch.setenv("QLORA_BENCH_INJECT", "tokens>1000:oom")
+    monkeypatch.setenv("QLORA_BENCH_WORKER_START", "spawn")  # no forkserver keeping this env
+    build = schedule._prepare_weights
+    monkeypatch.setattr(schedule, "_prepare_weights", lambda runs: (time.sleep(3), build(runs)))
+    (cfg,) = boundary_configs(
+        profile_names=["rtx3050-laptop"], device="cpu", models=None, ranks=(4, 8), dtypes=("fp16",),
+        grad_ckpt=(False,), ref_seq_lens=None, search_axes=("seq_len",), reverify=False,
+        lora_alpha_ratio=2.0, optimizer="adamw_torch", warmup_steps=1, measured_steps=2,
+        results_dir=tmp_path, timeout_s=600, wandb_mode="off", overwrite=False, extra_axes={},
+    )  # fmt: skip
+    (summary,) = run_boundaries([BoundaryRun(cfg)], parallel=1, time_budget=1)
+    assert (summary["boundaries"], summary["left"]) == (1, 1)

@@ -52,6 +52,13 @@ def test_a_local_dask_cluster_finds_the_boundaries_the_plain_run_finds(tmp_path,
     resumed = [BoundaryRun(c) for c in boundary_configs(results_dir=tmp_path / "dask", **CONFIG)]
     again = run_on_dask(resumed, "local")
     assert [s["boundaries"] for s in again] == [0, 0] and _found(tmp_path / "dask") == dask
+    # killed after its probes, before its boundaries: searched again from its own probes
+    for profile in ("rtx3050-laptop", "gtx1650"):
+        (tmp_path / "dask" / profile / "boundaries-cpu.csv").unlink()
+    cut = [BoundaryRun(c) for c in boundary_configs(results_dir=tmp_path / "dask", **CONFIG)]
+    third = run_on_dask(cut, "local")
+    assert _found(tmp_path / "dask")[0] == dask[0]
+    assert sum(s["trials"] for s in third) < sum(s["trials"] for s in summaries)
 
 
 def test_a_scheduler_that_does_not_answer_is_a_usage_error(tmp_path):

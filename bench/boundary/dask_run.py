@@ -30,10 +30,12 @@ from bench.pool import WorkerPool
 CONNECT_TIMEOUT_S = float(os.environ.get("QLORA_BENCH_DASK_CONNECT_S", "30"))  # test hook
 
 
-def search_remote(cfg, keys: list[str], recorded: list[dict]) -> tuple[list[dict], list[dict]]:
-    """In a Dask worker: one group's searches (the tasks of `keys`, in that order), hinted by
-    the boundaries already recorded of its families as the plain run is; its boundary rows and
-    its probe rows."""
+def search_remote(
+    cfg, keys: list[str], recorded: list[dict], probed: list[dict]
+) -> tuple[list[dict], list[dict]]:
+    """In a Dask worker: one group's searches (the tasks of `keys`, in that order), hinted as
+    the plain run is: by the boundaries already recorded of its families and, for a search cut
+    short, by its own recorded probes (`probed`); its boundary rows and its new probe rows."""
     with tempfile.TemporaryDirectory(prefix="qlora-bench-dask-") as scratch:
         run = BoundaryRun(replace(cfg, results_dir=Path(scratch), wandb_mode="off"))
         run.begin(1, None)
@@ -43,6 +45,7 @@ def search_remote(cfg, keys: list[str], recorded: list[dict]) -> tuple[list[dict
                 if row["boundary_key"] in by_key:
                     run._remember(by_key[row["boundary_key"]], row)
             group = [by_key[k] for k in keys if k in by_key]
+            run.probes.rows = [dict(p) for p in probed]  # where cut searches left off (resume_hint)
             cuda = cfg.device == "cuda"
             native = run.runner.plan.cap_gib is None
             pool = WorkerPool(spares=SPARES if cuda and not native else 0, cuda=cuda)
@@ -50,7 +53,7 @@ def search_remote(cfg, keys: list[str], recorded: list[dict]) -> tuple[list[dict
                 run.search_group(group, pool, None)
             finally:
                 pool.close(graceful=False)
-            return list(run.store.rows), list(run.probes.rows)
+            return list(run.store.rows), [p for p in run.probes.rows if p not in probed]
         finally:
             run.store.unlock()
 
@@ -89,6 +92,7 @@ def run_on_dask(runs: list[BoundaryRun], address: str, progress=None) -> list[di
     started, started_utc = time.perf_counter(), utc_now()
     client, cluster = _client(address, runs[0].cfg.device)
     entered: list[BoundaryRun] = []
+    futures: dict = {}
     try:
         from dask.distributed import as_completed
 
@@ -96,17 +100,19 @@ def run_on_dask(runs: list[BoundaryRun], address: str, progress=None) -> list[di
         for run in runs:
             run.begin(slots, progress)
             entered.append(run)
-        futures = {}
         for run in runs:
             recorded = [] if run.cfg.overwrite else [dict(r) for r in run.store.rows]
             for group in sorted(run.groups(), key=lambda g, r=run: -r.cost(g)):
                 keys = [t.key for t in group]
-                futures[client.submit(search_remote, run.cfg, keys, recorded, pure=False)] = run
+                own = [] if run.cfg.overwrite else run.probes.rows  # as BoundaryRun._hint reads them
+                probed = [dict(p) for p in own if p["boundary_key"] in keys]
+                task = client.submit(search_remote, run.cfg, keys, recorded, probed, pure=False)
+                futures[task] = run
         for future in as_completed(futures):
             rows, probes = future.result()  # a search that raised: its error, here
             _write(futures[future], rows, probes)
     except BaseException:
-        client.cancel(list(locals().get("futures", {})))
+        client.cancel(list(futures))
         raise
     finally:
         wall = round(time.perf_counter() - started, 1)

@@ -114,7 +114,9 @@ def run_boundaries(
         waiting = [(run, group) for run in runs for group in run.groups()]
         # the longest groups first (larger model, larger cap, more searches), so the slots end together
         waiting.sort(key=lambda item: -item[0].cost(item[1]))
-        deadline = started + time_budget if time_budget else None
+        # counted from here: building random-weight checkpoints is not searching (a budget that
+        # ran out while they were built started no search at all)
+        deadline = time.perf_counter() + time_budget if time_budget else None
 
         def share(item) -> float:
             return item[0].share(item[1]) if budgeted else 0.0
