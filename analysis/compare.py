@@ -13,6 +13,7 @@ from pathlib import Path
 
 from analysis.data import load, model_order
 from analysis.projection import calibrated
+from analysis.summary import stacks
 from bench.catalog import load_catalog
 from bench.errors import BenchUsageError
 from bench.profiles import load_profile
@@ -61,7 +62,22 @@ def compare(names: list[str], results_dir: Path, models: list[str] | None, ref_s
             if any(v not in ("not measured", "not in grid") for k, v in line.items() if k in rows_of):
                 table.append(line)
     return {"profiles": [p.name for p in profiles], "missing": missing, "rows": table, "ref_seq": ref_seq,
-            "error": error}  # fmt: skip
+            "error": error, "stacks": _stacks(results_dir, [p.name for p in profiles], wanted)}  # fmt: skip
+
+
+def _stacks(results_dir: Path, names: list[str], models: list[str]) -> list[dict]:
+    """Per model and setting, how far each training stack gets on each compared card (the
+    purchase summary's table, analysis.summary.stacks): 'peft 960 · liger 4736 · ...'."""
+    from bench.spec import RECIPES
+
+    cells: dict[tuple, dict[str, str]] = {}
+    for (profile, model, dtype, _, rank), by in stacks(Path(results_dir)).items():
+        if profile in names and model in models:
+            text = " · ".join(f"{r} {by[r]}" for r in RECIPES if r in by)
+            cells.setdefault((model, f"{dtype}, ckpt, r{rank}"), {})[profile] = text
+    order = {m: i for i, m in enumerate(models)}
+    keys = sorted(cells, key=lambda k: (order[k[0]], k[1]))
+    return [{"model": m, "setting": s, **cells[m, s]} for m, s in keys]
 
 
 def _overlapping(speeds: dict[str, float], error: float | None) -> list[tuple[str, str]]:
@@ -107,7 +123,7 @@ def render(result: dict, console=None) -> None:
     console = console or Console()
     table = Table(
         title=f"Longest sequence at batch 1 / largest batch at {result['ref_seq']} tokens "
-        "(measured boundaries, smallest LoRA rank; 0: does not fit) / tokens/s at 512 tokens, "
+        "(measured boundaries, peft recipe, smallest LoRA rank; 0: does not fit) / tokens/s at 512 tokens, "
         "batch 1, PROJECTED (analysis/projection.py)"
     )
     table.add_column("model")
@@ -123,6 +139,17 @@ def render(result: dict, console=None) -> None:
         "tokens/s are projected from the card's datasheet and the H200's measured steps, not "
         "measured on the card (emulated rows ran on a larger GPU, whose step time is not the card's)."
     )
+    if result.get("stacks"):
+        stack_table = Table(
+            title="How far each training stack gets: longest sequence at batch 1 per recipe, with "
+            "checkpointing (measured boundaries; the table above is peft's; docs/recipes.md)"
+        )
+        for column in ("model", "setting", *result["profiles"]):
+            stack_table.add_column(column)
+        for line in result["stacks"]:
+            cards = (line.get(name, "") for name in result["profiles"])
+            stack_table.add_row(line["model"], line["setting"], *cards)
+        console.print(stack_table)
     unranked = [(line, pair) for line in result["rows"] for pair in line["unranked"]]
     if unranked:
         console.print(

@@ -113,11 +113,11 @@ def job_times(projection, bounds, cal: dict) -> list[str]:
     return lines + [""]
 
 
-def by_stack(results_dir: Path) -> list[str]:
-    """How far each training stack gets on a card: the longest sequence at batch 1 per recipe, at
-    settings that more than one recipe was searched at (docs/recipes.md says what each runs)."""
+def stacks(results_dir: Path) -> dict[tuple, dict[str, str]]:
+    """(profile, model, dtype, 'true', rank) -> {recipe: the longest sequence at batch 1 as the
+    tables write it, or 'fails'}: with checkpointing, at settings that more than one recipe was
+    searched at, per card and model at the rank most recipes were searched at."""
     from bench.results import read_results, value_text, variant
-    from bench.spec import RECIPES
 
     cells: dict[tuple, dict[str, str]] = {}
     for path in sorted(results_dir.glob("*/boundaries.csv")):
@@ -131,7 +131,15 @@ def by_stack(results_dir: Path) -> list[str]:
     best = {}  # per card and model: the rank most recipes were searched at (then the smallest)
     for (profile, model, _, _, rank), by in shared.items():
         best[profile, model] = min((-len(by), rank), best.get((profile, model), (-len(by), rank)))
-    shared = {k: v for k, v in shared.items() if k[4] == best[k[0], k[1]][1]}
+    return {k: v for k, v in shared.items() if k[4] == best[k[0], k[1]][1]}
+
+
+def by_stack(results_dir: Path) -> list[str]:
+    """How far each training stack gets on a card: the longest sequence at batch 1 per recipe, at
+    settings that more than one recipe was searched at (docs/recipes.md says what each runs)."""
+    from bench.spec import RECIPES
+
+    shared = stacks(results_dir)
     if not shared:
         return []
     recipes = [r for r in RECIPES if any(r in v for v in shared.values())]

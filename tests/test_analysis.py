@@ -45,6 +45,17 @@ def test_compare_shows_the_measured_boundaries_side_by_side():
     assert "n/a (no bf16)" in line  # the T4 has no bf16
     assert f"{seq['max_value']} / {batch['max_value']} / ~" in line  # then projected tokens/s
     assert "PROJECTED" in result.stdout and "not measured on the card" in result.stdout
+    # and how far each training stack gets on each card (the purchase summary's table)
+    from analysis.compare import compare
+
+    stacks = compare(["t4", "l4"], RESULTS, ["qwen2.5-7b"], 1024)["stacks"]
+    (t4,) = [line["t4"] for line in stacks if line["setting"] == "fp16, ckpt, r16"]
+    summary = (RESULTS / "purchase.md").read_text()
+    row = next(li for li in summary.splitlines() if li.startswith("| t4 | qwen2.5-7b | fp16, ckpt, r16 |"))
+    header = next(li for li in summary.splitlines() if li.startswith("| profile | model | setting | peft |"))
+    recipes, cells = ([c.strip() for c in line.split("|")[4:-1]] for line in (header, row))
+    expected = [f"{r} {v}" for r, v in zip(recipes, cells, strict=True) if v]
+    assert t4 == " · ".join(expected) and t4.startswith("peft 1792 · loop ")
 
 
 def test_format_success_curves_are_drawn_when_present(tmp_path):
