@@ -83,8 +83,29 @@ def estimate(
         raise BenchUsageError(f"no measured step times under {results_dir} to project from")
     error = projection.calibration()["p90_error_left_out"]
     options = job_options(projection, profile, bounds, examples, tokens, epochs, error)
+    others = [] if options else other_recipes(Path(results_dir), profile.name, model, tokens)
     return {"profile": profile.name, "model": model, "examples": examples, "tokens": tokens,
-            "epochs": epochs, "error": error, "options": options}  # fmt: skip
+            "epochs": epochs, "error": error, "options": options, "others": others}  # fmt: skip
+
+
+def other_recipes(results_dir: Path, profile: str, model: str, tokens: int) -> list[str]:
+    """Where peft's path does not train `tokens` at batch 1: the other recipes' measured settings
+    that do (their safe value, where a scan found one, is what must reach `tokens`)."""
+    from bench.results import read_results, value_text, variant
+
+    path = results_dir / profile / "boundaries.csv"
+    found = []
+    for row in read_results(path) if path.exists() else []:
+        recipe = row.get("recipe") or "peft"
+        if (
+            recipe == "peft" or row["model"] != model or row["axis"] != "seq_len" or row["status"] != "ok"
+            or variant(row, ("recipe",))
+            or int(row.get("safe_value") or row["max_value"]) < tokens
+        ):  # fmt: skip
+            continue
+        ckpt = "ckpt" if row["grad_ckpt"] == "true" else "no ckpt"
+        found.append(f"{recipe} ({row['dtype']}, {ckpt}, r{row['lora_rank']}): {value_text(row)} tokens")
+    return found
 
 
 def job_options(
@@ -111,9 +132,16 @@ def render(answer: dict) -> list[str]:
         f"{answer['tokens']} tokens x {answer['epochs']} epochs"
     )
     if not answer["options"]:
+        others = answer.get("others") or []
+        where = (
+            "measured to train it at batch 1 with: " + "; ".join(others) + " (their step time is not "
+            "projected: the projection is fitted to peft's step)"
+            if others
+            else "nor with another recipe measured (results/boundaries.md)"
+        )
         return [
             f"{head}: does not fit on peft's path (no measured setting trains {answer['tokens']} "
-            "tokens at batch 1); other recipes reach further: results/boundaries.md"
+            f"tokens at batch 1); {where}"
         ]
     lines = [f"{head}, PROJECTED (not measured):"]
     for i, o in enumerate(answer["options"]):

@@ -38,7 +38,13 @@ function job(card, model, examples, tokens, epochs) {
   const found = DATA.jobs.options[[card, model, tokens].join('|')];
   if (!found) return `no measured boundaries of ${model} on ${card} (measure them: qlora-bench boundary --profile ${card} --models ${model})`;
   const head = `${model} on ${card}: ${examples} examples x ${tokens} tokens x ${epochs} epochs`;
-  if (!found.length) return `${head}: does not fit on peft's path (no measured setting trains ${tokens} tokens at batch 1); other recipes reach further: results/boundaries.md`;
+  if (!found.length) {
+    const others = DATA.jobs.others[[card, model, tokens].join('|')] || [];
+    const where = others.length
+      ? `measured to train it at batch 1 with: ${others.join('; ')} (their step time is not projected: the projection is fitted to peft's step)`
+      : 'nor with another recipe measured (results/boundaries.md)';
+    return `${head}: does not fit on peft's path (no measured setting trains ${tokens} tokens at batch 1); ${where}`;
+  }
   const err = DATA.jobs.error;
   const options = found.map((o) => {
     const steps = Math.ceil(examples / o.batch) * epochs;

@@ -123,23 +123,26 @@ def jobs(results_dir: Path) -> dict:
     and tokens per example (JOB_TOKENS), each setting that trains it with its projected step
     time; the page multiplies by the job's steps. And the band's error."""
     from analysis.data import load
-    from analysis.estimate import job_options
+    from analysis.estimate import job_options, other_recipes
     from analysis.projection import calibrated
     from bench.profiles import load_profile
 
     data = load(results_dir)
     projection, bounds = calibrated(data), data.boundaries
     if projection is None or bounds.empty:
-        return {"error": None, "options": {}}
+        return {"error": None, "options": {}, "others": {}}
     error = projection.calibration()["p90_error_left_out"]
-    options = {}
+    options, others = {}, {}  # others: where peft's path does not train it, the recipes that do
     for (card, model), rows in bounds.groupby(["profile", "model"]):  # peft's (analysis.data)
         profile = load_profile(card)
         for tokens in JOB_TOKENS:
             found = job_options(projection, profile, rows, 1, tokens, 1, error)
             keep = ("dtype", "grad_ckpt", "lora_rank", "batch", "step_s", "source")
-            options["|".join([card, model, str(tokens)])] = [{k: o[k] for k in keep} for o in found]
-    return {"error": error, "options": options}
+            key = "|".join([card, model, str(tokens)])
+            options[key] = [{k: o[k] for k in keep} for o in found]
+            if not found:
+                others[key] = other_recipes(Path(results_dir), card, model, tokens)
+    return {"error": error, "options": options, "others": others}
 
 
 STYLE = """

@@ -29,6 +29,13 @@ def test_estimate_picks_the_fastest_fitting_setting():
 def test_estimate_says_when_nothing_fits():
     result = run("--profile", "gtx1650", "--model", "qwen2.5-3b", "--examples", "10", "--tokens", "512")
     assert result.exit_code == 0 and "does not fit" in result.output
+    # ... and which measured recipes do train it: the hand-written loop reaches 512 exactly
+    assert "measured to train it at batch 1 with: loop (fp16, ckpt, r8): 512 tokens" in result.output
+    assert "step time is not projected" in result.output
+    answer = estimate("gtx1650", "qwen2.5-1.5b", 10, 1024, 1, RESULTS)  # liger's safe value counts
+    assert answer["others"] == ["liger (fp16, ckpt, r16): 1856 (2112§) tokens"]
+    result = run("--profile", "gtx1650", "--model", "qwen2.5-3b", "--examples", "10", "--tokens", "576")
+    assert "nor with another recipe measured" in result.output
 
 
 def test_estimate_refuses_what_it_cannot_answer():
