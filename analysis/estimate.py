@@ -83,19 +83,26 @@ def estimate(
         raise BenchUsageError(f"no measured step times under {results_dir} to project from")
     error = projection.calibration()["p90_error_left_out"]
     options = job_options(projection, profile, bounds, examples, tokens, epochs, error)
-    others = [] if options else other_recipes(Path(results_dir), profile.name, model, tokens)
+    others = [] if options else other_recipes(boundary_rows(Path(results_dir), profile.name), model, tokens)
     return {"profile": profile.name, "model": model, "examples": examples, "tokens": tokens,
             "epochs": epochs, "error": error, "options": options, "others": others}  # fmt: skip
 
 
-def other_recipes(results_dir: Path, profile: str, model: str, tokens: int) -> list[str]:
-    """Where peft's path does not train `tokens` at batch 1: the other recipes' measured settings
-    that do (their safe value, where a scan found one, is what must reach `tokens`)."""
-    from bench.results import read_results, value_text, variant
+def boundary_rows(results_dir: Path, profile: str) -> list[dict]:
+    """Every boundary row of a profile, of every recipe (analysis.data keeps peft's only)."""
+    from bench.results import read_results
 
     path = results_dir / profile / "boundaries.csv"
+    return read_results(path) if path.exists() else []
+
+
+def other_recipes(rows: list[dict], model: str, tokens: int) -> list[str]:
+    """Where peft's path does not train `tokens` at batch 1: the other recipes' measured settings
+    in `rows` (boundary_rows) that do (their safe value, where a scan found one, must reach it)."""
+    from bench.results import value_text, variant
+
     found = []
-    for row in read_results(path) if path.exists() else []:
+    for row in rows:
         recipe = row.get("recipe") or "peft"
         if (
             recipe == "peft" or row["model"] != model or row["axis"] != "seq_len" or row["status"] != "ok"

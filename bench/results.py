@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import errno
 import fcntl
+import functools
 import io
 import os
 import shutil
@@ -242,20 +243,27 @@ def variant(row: dict, but: tuple[str, ...] = ()) -> dict[str, str]:
     allocator) away from their defaults, less those named in `but`: {} for the measurement the
     main tables publish. Each table, comparison and fit takes one variant, so that an expandable-
     allocator boundary, say, never stands in a default-allocator cell."""
+    out = {}
+    for name, kind, default in _added_axes():
+        text = row.get(name)
+        if name in but or text is None or str(text) in ("", "nan"):
+            continue
+        value = kind(float(text)) if kind is int else str(text)
+        if value != (default if kind is int else str(default)):
+            out[name] = str(value)
+    return out
+
+
+@functools.cache
+def _added_axes() -> tuple[tuple[str, type, object], ...]:
+    """(name, type, default) of TrialSpec's fields outside the legacy key, looked up once (variant
+    runs per row of every table)."""
     from dataclasses import fields
 
     from bench.spec import _LEGACY_FIELDS, TrialSpec, field_type
 
-    out = {}
-    for f in fields(TrialSpec):
-        text = row.get(f.name)
-        if f.name in _LEGACY_FIELDS or f.name in but or text is None or str(text) in ("", "nan"):
-            continue
-        kind = field_type(f.name)
-        value = kind(float(text)) if kind is int else str(text)
-        if value != (f.default if kind is int else str(f.default)):
-            out[f.name] = str(value)
-    return out
+    added = [f for f in fields(TrialSpec) if f.name not in _LEGACY_FIELDS]
+    return tuple((f.name, field_type(f.name), f.default) for f in added)
 
 
 def variant_title(row: dict) -> str:

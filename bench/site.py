@@ -12,6 +12,7 @@ GPU), projected, or predicted, and which file holds their rows.
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import re
@@ -123,7 +124,7 @@ def jobs(results_dir: Path) -> dict:
     and tokens per example (JOB_TOKENS), each setting that trains it with its projected step
     time; the page multiplies by the job's steps. And the band's error."""
     from analysis.data import load
-    from analysis.estimate import job_options, other_recipes
+    from analysis.estimate import boundary_rows, job_options, other_recipes
     from analysis.projection import calibrated
     from bench.profiles import load_profile
 
@@ -133,6 +134,7 @@ def jobs(results_dir: Path) -> dict:
         return {"error": None, "options": {}, "others": {}}
     error = projection.calibration()["p90_error_left_out"]
     options, others = {}, {}  # others: where peft's path does not train it, the recipes that do
+    every_recipe = functools.cache(lambda card: boundary_rows(Path(results_dir), card))  # read once
     for (card, model), rows in bounds.groupby(["profile", "model"]):  # peft's (analysis.data)
         profile = load_profile(card)
         for tokens in JOB_TOKENS:
@@ -141,7 +143,7 @@ def jobs(results_dir: Path) -> dict:
             key = "|".join([card, model, str(tokens)])
             options[key] = [{k: o[k] for k in keep} for o in found]
             if not found:
-                others[key] = other_recipes(Path(results_dir), card, model, tokens)
+                others[key] = other_recipes(every_recipe(card), model, tokens)
     return {"error": error, "options": options, "others": others}
 
 

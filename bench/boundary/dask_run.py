@@ -22,10 +22,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench.boundary.run import BoundaryRun
-from bench.boundary.schedule import SPARES
+from bench.boundary.schedule import slot_pool
 from bench.envinfo import utc_now
 from bench.errors import BenchUsageError
-from bench.pool import WorkerPool
 
 CONNECT_TIMEOUT_S = float(os.environ.get("QLORA_BENCH_DASK_CONNECT_S", "30"))  # test hook
 
@@ -46,9 +45,7 @@ def search_remote(
                     run._remember(by_key[row["boundary_key"]], row)
             group = [by_key[k] for k in keys if k in by_key]
             run.probes.rows = [dict(p) for p in probed]  # where cut searches left off (resume_hint)
-            cuda = cfg.device == "cuda"
-            native = run.runner.plan.cap_gib is None
-            pool = WorkerPool(spares=SPARES if cuda and not native else 0, cuda=cuda)
+            pool = slot_pool(cfg.device == "cuda", run.runner.plan.cap_gib is None)
             try:
                 run.search_group(group, pool, None)
             finally:
@@ -129,10 +126,6 @@ def _write(run: BoundaryRun, rows: list[dict], probes: list[dict]) -> None:
         for probe in probes:
             run.probes.append(probe, replace_key=True)
             run.counts["trials"] += 1
-        for row in rows:
-            run.store.append(row, replace_key=True)
-            run.mirror.log_row(run.store.rows[-1], row["boundary_key"])  # after the CSV, as ever
-            run.counts["boundaries"] += 1
-            run.counts["verified"] += str(row.get("verified")).lower() == "true"
-            if run.progress:
-                run.progress.advance(run.bar)
+    by_key = {t.key: t for t in run.tasks}
+    for row in rows:
+        run.record(by_key[row["boundary_key"]], row)  # as a slot records it

@@ -168,25 +168,27 @@ class BoundaryRun:
         return slot_gib(self.runner.plan) + preload
 
     def search_group(self, group: list[BoundaryTask], pool: WorkerPool, deadline: float | None) -> None:
-        """One group's searches in order, in the slot's worker pool. Its model settings follow
-        one another, so while one setting's searches run, the pool's spare preloads the next
-        setting's model."""
+        """One group's searches in order, in the slot's worker pool: while one model setting's
+        searches run, the pool's spare preloads the next setting's model."""
         pool.expect(self.settings(group))
         try:
             for task in group:
                 if deadline is not None and time.perf_counter() > deadline:
                     return
-                row = self._boundary(task, pool)
-                with self.lock:
-                    self.store.append(row, replace_key=True)
-                    self.mirror.log_row(self.store.rows[-1], task.key)
-                    self._remember(task, row)
-                    self.counts["boundaries"] += 1
-                    self.counts["verified"] += row.get("verified") is True
-                    if self.progress:
-                        self.progress.advance(self.bar)
+                self.record(task, self._boundary(task, pool))
         finally:
             pool.expect([])  # a spare that preloaded a setting the deadline left out goes
+
+    def record(self, task: BoundaryTask, row: dict) -> None:
+        """A searched boundary's row (here or on a Dask worker): the CSV, W&B, hints, counts, bar."""
+        with self.lock:
+            self.store.append(row, replace_key=True)
+            self.mirror.log_row(self.store.rows[-1], task.key)
+            self._remember(task, row)
+            self.counts["boundaries"] += 1
+            self.counts["verified"] += str(row.get("verified")).lower() == "true"  # True, or CSV's "true"
+            if self.progress:
+                self.progress.advance(self.bar)
 
     def _remember(self, task: BoundaryTask, row: dict) -> None:
         if row.get("status") == "ok" and str(row.get("max_value", "")) not in ("", "None"):
@@ -195,13 +197,11 @@ class BoundaryRun:
 
     def _hint(self, task: BoundaryTask) -> int | None:
         """Where to start: the boundary of the same search at the nearest rank (the nearest
-        smaller one first: a larger rank never fits more, by more than noise), else, for a
-        batch search, the batch-1 sequence boundary's tokens over this length, else where a cut
-        run of this search left off (resume_hint). None: nothing known."""
+        smaller one first: a larger rank never fits more, by more than noise), else, for a batch
+        search, the batch-1 sequence boundary's tokens over this length, else resume_hint."""
         with self.lock:
             ranks = dict(self.found.get(_family(task), {}))
             seq = dict(self.found.get(_seq_family(task), {})) if task.axis == "batch_size" else {}
-            own = [] if self.cfg.overwrite else list(self.probes.rows)
         rank = task.base.lora_rank
         if ranks:
             nearest = min(ranks, key=lambda r: (r > rank, abs(r - rank)))
@@ -210,7 +210,7 @@ class BoundaryRun:
             nearest = min(seq, key=lambda r: (r != rank, abs(r - rank)))
             tokens = seq[nearest] * SEQ_STEP
             return max(1, tokens // task.base.seq_len) if tokens else None
-        return resume_hint(task, own)  # no sibling: where this search's own cut run left off
+        return resume_hint(task, [] if self.cfg.overwrite else self.probes.rows)  # rows: swapped whole
 
     def _unsupported(self, task: BoundaryTask) -> str | None:
         return unsupported(self.cfg, self.host, task.at(task.start))

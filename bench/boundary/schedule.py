@@ -122,12 +122,8 @@ def run_boundaries(
             return item[0].share(item[1]) if budgeted else 0.0
 
         def slot(gpu: int | None) -> None:
-            # One worker pool per slot, from group to group: a spare with its CUDA context
-            # already created takes over for a group's first model setting, and one that
-            # preloaded it for each later setting.
-            # On a native card (no cap) no spare: its context and preloaded model would take the
-            # memory the searched one runs out of.
-            pool = WorkerPool(spares=SPARES if cuda and not native else 0, cuda=cuda, gpu=gpu)
+            # One worker pool per slot, from group to group (slot_pool)
+            pool = slot_pool(cuda, native, gpu)
             budget = budgets[gpu]
             try:
                 while deadline is None or time.perf_counter() < deadline:
@@ -154,6 +150,14 @@ def run_boundaries(
         together = [r.cfg.profile.name for r in runs]
         summaries = [run.end(wall, started_utc, together) for run in entered]
     return summaries
+
+
+def slot_pool(cuda: bool, native: bool, gpu: int | None = None) -> WorkerPool:
+    """A search slot's worker pool: a spare with its CUDA context already created takes over for
+    a group's first model setting, and one that preloaded it for each later setting. On a native
+    card (no cap) no spare: its context and preloaded model would take the memory the searched
+    one runs out of."""
+    return WorkerPool(spares=SPARES if cuda and not native else 0, cuda=cuda, gpu=gpu)
 
 
 def _prepare_weights(runs: list[BoundaryRun]) -> None:
