@@ -280,7 +280,7 @@ band_option = click.option(
     help="After a search, search again with the allocator cap this many GiB lower and higher "
     "(a real card's CUDA context, cuBLAS workspace and driver reserve differ from the profile's "
     "by about 0.1-0.3 GiB): the boundary's band, band_low-band_high, shown beside it in the "
-    "tables. 0: none.",
+    "tables; boundaries recorded without one are searched again. 0: none.",
 )
 
 safe_scan_option = click.option(

@@ -421,3 +421,17 @@ def test_the_time_budget_counts_from_the_first_search_not_the_weights_build(tmp_
     )  # fmt: skip
     (summary,) = run_boundaries([BoundaryRun(cfg)], parallel=1, time_budget=1)
     assert (summary["boundaries"], summary["left"]) == (1, 1)
+
+
+def test_a_band_asked_for_searches_again_the_boundaries_recorded_without_one():
+    from bench.boundary.search import settled
+
+    rows = [
+        {"boundary_key": "a", "status": "ok", "band_low": "", "band_high": ""},  # published before bands
+        {"boundary_key": "b", "status": "ok", "band_low": "896", "band_high": "1024"},
+        {"boundary_key": "c", "status": "error", "band_low": "", "band_high": ""},
+        {"boundary_key": "d", "status": "unsupported", "band_low": "", "band_high": ""},
+    ]
+    assert settled(rows, overwrite=False, band_gib=0.0) == {"a", "b", "d"}  # a failed search reruns
+    assert settled(rows, overwrite=False, band_gib=0.3) == {"b", "d"}  # resumable: b is not redone
+    assert settled(rows, overwrite=True, band_gib=0.3) == set()

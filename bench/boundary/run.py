@@ -21,7 +21,7 @@ import time
 from dataclasses import replace
 
 from bench.boundary.schedule import SPARES, slot_gib
-from bench.boundary.search import SEQ_STEP, BoundaryTask, plan_tasks, resume_hint, search
+from bench.boundary.search import SEQ_STEP, BoundaryTask, plan_tasks, resume_hint, search, settled
 from bench.config import BoundaryConfig
 from bench.envinfo import utc_now
 from bench.messages import TrialRequest
@@ -83,11 +83,7 @@ class BoundaryRun:
             threads = max(2, (os.cpu_count() or 2) // parallel)
             self.runner.plan = replace(self.runner.plan, threads=threads)
         # a boundary whose search failed (a crash, a timeout) is searched again; its row replaced
-        done = (
-            set()
-            if self.cfg.overwrite
-            else {r["boundary_key"] for r in self.store.rows if r["status"] != "error"}
-        )
+        done = settled(self.store.rows, self.cfg.overwrite, self.cfg.band_gib)
         self.todo = [t for t in self.tasks if t.key not in done]
         self.found: dict[tuple, dict[int, int]] = {}  # family -> rank -> boundary units
         by_key = {t.key: t for t in self.tasks}

@@ -84,6 +84,26 @@ def plan_tasks(cfg: BoundaryConfig) -> list[BoundaryTask]:
     return tasks
 
 
+def settled(rows: list[dict], overwrite: bool, band_gib: float) -> set[str]:
+    """Keys of recorded boundaries a run leaves alone: none with --overwrite; else each whose
+    search did not fail (a failed one is searched again, its row replaced) and, when a band is
+    asked for, that has one (a boundary recorded without a band is searched again, band and
+    safe value included, so that --band over published tables resumes like any run)."""
+    if overwrite:
+        return set()
+    unbanded = {"", "None"}
+    return {
+        r["boundary_key"]
+        for r in rows
+        if r["status"] != "error"
+        and not (
+            band_gib
+            and r["status"] == "ok"
+            and {str(r.get("band_low") or ""), str(r.get("band_high") or "")} <= unbanded
+        )
+    }
+
+
 def resume_hint(task: BoundaryTask, rows: list[dict]) -> int | None:
     """Where a search cut short (a time limit, a killed run) left off, from its recorded
     probes: the largest value that fit below the smallest that ran out of memory. Only where
