@@ -151,7 +151,8 @@ def by_stack(results_dir: Path) -> list[str]:
         "setting (per card and model, the LoRA rank most recipes were searched at; measured, "
         "emulated on an H200; `fails`: the stack errors; `≥`: the search's limit still fit; "
         "blank: not searched; `1792 (2048§)`: the safe value, every probed length at or below it "
-        "fit, then the longest that fit). What each recipe runs: docs/recipes.md.",
+        "fit, then the longest that fit; `320 [192-448]`: the band, the longest with the cap `--band` "
+        "GiB lower and higher, 0.3 in the published runs). What each recipe runs: docs/recipes.md.",
         "",
         "| profile | model | setting | " + " | ".join(recipes) + " |",
         "| --- | --- | --- |" + " --- |" * len(recipes),

@@ -51,9 +51,6 @@ def _cell(row: dict | None, rows: list[dict] = ()) -> str:
     text = value_text(row)
     if row["verified"] != "true":
         text += "†"
-    band = (row.get("band_low") or "", row.get("band_high") or "")
-    if any(band) and band != (row["max_value"], row["max_value"]):
-        text += f" [{band[0] or '?'}-{band[1] or '?'}]"
     if row["axis"] == "seq_len" and longer_also_fits(
         rows, row["model"], row["lora_rank"], row["dtype"], row["grad_ckpt"]
     ):

@@ -229,12 +229,16 @@ class ResultsFile:
 def value_text(row: dict) -> str:
     """An ok boundary's value as the tables write it: '≥' when it fit up to the search limit,
     the safe value first with the largest fit in brackets and '§' when a scan below found an
-    OOM (memory is not monotone near the cap)."""
+    OOM (memory is not monotone near the cap), then the band '[low-high]' where it was searched
+    (`--band`) and differs from the value."""
     text = row["max_value"]
     if not row["first_oom_value"]:
         text = f"≥{text}"
     if row.get("oom_below"):  # not monotone: the safe value leads
         text = f"{row['safe_value']} ({text}§)"
+    band = (str(row.get("band_low") or ""), str(row.get("band_high") or ""))
+    if any(band) and band != (str(row["max_value"]),) * 2:
+        text += f" [{band[0] or '?'}-{band[1] or '?'}]"
     return text
 
 

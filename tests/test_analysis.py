@@ -55,7 +55,7 @@ def test_compare_shows_the_measured_boundaries_side_by_side():
     header = next(li for li in summary.splitlines() if li.startswith("| profile | model | setting | peft |"))
     recipes, cells = ([c.strip() for c in line.split("|")[4:-1]] for line in (header, row))
     expected = [f"{r} {v}" for r, v in zip(recipes, cells, strict=True) if v]
-    assert t4 == " · ".join(expected) and t4.startswith("peft 1792 · loop ")
+    assert t4 == " · ".join(expected) and t4.startswith("peft 1792 [1664-1920] · loop ")
 
 
 def test_format_success_curves_are_drawn_when_present(tmp_path):

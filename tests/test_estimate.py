@@ -33,7 +33,10 @@ def test_estimate_says_when_nothing_fits():
     assert "measured to train it at batch 1 with: loop (fp16, ckpt, r8): 512 tokens" in result.output
     assert "step time is not projected" in result.output
     answer = estimate("gtx1650", "qwen2.5-1.5b", 10, 1024, 1, RESULTS)  # liger's safe value counts
-    assert answer["others"] == ["liger (fp16, ckpt, r16): 1856 (2112§) tokens"]
+    assert answer["others"] == [
+        "liger (fp16, ckpt, r16): 1856 (2112§) tokens",
+        "unsloth (fp16, ckpt, r16): 9152 (9280§) tokens",
+    ]
     result = run("--profile", "gtx1650", "--model", "qwen2.5-3b", "--examples", "10", "--tokens", "576")
     assert "nor with another recipe measured" in result.output
 
