@@ -26,7 +26,9 @@ from bench.errors import BenchUsageError
 from bench.profiles import load_profile
 
 
-def _value(row) -> int:
+def safe_tokens(row) -> int:
+    """A boundary's value a buyer can count on: its safe value where a scan below it ran, else
+    the largest that fit (the same where no value below it ran out of memory)."""
     safe = row.get("safe_value")
     return int(safe) if pd.notna(safe) and str(safe) != "" else int(row["max_value"])
 
@@ -40,12 +42,12 @@ def settings(bounds: pd.DataFrame, tokens: int) -> list[dict]:
         rank = rows.lora_rank.min()
         rows = rows[rows.lora_rank == rank]
         seq = rows[rows.axis == "seq_len"]
-        if seq.empty or _value(seq.iloc[0]) < tokens:
+        if seq.empty or safe_tokens(seq.iloc[0]) < tokens:
             continue
-        batch, source = 1, f"seq_len boundary {_value(seq.iloc[0])}"
+        batch, source = 1, f"seq_len boundary {safe_tokens(seq.iloc[0])}"
         refs = rows[(rows.axis == "batch_size") & (rows.seq_len >= tokens)].sort_values("seq_len")
-        if not refs.empty and _value(refs.iloc[0]) >= 1:
-            batch = _value(refs.iloc[0])
+        if not refs.empty and safe_tokens(refs.iloc[0]) >= 1:
+            batch = safe_tokens(refs.iloc[0])
             source += f"; batch boundary {batch} at {int(refs.iloc[0].seq_len)} tokens"
         out.append({"dtype": dtype, "grad_ckpt": bool(ckpt), "lora_rank": int(rank), "batch": batch,
                     "source": source})  # fmt: skip

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from analysis.data import load, model_order, profiles
+from analysis.estimate import safe_tokens
 from analysis.projection import calibrated
 
 EXAMPLES, TOKENS, EPOCHS = 5000, 512, 2
@@ -22,7 +23,9 @@ def render(results_dir: Path) -> str:
         "Made by `qlora-bench report` from `results/<profile>/boundaries.csv` and the trials CSVs. "
         "Largest model: the largest catalogue model whose longest sequence at batch 1 (any "
         "precision the card has, with or without gradient checkpointing, smallest LoRA rank) "
-        f"reaches {TOKENS} tokens; context: that longest sequence (measured, emulated on an H200). "
+        f"reaches {TOKENS} tokens; context: that longest sequence (measured, emulated on an H200; "
+        "the safe value where a scan below it found a length that ran out of memory, then the "
+        "longest that fit with §). "
         f"Reference job: {EXAMPLES} examples x {TOKENS} tokens x {EPOCHS} epochs, as `qlora-bench "
         "estimate` answers it: at the fastest measured setting that trains it on the card (precision, "
         "checkpointing, the largest measured batch that holds the tokens), hours with their band "
@@ -55,26 +58,24 @@ def render(results_dir: Path) -> str:
             searched = f"{rows.model.nunique()} of its {len(profile.grid.models)} grid models"
             partial.append(f"{profile.name} ({searched})")
             continue
-        best = _best_setting(rows)
-        fitting = best[best.max_value >= TOKENS]
+        best = _best_setting(rows.assign(safe=[safe_tokens(r) for _, r in rows.iterrows()]))
+        fitting = best[best.safe >= TOKENS]
         big = max(fitting.model, key=_size) if not fitting.empty else None
         cells = [profile.name, f"{profile.gpu.usable_vram_gib:g}"]
         if big is None:
             cells += ["none", "-", "-"]
         else:
             r = fitting[fitting.model == big].iloc[0]
-            cells += [big, f"{int(r.max_value)} ({_setting(r)})", _job(projection, profile, bounds, big, cal)]
+            cells += [big, f"{_tokens(r)} ({_setting(r)})", _job(projection, profile, bounds, big, cal)]
         small = best[best.model == "qwen2.5-1.5b"]
         if small.empty:
             cells.append("not in grid")
         else:
             r = small.iloc[0]
             job = (
-                _job(projection, profile, bounds, "qwen2.5-1.5b", cal)
-                if r.max_value >= TOKENS
-                else "does not fit"
+                _job(projection, profile, bounds, "qwen2.5-1.5b", cal) if r.safe >= TOKENS else "does not fit"
             )
-            cells.append(f"{int(r.max_value)} ({_setting(r)}) / {job}")
+            cells.append(f"{_tokens(r)} ({_setting(r)}) / {job}")
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -173,13 +174,16 @@ def _size(model: str) -> float:
 
 
 def _best_setting(rows):
-    """Per model: the smallest rank, then the setting with the longest sequence (checkpointing
-    first on ties, then fp16)."""
+    """Per model: the smallest rank, then the setting with the longest safe sequence
+    (checkpointing first on ties, then fp16)."""
     rows = rows[rows.lora_rank == rows.groupby("model").lora_rank.transform("min")]
-    rows = rows.sort_values(
-        ["model", "max_value", "grad_ckpt", "dtype"], ascending=[True, False, False, False]
-    )
+    rows = rows.sort_values(["model", "safe", "grad_ckpt", "dtype"], ascending=[True, False, False, False])
     return rows.drop_duplicates("model")
+
+
+def _tokens(row) -> str:
+    """The safe value, and the largest that fit with '§' where a value below it ran out."""
+    return str(row.safe) if row.safe == int(row.max_value) else f"{row.safe} ({int(row.max_value)}§)"
 
 
 def _setting(row) -> str:

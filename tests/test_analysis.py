@@ -99,3 +99,35 @@ def test_compare_does_not_rank_cards_whose_bands_overlap():
     result = cli("compare", "t4", "l4", "--model", "qwen2.5-1.5b", env={"COLUMNS": "400"})
     assert result.returncode == 0, result.stderr
     assert "Not ranked" in result.stdout and "l4 ~ t4" in result.stdout
+
+
+def test_the_purchase_summary_counts_on_the_safe_value():
+    import pandas as pd
+
+    from analysis.estimate import safe_tokens
+    from analysis.summary import _best_setting, _tokens
+
+    rows = pd.DataFrame(
+        [  # the longest fit is 2112, but 1920 ran out of memory below it: 1856 is safe
+            {
+                "model": "m",
+                "lora_rank": 8,
+                "dtype": "fp16",
+                "grad_ckpt": True,
+                "max_value": 2112,
+                "safe_value": 1856,
+            },
+            {
+                "model": "m",
+                "lora_rank": 8,
+                "dtype": "bf16",
+                "grad_ckpt": True,
+                "max_value": 1920,
+                "safe_value": None,
+            },
+        ]
+    )
+    rows = rows.assign(safe=[safe_tokens(r) for _, r in rows.iterrows()])
+    best = _best_setting(rows).iloc[0]
+    assert best["dtype"] == "bf16" and _tokens(best) == "1920"
+    assert _tokens(rows.iloc[0]) == "1856 (2112§)"
