@@ -109,7 +109,7 @@ def other_recipes(rows: list[dict], model: str, tokens: int) -> list[str]:
         if (
             recipe == "peft" or row["model"] != model or row["axis"] != "seq_len" or row["status"] != "ok"
             or variant(row, ("recipe",))
-            or int(row.get("safe_value") or row["max_value"]) < tokens
+            or safe_tokens(row) < tokens
         ):  # fmt: skip
             continue
         ckpt = "ckpt" if row["grad_ckpt"] == "true" else "no ckpt"
