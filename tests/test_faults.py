@@ -375,6 +375,26 @@ def test_nvml_unavailable_falls_back_to_torch_and_says_what_is_lost(monkeypatch,
     )
 
 
+def test_a_bands_probes_at_a_moved_cap_are_not_another_card():
+    """--band probes the same card with the cap moved on purpose (purpose band_low/band_high):
+    those rows must not make the next run on the same results refuse them as another card's
+    (a second --band over the GTX 1650's published rows did, on the H200)."""
+    from types import SimpleNamespace
+
+    from bench.errors import BenchUsageError
+    from bench.profiles import load_profile
+    from bench.runner import check_recorded
+
+    path = REPO / "results" / "gtx1650" / "boundary-trials.csv"
+    rows = read_rows(path)
+    cfg = SimpleNamespace(profile=load_profile("gtx1650"))
+    assert {r["mem_cap_gib"] for r in rows if r["purpose"].startswith("band_")} == {"3", "3.6"}
+    check_recorded(cfg, path, rows)  # the published probes, bands included, are this card's
+    moved = [{**rows[0], "purpose": "search", "mem_cap_gib": "3"}]
+    with pytest.raises(BenchUsageError, match="mem_cap_gib"):
+        check_recorded(cfg, path, moved)  # a search at another cap is still another card
+
+
 def test_a_copied_profile_under_a_shipped_name_is_not_answered_with_that_cards_rows(tmp_path):
     """results are filed by profile name: a copy of t4.yaml with less memory but the same name
     must not find the T4's rows recorded (it would report T4 numbers for an 11 GiB card)."""
