@@ -101,6 +101,15 @@ def test_larger_rank_never_has_a_larger_boundary(path, part):
             assert int(b["max_value"]) <= int(a["max_value"]) + _noise(a), (a, b)
 
 
+# Measured exceptions, kept in sight: (variant, smaller model, larger model) -> what was seen.
+MODEL_INVERSIONS = {
+    ("recipe loop", "qwen2.5-0.5b", "qwen2.5-1.5b"): "the hand-written loop (fp16 autocast, no fp32 "
+    "upcast) peaks higher on Qwen2.5-0.5B than on Qwen2.5-1.5B from ~2048 tokens on (L4: 6.05 "
+    "against 5.87 GiB reserved at 2048; boundaries t4 5504 against 6272, l4 10240 against 11136); "
+    "peft's path keeps the usual order; cause not isolated (docs/recipes.md)",
+}
+
+
 @pytest.mark.parametrize("path, part", PARTS)
 def test_larger_model_of_a_family_never_has_a_larger_boundary(path, part):
     for group in _index(_ok(path, part), "model").values():
@@ -108,6 +117,8 @@ def test_larger_model_of_a_family_never_has_a_larger_boundary(path, part):
             present = [m for m in family if m in group]
             for small, big in pairwise(present):
                 a, b = group[small], group[big]
+                if (part, small, big) in MODEL_INVERSIONS:
+                    continue
                 assert int(b["max_value"]) <= int(a["max_value"]) + _noise(a), (a, b)
 
 
@@ -198,7 +209,8 @@ def test_every_recorded_row_keeps_its_key_and_the_default_grids_are_recorded():
 
 def test_the_speed_and_diff_figures_come_from_their_modules(capsys):
     """docs/boundaries.md cites these: the five design-card tables took 14.0 min at 1.05 s of
-    overhead per trial, and found the same 544 boundaries as the run before."""
+    overhead per trial, and found the same 544 boundaries as the run before (543 of them equal
+    to today's tables: one cell known to move was re-searched since)."""
     from analysis import boundary_diff, boundary_speed
 
     boundary_speed.cli(
@@ -208,7 +220,10 @@ def test_the_speed_and_diff_figures_come_from_their_modules(capsys):
     assert "| all | | | | 1.05 (0.36) | 1.73 (0.88) |" in speed
     assert "14.0 in 2 invocations, 1309 trials (0.64 s wall per trial)" in speed
     boundary_diff.main(RESULTS.parent / "archive" / "run-ff1da45", RESULTS)
-    assert capsys.readouterr().out.strip().endswith("same: 544 of 544; differ: 0")
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1] == "same: 543 of 544; differ: 1"  # the cell known to move, re-searched since:
+    assert out[0].startswith("rtx3050-laptop seq_len llama-3.2-1b r8 fp16 ckpt=false seq=-: 192 ")
+    assert "-> 128 " in out[0] and len(out) == 2
 
 
 def test_load_timing_is_an_importable_module():
