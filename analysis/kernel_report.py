@@ -57,7 +57,8 @@ def _validation(results_dir: Path, kernels_dir: Path) -> list[str]:
     return lines
 
 
-def _cards(results_dir: Path, projection: KernelProjection) -> list[str]:
+def _cards(results_dir: Path, projection: KernelProjection, ckpt: bool = True,
+           lengths: tuple = LENGTHS) -> list[str]:  # fmt: skip
     from analysis.data import load, profiles
     from analysis.projection import calibrated
     from analysis.summary import _size
@@ -67,9 +68,9 @@ def _cards(results_dir: Path, projection: KernelProjection) -> list[str]:
     models = sorted(profiled, key=_size)  # smallest first
     lines = [
         "| card | kernels from | rates (TFLOPS / GB/s, source) | "
-        + " | ".join(f"{m} {n}" for m in models for n in LENGTHS)
+        + " | ".join(f"{m} {n}" for m in models for n in lengths)
         + " |",
-        "| --- | --- | --- |" + " --- |" * (len(models) * len(LENGTHS)),
+        "| --- | --- | --- |" + " --- |" * (len(models) * len(lengths)),
     ]
     for profile in profiles():
         if not profile.gpu.fp16_tensor_tflops:
@@ -82,9 +83,9 @@ def _cards(results_dir: Path, projection: KernelProjection) -> list[str]:
             f"{rates.gemm_tflops:.0f} / {rates.copy_gbps:.0f} ({rates.source})",
         ]
         for model in models:
-            for seq in LENGTHS:
-                step = projection.step_ms(profile, model, seq, 1, True, dtype)
-                old = fitted.step_s(profile, model, seq, 1, True, dtype) if fitted else None
+            for seq in lengths:
+                step = projection.step_ms(profile, model, seq, 1, ckpt, dtype)
+                old = fitted.step_s(profile, model, seq, 1, ckpt, dtype) if fitted else None
                 if step is None:
                     cells.append("-")
                     continue
@@ -132,11 +133,18 @@ def render(results_dir: Path) -> str | None:
             "## Projected tokens/s, batch 1, r16, checkpointing",
             "",
             "Per card at its own precision: the per-kernel projection, and in brackets the fitted "
-            "one that `estimate`, `compare` and purchase.md still use (the per-kernel one has no "
-            "steps without checkpointing yet, which their fastest settings often are). '-': not "
-            "profiled.",
+            "one that `estimate`, `compare` and purchase.md still use (the per-kernel one is not "
+            "checked against any real card yet). '-': not profiled.",
             "",
             *_cards(Path(results_dir), projection),
+            "",
+            "## Projected tokens/s, batch 1, r16, no checkpointing, 512 tokens",
+            "",
+            "The settings `estimate` often finds fastest. Profiled at 512 tokens for every model "
+            "(at 1024 too for the 0.5B-1.5B ones with the T4's kernels; at 2048 none of them fits "
+            "the T4's cap without checkpointing), so only 512 is shown. '-': not profiled.",
+            "",
+            *_cards(Path(results_dir), projection, ckpt=False, lengths=(512,)),
             "",
         ]
     )
