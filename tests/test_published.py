@@ -106,7 +106,8 @@ MODEL_INVERSIONS = {
     ("recipe loop", "qwen2.5-0.5b", "qwen2.5-1.5b"): "the hand-written loop (fp16 autocast, no fp32 "
     "upcast) peaks higher on Qwen2.5-0.5B than on Qwen2.5-1.5B from ~2048 tokens on (L4: 6.05 "
     "against 5.87 GiB reserved at 2048; boundaries t4 5504 against 6272, l4 10240 against 11136); "
-    "peft's path keeps the usual order; cause not isolated (docs/recipes.md)",
+    "peft's path keeps the usual order; the 0.5B allocates less but its allocator reserves more "
+    "(fragmentation: T4 10.2 allocated, 14.2 reserved at its boundary; docs/recipes.md)",
 }
 
 
