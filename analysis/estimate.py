@@ -42,9 +42,12 @@ def settings(bounds: pd.DataFrame, tokens: int) -> list[dict]:
         rank = rows.lora_rank.min()
         rows = rows[rows.lora_rank == rank]
         seq = rows[rows.axis == "seq_len"]
-        if seq.empty or safe_tokens(seq.iloc[0]) < tokens:
+        if seq.empty:
             continue
-        batch, source = 1, f"seq_len boundary {safe_tokens(seq.iloc[0])}"
+        longest = safe_tokens(seq.iloc[0])
+        if longest < tokens:
+            continue
+        batch, source = 1, f"seq_len boundary {longest}"
         refs = rows[(rows.axis == "batch_size") & (rows.seq_len >= tokens)].sort_values("seq_len")
         if not refs.empty and safe_tokens(refs.iloc[0]) >= 1:
             batch = safe_tokens(refs.iloc[0])

@@ -57,13 +57,12 @@ def _validation(results_dir: Path, kernels_dir: Path) -> list[str]:
     return lines
 
 
-def _cards(results_dir: Path, projection: KernelProjection, ckpt: bool = True,
-           lengths: tuple = LENGTHS) -> list[str]:  # fmt: skip
-    from analysis.data import load, profiles
-    from analysis.projection import calibrated
+def _cards(projection: KernelProjection, fitted, ckpt: bool = True, lengths: tuple = LENGTHS) -> list[str]:
+    """Per card, projected tokens/s at batch 1 and `lengths`: the per-kernel projection, and in
+    brackets `fitted`'s (analysis.projection; None: left out)."""
+    from analysis.data import profiles
     from analysis.summary import _size
 
-    fitted = calibrated(load(results_dir))
     profiled = {p.key[0] for points in projection.files.values() for p in points}
     models = sorted(profiled, key=_size)  # smallest first
     lines = [
@@ -101,6 +100,10 @@ def render(results_dir: Path) -> str | None:
         projection = KernelProjection(kernels_dir)
     except FileNotFoundError:
         return None
+    from analysis.data import load
+    from analysis.projection import calibrated
+
+    fitted = calibrated(load(Path(results_dir)))  # the one `estimate` uses, beside it
     return "\n".join(
         [
             "# The per-kernel speed projection",
@@ -136,7 +139,7 @@ def render(results_dir: Path) -> str | None:
             "one that `estimate`, `compare` and purchase.md still use (the per-kernel one is not "
             "checked against any real card yet). '-': not profiled.",
             "",
-            *_cards(Path(results_dir), projection),
+            *_cards(projection, fitted),
             "",
             "## Projected tokens/s, batch 1, r16, no checkpointing, 512 tokens",
             "",
@@ -144,7 +147,7 @@ def render(results_dir: Path) -> str | None:
             "(at 1024 too for the 0.5B-1.5B ones with the T4's kernels; at 2048 none of them fits "
             "the T4's cap without checkpointing), so only 512 is shown. '-': not profiled.",
             "",
-            *_cards(Path(results_dir), projection, ckpt=False, lengths=(512,)),
+            *_cards(projection, fitted, ckpt=False, lengths=(512,)),
             "",
         ]
     )

@@ -58,7 +58,7 @@ def render(results_dir: Path) -> str:
             searched = f"{rows.model.nunique()} of its {len(profile.grid.models)} grid models"
             partial.append(f"{profile.name} ({searched})")
             continue
-        best = _best_setting(rows.assign(safe=[safe_tokens(r) for _, r in rows.iterrows()]))
+        best = _best_setting(rows)
         fitting = best[best.safe >= TOKENS]
         big = max(fitting.model, key=_size) if not fitting.empty else None
         cells = [profile.name, f"{profile.gpu.usable_vram_gib:g}"]
@@ -175,7 +175,8 @@ def _size(model: str) -> float:
 
 def _best_setting(rows):
     """Per model: the smallest rank, then the setting with the longest safe sequence
-    (checkpointing first on ties, then fp16)."""
+    (checkpointing first on ties, then fp16); `safe` holds that value (safe_tokens)."""
+    rows = rows.assign(safe=[safe_tokens(r) for _, r in rows.iterrows()])
     rows = rows[rows.lora_rank == rows.groupby("model").lora_rank.transform("min")]
     rows = rows.sort_values(["model", "safe", "grad_ckpt", "dtype"], ascending=[True, False, False, False])
     return rows.drop_duplicates("model")

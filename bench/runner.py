@@ -16,6 +16,7 @@ from bench.profiles import Profile
 from bench.recipes import unsupported_reason as recipe_unsupported
 from bench.recipes import versions as recipe_versions
 from bench.results import _format
+from bench.schema import BAND_COLUMNS
 from bench.spec import TrialSpec
 
 
@@ -52,7 +53,7 @@ def check_recorded(cfg: RunConfig, path: Path, rows: list[dict]) -> None:
     cap = _format(gpu.allocator_cap_gib)
     kernels = ",".join(gpu.sdpa_backends)
     for row in rows:
-        band = row.get("purpose") in ("band_low", "band_high")  # probed at a moved cap on purpose
+        band = row.get("purpose") in BAND_COLUMNS  # probed at a moved cap on purpose
         if row.get("emulated") == "true" and not band and row.get("mem_cap_gib") not in ("", cap):
             found.setdefault("allocator cap (mem_cap_gib)", (row["mem_cap_gib"], cap))
         if row.get("sdpa_backends") and row["sdpa_backends"] != kernels:

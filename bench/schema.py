@@ -9,6 +9,8 @@ SCHEMA_VERSION = 9
 GIB = 2**30
 
 STATUSES = ("ok", "oom", "unsupported", "error", "timeout")
+# a boundary's band: its columns, and the purpose of the probes that searched each (at a moved cap)
+BAND_COLUMNS = ("band_low", "band_high")
 
 # (column, meaning). The order here is the CSV column order.
 COLUMNS: list[tuple[str, str]] = [

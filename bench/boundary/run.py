@@ -29,7 +29,7 @@ from bench.pool import WorkerPool
 from bench.recipes import versions as recipe_versions
 from bench.results import ResultsFile
 from bench.runner import TrialRunner, check_recorded, host_gpu, results_path, unsupported
-from bench.schema import BOUNDARY_FIELDNAMES, PROBE_FIELDNAMES
+from bench.schema import BAND_COLUMNS, BOUNDARY_FIELDNAMES, PROBE_FIELDNAMES
 from bench.spec import TrialSpec
 from bench.wblog import WandbMirror
 
@@ -238,7 +238,7 @@ class BoundaryRun:
         if not band or cap is None:
             return {}
         out = {}
-        for column, sign in (("band_low", -1), ("band_high", 1)):
+        for column, sign in zip(BAND_COLUMNS, (-1, 1), strict=True):
             moved = cap + sign * band
             found = search(
                 task, lambda s, m=moved, c=column: self._probe(pool, task, s, c, cap=m), moved, lo or None
