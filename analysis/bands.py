@@ -49,6 +49,16 @@ def banded(results_dir: Path) -> tuple[list[dict], dict[str, int]]:
     return rows, missing
 
 
+def _moves(rows: list[dict]) -> str:
+    """How far the band's ends are from the boundaries of `rows` (medians, the worst down)."""
+    downs = [r["down"] for r in rows if r["down"] is not None]
+    ups = [r["up"] for r in rows if r["up"] is not None]
+    return (
+        f"{len(rows)} boundaries with a band: down median {median(downs):.1%}, worst "
+        f"{max(downs):.1%}; up median {median(ups):.1%}"
+    )
+
+
 def main(results_dir: Path) -> None:
     rows, missing = banded(results_dir)
     print("| profile | setting | boundary | safe | band | down | up |")
@@ -60,15 +70,13 @@ def main(results_dir: Path) -> None:
             f"| {r['profile']} | {r['setting']} | {r['value']} | {r['safe']} | "
             f"{r['low']}-{r['high']} | {down} | {up} |"
         )
-    downs = [r["down"] for r in rows if r["down"] is not None]
-    ups = [r["up"] for r in rows if r["up"] is not None]
     if rows:
-        print(
-            f"\n{len(rows)} boundaries with a band: down median {median(downs):.1%}, worst "
-            f"{max(downs):.1%}; up median {median(ups):.1%}; "
-            f"{sum(r['safe'] is not None and r['safe'] < r['value'] for r in rows)} with a safe "
-            "value below the boundary"
-        )
+        print(f"\n{_moves(rows)}; {sum(r['safe'] is not None and r['safe'] < r['value'] for r in rows)} "
+              "with a safe value below the boundary")  # fmt: skip
+        print("per profile and axis:")
+        for profile, axis in sorted({(r["profile"], r["setting"].rsplit(" ", 1)[1]) for r in rows}):
+            part = [r for r in rows if r["profile"] == profile and r["setting"].endswith(f" {axis}")]
+            print(f"  {profile} {axis}: {_moves(part)}")
     print("without a band:", ", ".join(f"{p} {n}" for p, n in sorted(missing.items())) or "none")
 
 
