@@ -274,6 +274,8 @@ def test_the_band_summary_quoted_is_what_analysis_bands_prints(capsys):
     per = {line.split(":")[0].strip(): line for line in out if line.startswith("  ")}
     for part, figures in (("gtx1650 seq_len", ("down median 21.1%", "up median 19.9%")),
                           ("rtx3050-laptop seq_len", ("down median 18.8%", "up median 15.6%")),
-                          ("l4 seq_len", ("down median 1.1%", "up median 1.1%"))):  # fmt: skip
+                          ("l4 seq_len", ("down median 1.1%", "up median 1.1%")),
+                          ("t4 seq_len", ("down median 4.8%", "worst 16.7%", "up median 3.4%")),
+                          ("t4 batch_size", ("down median 0.0%", "worst 33.3%"))):  # fmt: skip
         assert all(f in per[part] for f in figures), per[part]  # the docs quote these
     assert "21.1% on the GTX 1650 and 18.8% on the RTX 3050" in docs and "up by 19.9% and 15.6%" in docs
