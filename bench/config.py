@@ -259,6 +259,12 @@ def boundary_configs(
             profile, catalog, device, None, models, None, None, ranks, dtypes, grad_ckpt,
             lora_alpha_ratio, settings, extra_axes, problems,
         )  # fmt: skip
+        cap = profile.gpu.allocator_cap_gib
+        if band_gib >= cap:
+            problems.append(
+                f"--band {band_gib:g}: not below {profile.name}'s allocator cap ({cap:g} GiB); the "
+                "band's lower search would have no memory left"
+            )
         _refuse(problems)
         configs.setdefault(
             profile.name,

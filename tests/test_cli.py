@@ -29,6 +29,7 @@ def test_no_gpu_says_so_and_exits_2(tmp_path):
         (["--profile", "t4", "--dtypes", "fp8"], "unknown ['fp8']"),
         (["--profile", "t4", "--weights", "/nonexistent/model"], "not in the Hugging Face cache"),
         (["--profile", "does/not/exist.yaml"], "profile file not found"),
+        (["boundary", "--profile", "gtx1650", "--band", "4"], "--band 4: not below gtx1650's"),
     ],
 )
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, args, message):
