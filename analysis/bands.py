@@ -1,7 +1,8 @@
 """How far the published boundaries move when the card has a little less or more memory than the
 profile says: every boundary searched with `--band` (its row's band_low and band_high), how far
 each end is from the boundary, and whether a safe-value scan found a value below it that ran out
-of memory; then, per profile, how many boundaries have no band yet.
+of memory; then, per profile, how many boundaries have no band yet; then what the searches' own
+probes already say about a band's lower end (floors, below).
 
     python -m analysis.bands results
 """
@@ -13,6 +14,8 @@ from pathlib import Path
 from statistics import median
 
 from bench.results import read_results
+
+BAND_GIB = 0.3  # the band every published one was searched with (--band 0.3)
 
 
 def _int(value) -> int | None:
@@ -49,6 +52,71 @@ def banded(results_dir: Path) -> tuple[list[dict], dict[str, int]]:
     return rows, missing
 
 
+def _float(value) -> float | None:
+    return float(value) if str(value or "") not in ("", "None") else None
+
+
+def floors(results_dir: Path, band_gib: float = BAND_GIB) -> list[dict]:
+    """Per ok boundary above 0 of an emulated card, the floor of its band's lower end, from its
+    own search's probes, at no GPU cost: the largest value at or below the boundary whose probe
+    fit with its whole trial's peak reserved at or below the cap less `band_gib`. Under a cap that
+    much lower such a run never reaches the cap, so the allocator, which only acts differently
+    when a request would cross it, takes the same steps and the run fits again. 0: no probe was
+    that low. Each row: profile, boundary_key, axis, value, floor, band_low (None: not banded)."""
+    out = []
+    for path in sorted(Path(results_dir).glob("*/boundaries.csv")):
+        probes = path.with_name("boundary-trials.csv")
+        if not probes.exists():
+            continue
+        by_key: dict[str, list[dict]] = {}
+        for p in read_results(probes):
+            if p.get("purpose") == "search" and p["status"] == "ok" and _float(p.get("mem_cap_gib")):
+                by_key.setdefault(p["boundary_key"], []).append(p)
+        for r in read_results(path):
+            value = _int(r.get("max_value"))
+            if r["status"] != "ok" or not value or r["boundary_key"] not in by_key:
+                continue
+            axis = r["axis"]
+            low = [
+                _int(p[axis])
+                for p in by_key[r["boundary_key"]]
+                if _int(p[axis]) <= value
+                and (_float(p.get("peak_reserved_gib")) or 0) <= _float(p["mem_cap_gib"]) - band_gib
+            ]
+            out.append(
+                {
+                    "profile": path.parent.name,
+                    "boundary_key": r["boundary_key"],
+                    "axis": axis,
+                    "value": value,
+                    "floor": max(low, default=0),
+                    "band_low": _int(r.get("band_low")),
+                }
+            )
+    return out
+
+
+def _floor_lines(rows: list[dict], band_gib: float = BAND_GIB) -> list[str]:
+    """The floors checked against the bands measured, then what they give the boundaries without one."""
+    banded_rows = [r for r in rows if r["band_low"] is not None]
+    above = sum(r["floor"] > r["band_low"] for r in banded_rows)
+    equal = sum(r["floor"] == r["band_low"] for r in banded_rows)
+    lines = [
+        f"floors ({band_gib:g} GiB less, from the searches' own probes): against the {len(banded_rows)} "
+        f"bands measured, {equal} equal to band_low, {above} above it"
+    ]
+    for profile in sorted({r["profile"] for r in rows}):
+        part = [r for r in rows if r["profile"] == profile and r["band_low"] is None]
+        if part:
+            kept = sum(r["floor"] == r["value"] for r in part)
+            none = sum(r["floor"] == 0 for r in part)
+            lines.append(
+                f"  {profile}, {len(part)} without a band: {kept} keep their value, "
+                f"{len(part) - kept - none} have a floor below it, {none} none"
+            )
+    return lines
+
+
 def _moves(rows: list[dict]) -> str:
     """How far the band's ends are from the boundaries of `rows` (medians, the worst down)."""
     downs = [r["down"] for r in rows if r["down"] is not None]
@@ -78,6 +146,7 @@ def main(results_dir: Path) -> None:
             part = [r for r in rows if r["profile"] == profile and r["setting"].endswith(f" {axis}")]
             print(f"  {profile} {axis}: {_moves(part)}")
     print("without a band:", ", ".join(f"{p} {n}" for p, n in sorted(missing.items())) or "none")
+    print("\n".join(_floor_lines(floors(results_dir))))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ t4 Qwen2.5-0.5B r16 6144 vs r8 5824 tokens, +5.5%), and a sequence boundary belo
 that also fit is marked ‡ in the tables.
 """
 
+import re
 from itertools import pairwise
 from pathlib import Path
 
@@ -281,3 +282,20 @@ def test_the_band_summary_quoted_is_what_analysis_bands_prints(capsys):
                           ("t4 batch_size", ("down median 0.0%", "worst 33.3%"))):  # fmt: skip
         assert all(f in per[part] for f in figures), per[part]  # the docs quote these
     assert "21.1% on the GTX 1650 and 18.8% on the RTX 3050" in docs and "up by 19.9% and 15.6%" in docs
+
+
+def test_band_floors_from_the_probes_never_exceed_a_measured_band_and_the_docs_quote_them(capsys):
+    """A floor is a claim about the allocator (a run that never reached a cap runs the same under a
+    lower one); every band measured checks it, and the docs quote the check and the counts."""
+    from analysis.bands import _floor_lines, floors
+
+    rows = floors(RESULTS)
+    assert rows and all(r["floor"] <= r["band_low"] for r in rows if r["band_low"] is not None)
+    assert all(r["floor"] <= r["value"] for r in rows)
+    lines = _floor_lines(rows)
+    docs = " ".join((RESULTS.parent / "docs" / "published-results.md").read_text().split())
+    assert lines[0] in docs and ", 0 above it" in lines[0]
+    for line in lines[1:]:
+        profile, rest = line.strip().split(", ", 1)
+        n, kept, below, none = (int(w) for w in re.findall(r"\d+", rest))
+        assert f"{profile} {kept} / {below} / {none} of {n}" in docs, line
