@@ -191,3 +191,54 @@ def test_measure_scripts_name_only_options_the_cli_has():
 
     for option in set(re.findall(r"(--[a-z][a-z-]+)", text)):
         assert option in help_text, option
+
+
+@pytest.mark.torch
+def test_trainer_keeps_eval_logits_only_for_compute_metrics_and_by_eval_set_not_batch(tmp_path):
+    """What the L4 seed's evaluation explanation rests on: transformers' Trainer.evaluate keeps the
+    logits only when compute_metrics is given, and then every example's (padded to the longest
+    across batches), so what it keeps does not shrink with a smaller evaluation batch."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1,
+    )  # fmt: skip
+    lengths = (5, 9, 7, 12, 6, 8, 10, 11)
+    data = [{"input_ids": list(range(1, n + 1))} for n in lengths]
+
+    def collate(rows):
+        longest = max(len(r["input_ids"]) for r in rows)
+        ids = torch.tensor([r["input_ids"] + [0] * (longest - len(r["input_ids"])) for r in rows])
+        mask = torch.tensor([[1] * len(r["input_ids"]) + [0] * (longest - len(r["input_ids"])) for r in rows])
+        return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
+
+    kept = {}
+    for batch in (2, 4):
+        for metrics in (False, True):
+            args = TrainingArguments(
+                str(tmp_path / f"{batch}{metrics}"), per_device_eval_batch_size=batch, report_to=[],
+                use_cpu=True,
+            )  # fmt: skip
+
+            def shapes(p, b=batch):
+                kept[b] = p.predictions.shape
+                return {}
+
+            trainer = Trainer(
+                model=LlamaForCausalLM(config), args=args, eval_dataset=data, data_collator=collate,
+                compute_metrics=shapes if metrics else None,
+            )  # fmt: skip
+            step, logits = trainer.prediction_step, []
+
+            def recorded(*a, step=step, logits=logits, **k):
+                out = step(*a, **k)  # (loss, logits, labels): logits None when only the loss is kept
+                logits.append(out[1] is not None)
+                return out
+
+            trainer.prediction_step = recorded
+            trainer.evaluate()
+            assert logits == [metrics] * -(-len(lengths) // batch), (batch, metrics, logits)
+    assert kept[2] == kept[4] == (len(lengths), max(lengths), config.vocab_size)
