@@ -9,12 +9,14 @@ difference has a measured cause or stays open.
 
 from __future__ import annotations
 
+from dataclasses import MISSING
 from pathlib import Path
 
 import yaml
 
 from bench.errors import BenchUsageError
 from bench.results import read_results
+from bench.spec import EXTRA_AXES
 
 CLAIMS = Path("seeds") / "claims.yaml"
 OUTCOME = {"fits": "ok", "oom": "oom"}
@@ -39,8 +41,16 @@ def _load(path: Path) -> list[dict]:
     return seeds
 
 
+# An added axis a claim leaves open means its default: a row measured later with another padding,
+# length distribution, evaluation or allocator (for another claim) must not answer it.
+OPEN_AXES = {f.name: f.default for f in EXTRA_AXES if f.default is not MISSING}
+
+
 def _matches(row: dict, wanted: dict) -> bool:
-    return all(str(row.get(k, "")).lower() == str(v).lower() for k, v in wanted.items())
+    return all(
+        str(row.get(k) or OPEN_AXES.get(k, "")).lower() == str(v).lower()
+        for k, v in {**OPEN_AXES, **wanted}.items()
+    )
 
 
 def _stack(trials: dict) -> str:
@@ -49,7 +59,7 @@ def _stack(trials: dict) -> str:
     ckpt = "ckpt" if str(t.get("grad_ckpt", "")).lower() == "true" else "no ckpt"
     extra = "".join(
         f", {label} {t[k]}"
-        for k, label in (("padding", "padding"), ("eval_batch_size", "eval batch"))
+        for k, label in (("padding", "padding"), ("lengths", "lengths"), ("eval_batch_size", "eval batch"))
         if k in t
     )
     return (

@@ -15,6 +15,9 @@ sweep --profile gtx1650 --models qwen2.5-3b,llama-3.2-3b --seq-lens 512 --batch-
   --ranks 8 --dtypes fp16 --grad-ckpt on --recipe loop
 sweep --profile l4 --models llama-3.2-3b --seq-lens 2048 --batch-sizes 4,8 --ranks 32,64 \
   --lora-alpha-ratio 1 --dtypes bf16 --grad-ckpt on --recipe trl,peft --padding longest --eval-batch-size 2,4
+# the same with the report's length distribution over 16 steps: a real run's allocation history
+sweep --profile l4 --models llama-3.2-3b --seq-lens 2048 --batch-sizes 4 --ranks 32 --lora-alpha-ratio 1 \
+  --dtypes bf16 --grad-ckpt on --recipe trl,peft --padding longest --lengths 731/1062 --steps 16 --eval-batch-size 2,4
 sweep --profile t4 --models llama-3.2-1b --seq-lens 2048 --batch-sizes 2 --ranks 16,64 \
   --dtypes fp16 --grad-ckpt on --recipe unsloth,liger,trl,loop,peft
 sweep --profile rtx3070 --models tinyllama-1.1b --seq-lens 512 --batch-sizes 4 --ranks 16 \

@@ -183,6 +183,18 @@ def test_seeds_say_agrees_differs_or_not_measured_and_refuse_a_bad_claims_file(t
     assert "expect (fits|oom)" in result.stderr and not (tmp_path / "boundaries.md").exists()
 
 
+def test_a_claim_that_leaves_an_added_axis_open_is_answered_only_by_its_default():
+    """Rows measured later with another padding, length distribution, evaluation or allocator
+    (for another claim) must not become the answer of a claim that does not name that axis."""
+    claim = {"model": "llama-3.2-1b", "recipe": "unsloth", "seq_len": 2048}
+    row = {"model": "llama-3.2-1b", "recipe": "unsloth", "seq_len": "2048", "padding": "none"}
+    assert seeds._matches(row, claim) and seeds._matches({**row, "lengths": ""}, claim)  # older files
+    for axis, other in (("padding", "longest"), ("lengths", "731/1062"), ("eval_batch_size", "4"),
+                        ("allocator", "expandable")):  # fmt: skip
+        assert not seeds._matches({**row, axis: other}, claim)
+        assert seeds._matches({**row, axis: other}, {**claim, axis: other})
+
+
 def test_measure_scripts_name_only_options_the_cli_has():
     """The published measurements' scripts must not drift from the CLI."""
     text = (REPO / "scripts/measure-seeds.sh").read_text() + (REPO / "scripts/measure-recipes.sh").read_text()
