@@ -92,11 +92,15 @@ def profile_section(name: str, rows: list[dict], model_order: list[str]) -> list
         else f"measured on {first['gpu_name']}"
     )
     commits = ", ".join(sorted({r["git_commit"][:7] for r in rows}))
+    # the recipe's own libraries (trl=1.15.0;datasets=4.8.5): every set the rows carry, so a table
+    # whose rows came from two versions of its stack says so
+    stacks = sorted({r.get("recipe_versions") or "" for r in rows} - {""})
+    libs = "".join(f", {s.replace('=', ' ').replace(';', ', ')}" for s in stacks)
     lines = [
         f"## {name}",
         "",
         f"{where}; NF4 + LoRA on all linear layers, AdamW, "
-        f"driver {first['driver']}, torch {first['torch']}, commit {commits}; "
+        f"driver {first['driver']}, torch {first['torch']}{libs}, commit {commits}; "
         f"{len(rows)} boundaries recorded.",
         "",
     ]
