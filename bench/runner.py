@@ -48,7 +48,36 @@ def check_recorded(cfg: RunConfig, path: Path, rows: list[dict]) -> None:
     """Refuse to add to (or resume from) rows measured with other facts of the card than this
     profile's: results are filed by profile name, so a copied profile that keeps the name but
     changes the memory, the kernels or bf16 would otherwise be answered with the other card's
-    rows."""
+    rows. Then the same for the recipes' own libraries (check_stack)."""
+    _check_card(cfg, path, rows)
+    check_stack(cfg, path, rows)
+
+
+def check_stack(cfg: RunConfig, path: Path, rows: list[dict]) -> None:
+    """Refuse to add to rows of a recipe measured with another version of its own library (TRL
+    1.15 fuses the LM head, TRL 0.25 materialises the logits): a row's key does not name the
+    version, so a resumed run would keep the other version's points and measure the rest with
+    this one, one table from two stacks."""
+    found = {}
+    for recipe in dict.fromkeys(cfg.axes.values.get("recipe", ())):
+        now = recipe_versions(recipe).split(";")[0]
+        if not now or now.endswith("="):  # the base stack, or not installed (refused elsewhere)
+            continue
+        for row in rows:
+            was = (row.get("recipe_versions") or "").split(";")[0]
+            if row.get("recipe") == recipe and was and not was.endswith("=") and was != now:
+                found.setdefault(recipe, (was, now))
+    if found:
+        recipe, (was, now) = next(iter(found.items()))
+        raise BenchUsageError(
+            f"{path} holds rows of recipe {recipe} measured with {was.replace('=', ' ')}, and "
+            f"{now.replace('=', ' ')} is installed. A row's key does not name the version, so this run "
+            "would keep those points and measure the rest with another stack: give this version its "
+            f"own --results-dir, or install {was.replace('=', '==')}"
+        )
+
+
+def _check_card(cfg: RunConfig, path: Path, rows: list[dict]) -> None:
     gpu, found = cfg.profile.gpu, {}
     cap = _format(gpu.allocator_cap_gib)
     kernels = ",".join(gpu.sdpa_backends)

@@ -152,6 +152,16 @@ def test_cpu_sweep_runs_trl_and_records_kernel_versions_eval_and_padding(tmp_pat
         )
     assert rows["trl"]["recipe_versions"].startswith("trl=") and rows["peft"]["recipe_versions"] == ""
     assert int(rows["trl"]["trainable_params"]) == int(rows["peft"]["trainable_params"])  # the same LoRA
+    # rows of another TRL (a key does not name the version): a new run there is refused, not mixed in
+    path = tmp_path / "rtx3050-laptop" / "trials-cpu.csv"
+    path.write_text(path.read_text().replace(rows["trl"]["recipe_versions"], "trl=0.25.0;datasets=4.8.5"))
+    before = path.read_bytes()
+    again = cli(
+        "sweep", "--profile", "rtx3050", "--device", "cpu", "--seq-lens", "128", "--batch-sizes", "2",
+        "--ranks", "8", "--dtypes", "bf16", "--recipe", "trl", "--results-dir", str(tmp_path),
+    )  # fmt: skip
+    assert again.returncode == 2 and "measured with trl 0.25.0" in again.stderr, again.stderr
+    assert "--results-dir" in again.stderr and path.read_bytes() == before
 
 
 def test_report_regenerates_the_seeds_table_byte_for_byte():
