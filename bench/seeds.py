@@ -9,6 +9,7 @@ difference has a measured cause or stays open.
 
 from __future__ import annotations
 
+import re
 from dataclasses import MISSING
 from pathlib import Path
 
@@ -36,6 +37,8 @@ def _load(path: Path) -> list[dict]:
         for claim in seed.get("claims", []):
             if claim.get("expect") not in OUTCOME or not isinstance(claim.get("trials"), dict):
                 problems.append(f"seed {seed.get('id', i + 1)}: a claim needs expect (fits|oom) and trials")
+            if "rows" in claim and not re.fullmatch(r"[\w.+-]+", str(claim["rows"])):
+                problems.append(f"seed {seed.get('id', i + 1)}: rows {claim['rows']!r} is not a folder name")
     if problems:
         raise BenchUsageError(f"{path}: " + "; ".join(problems))
     return seeds
@@ -99,9 +102,18 @@ def render(results_dir: Path) -> str | None:
         "the reported one; differs: the other outcome, or the stack failed; not measured: no row.",
         "",
     ]
+    files: dict[Path, list[dict]] = {}
+
+    def rows_of(seed: dict, claim: dict) -> list[dict]:
+        # a claim measured with another version of its stack has its rows in a folder of their own
+        # (`rows: trl-0.25.1`: results/seeds/trl-0.25.1/<profile>/trials.csv), as a run refuses
+        # to mix versions in one file
+        csv = Path(results_dir) / "seeds" / claim.get("rows", "") / seed["profile"] / "trials.csv"
+        if csv not in files:
+            files[csv] = read_results(csv) if csv.exists() else []
+        return files[csv]
+
     for seed in _load(path):
-        csv = Path(results_dir) / "seeds" / seed["profile"] / "trials.csv"
-        rows = read_results(csv) if csv.exists() else []
         lines += [
             f"## {seed['card']}: {seed['id']}",
             "",
@@ -112,7 +124,7 @@ def render(results_dir: Path) -> str | None:
         lines += ["| claim | measured (stack and point) | measured | verdict |", "| --- | --- | --- | --- |"]
         peaks = {}
         for claim in seed["claims"]:
-            found = [r for r in rows if _matches(r, claim["trials"])]
+            found = [r for r in rows_of(seed, claim) if _matches(r, claim["trials"])]
             row = found[-1] if found else None
             what, status = _measured(row)
             verdict = (
@@ -125,7 +137,8 @@ def render(results_dir: Path) -> str | None:
             if row is not None and status == "ok":
                 peaks[str(claim["trials"].get("lora_rank"))] = float(row["peak_reserved_gib"])
             note = f" ({claim['note']})" if claim.get("note") else ""
-            lines.append(f"| {claim['expect']}{note} | {_stack(claim['trials'])} | {what} | {verdict} |")
+            stack = ", ".join(filter(None, (claim.get("rows"), _stack(claim["trials"]))))
+            lines.append(f"| {claim['expect']}{note} | {stack} | {what} | {verdict} |")
         growth = seed.get("growth")
         if growth:
             a, b = (str(v) for v in growth["between"])

@@ -11,6 +11,10 @@
 #   P="python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target"
 #   $P /tmp/site $(ls DIR/*.whl | grep -Ev $U) && $P /tmp/site_u $(ls DIR/*.whl | grep -E $U)
 #   export PYTHONPATH=/tmp/site:$PWD   # /tmp/site_u:/tmp/site:$PWD for --recipe unsloth
+# TRL 0.25.1, the last TRL that leaves the adapters of a 4-bit model in fp32 and the loss over the
+# full logits (what most published reports ran; docs/recipes.md, "Which TRL"), goes in
+# DIR/trl-0.25.1/ for scripts/measure-seeds.sh: $P /tmp/site_trl025 DIR/trl-0.25.1/*.whl and
+# TRL_OLD_SITE=/tmp/site_trl025.
 set -euo pipefail
 DIR="${1:-.whlgpu}"
 mkdir -p "$DIR"
@@ -25,6 +29,8 @@ for p in manylinux_2_28_x86_64 manylinux_2_24_x86_64 manylinux_2_17_x86_64 manyl
 done
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
   --implementation cp "${PLAT[@]}" -d "$DIR" "${PKGS[@]}" 2>&1 | grep -v '^WARNING: Location' || true
+python3 -m pip download -q --no-deps --only-binary=:all: -d "$DIR/trl-0.25.1" trl==0.25.1 2>&1 \
+  | grep -v '^WARNING: Location' || true
 # Slim two wheels: unsloth without its web app and CLI; bitsandbytes with only its CPU and
 # CUDA 13 libraries (the host's torch is a CUDA 13 build).
 python3 - "$DIR" <<'PY'
