@@ -207,13 +207,13 @@ def test_a_claim_that_leaves_an_added_axis_open_is_answered_only_by_its_default(
 
 def test_a_claim_of_another_version_of_its_stack_reads_its_own_folder(tmp_path):
     shutil.copytree(RESULTS / "seeds", tmp_path / "seeds")
-    line = next(x for x in seeds.render(tmp_path).splitlines() if "TRL 0.25.1, checkpointing" in x)
+    line = next(x for x in seeds.render(tmp_path).splitlines() if "TRL 0.25.1, checkpointing (its" in x)
     assert line.startswith("| fits (TRL 0.25.1") and "| trl-0.25.1, trl: qwen2.5-0.5b" in line
     assert line.endswith("| not measured | not measured |")  # results/seeds/trl-0.25.1 has no rows yet
     folder = tmp_path / "seeds" / "trl-0.25.1" / "rtx3050-laptop"
     folder.mkdir(parents=True)  # stand-in rows: the TRL 1.15 ones, whose fp16 point is an error
     shutil.copy(tmp_path / "seeds" / "rtx3050-laptop" / "trials.csv", folder / "trials.csv")
-    line = next(x for x in seeds.render(tmp_path).splitlines() if "TRL 0.25.1, checkpointing" in x)
+    line = next(x for x in seeds.render(tmp_path).splitlines() if "TRL 0.25.1, checkpointing (its" in x)
     assert line.endswith("| differs |") and "error" in line
     claims = tmp_path / "seeds" / "claims.yaml"
     claims.write_text(claims.read_text().replace("rows: trl-0.25.1", "rows: ../elsewhere", 1))
