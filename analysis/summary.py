@@ -153,7 +153,10 @@ def by_stack(results_dir: Path) -> list[str]:
         "emulated on an H200; `fails`: the stack errors; `≥`: the search's limit still fit; "
         "blank: not searched; `1792 (2048§)`: the safe value, every probed length at or below it "
         "fit, then the longest that fit; `320 [192-448]`: the band, the longest with the cap `--band` "
-        "GiB lower and higher, 0.3 in the published runs). What each recipe runs: docs/recipes.md.",
+        "GiB lower and higher, 0.3 in the published runs). What each recipe runs: docs/recipes.md. "
+        "`trl` fails in fp16 because TRL since 0.26 casts a 4-bit model's adapters to bf16; an "
+        "older TRL trains in fp16, and before 1.7 it paid for the logits as peft does (the versions "
+        "measured: results/boundaries.md; docs/recipes.md, Which TRL).",
         "",
         "| profile | model | setting | " + " | ".join(recipes) + " |",
         "| --- | --- | --- |" + " --- |" * len(recipes),
