@@ -96,6 +96,41 @@ def floors(results_dir: Path, band_gib: float = BAND_GIB) -> list[dict]:
     return out
 
 
+def rule_checks(results_dir: Path, band_gib: float = BAND_GIB) -> dict[str, list[int]]:
+    """The three rules a band's search skips probes by (bench.boundary.search.band_bounds),
+    checked against every band probe that ran a point its boundary's search had run at the card's
+    cap: [pairs, exceptions] for an OOM there running out under the lower cap too, a fit there
+    fitting under the higher cap, and a fit whose peak stayed `band_gib` under the cap fitting
+    under the lower cap."""
+    out = {"oom, lower cap": [0, 0], "fit, higher cap": [0, 0], "fit under cap less band, lower cap": [0, 0]}
+    for path in sorted(Path(results_dir).glob("*/boundaries.csv")):
+        probes = path.with_name("boundary-trials.csv")
+        axes = {r["boundary_key"]: r["axis"] for r in read_results(path)}
+        by = {}  # (boundary, purpose, units) -> status, peak, cap
+        for p in read_results(probes) if probes.exists() else []:
+            axis = axes.get(p["boundary_key"])
+            if axis and p["status"] in ("ok", "oom"):
+                units = _int(p[axis])
+                by[p["boundary_key"], p.get("purpose"), units] = (
+                    p["status"],
+                    _float(p.get("peak_reserved_gib")) or 0,
+                    _float(p.get("mem_cap_gib")),
+                )
+        for (key, purpose, units), (status, peak, cap) in by.items():
+            if purpose != "search" or cap is None:
+                continue
+            low, high = by.get((key, "band_low", units)), by.get((key, "band_high", units))
+            for rule, other, expect, applies in (
+                ("oom, lower cap", low, "oom", status == "oom"),
+                ("fit, higher cap", high, "ok", status == "ok"),
+                ("fit under cap less band, lower cap", low, "ok", status == "ok" and peak <= cap - band_gib),
+            ):
+                if applies and other is not None:
+                    out[rule][0] += 1
+                    out[rule][1] += other[0] != expect
+    return out
+
+
 def _floor_lines(rows: list[dict], band_gib: float = BAND_GIB) -> list[str]:
     """The floors checked against the bands measured, then what they give the boundaries without one."""
     banded_rows = [r for r in rows if r["band_low"] is not None]
@@ -147,6 +182,11 @@ def main(results_dir: Path) -> None:
             print(f"  {profile} {axis}: {_moves(part)}")
     print("without a band:", ", ".join(f"{p} {n}" for p, n in sorted(missing.items())) or "none")
     print("\n".join(_floor_lines(floors(results_dir))))
+    checks = rule_checks(results_dir)
+    print(
+        "the band search's rules, against band probes that repeated a point: "
+        + "; ".join(f"{rule}: {pairs} pairs, {bad} exceptions" for rule, (pairs, bad) in checks.items())
+    )
 
 
 if __name__ == "__main__":

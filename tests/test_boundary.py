@@ -390,7 +390,8 @@ def test_the_band_searches_again_with_the_cap_lower_and_higher():
     def longest(cap):  # the synthetic card's boundary under that cap
         return max(u * SEQ_STEP for u in range(1, 512) if memory(task.at(u)) <= cap)
 
-    band = run._band(task, None, longest(CAP) // SEQ_STEP)
+    at_cap = search(task, fake_probe([]), CAP)
+    band = run._band(task, None, at_cap)
     assert band == {"band_low": longest(CAP - 0.2), "band_high": longest(CAP + 0.2)}
     assert band["band_low"] < longest(CAP) < band["band_high"]
     assert {p for p, _ in seen} == {"band_low", "band_high"} and {round(c, 2) for _, c in seen} == {
@@ -398,7 +399,43 @@ def test_the_band_searches_again_with_the_cap_lower_and_higher():
         3.35,
     }
     run.cfg = SimpleNamespace(band_gib=0.0)
-    assert run._band(task, None, 10) == {}  # not asked for: no probe
+    assert run._band(task, None, at_cap) == {}  # not asked for: no probe
+
+
+def test_a_band_probes_only_what_the_search_at_the_cards_cap_leaves_open():
+    """Every fit at the card's cap fits under a higher one, a fit whose peak stayed under a lower
+    cap fits there too, and an OOM at the card's cap is one under a lower cap: none is probed
+    again. The band is the same as a search from scratch at each moved cap finds."""
+    from bench.boundary.search import band, band_bounds
+
+    task = BoundaryTask("seq_len", BASE, 512, SEQ_STEP, 8)
+    calls = []
+    at_cap = search(task, fake_probe(calls), CAP, safe_scan=3)
+    lo, hi = at_cap["lo"], at_cap["hi"]
+    seen = []
+
+    def probe(spec, purpose, cap):
+        seen.append((purpose, spec.seq_len // SEQ_STEP))
+        peak = memory(spec)
+        return {"status": "ok", "peak_reserved_gib": peak} if peak <= cap else {"status": "oom"}
+
+    for moved_by in (0.02, 0.2, 1.0):
+        seen.clear()
+        found = band(task, probe, at_cap, CAP, moved_by)
+        for column, cap in (("band_low", CAP - moved_by), ("band_high", CAP + moved_by)):
+            scratch = search(task, lambda s, c=cap: probe(s, "scratch", c), cap)
+            assert found[column] == scratch["lo"] * SEQ_STEP, (moved_by, column)
+        floor, first_oom = band_bounds(at_cap, CAP, CAP - moved_by)
+        assert first_oom == hi and floor == max(
+            (u for u, r in at_cap["fits"].items() if r["peak_reserved_gib"] <= CAP - moved_by), default=0
+        )
+        assert all(floor < u < hi for p, u in seen if p == "band_low")
+        assert all(u > lo for p, u in seen if p == "band_high")
+    # a boundary of 0 (even the shortest ran out of memory) has 0 below it, unprobed
+    nothing = {"lo": 0, "hi": 1, "fits": {}, "trials": 1}
+    seen.clear()
+    assert band(task, probe, nothing, CAP, 0.2)["band_low"] == 0
+    assert [p for p, _ in seen].count("band_low") == 0
 
 
 def test_the_time_budget_counts_from_the_first_search_not_the_weights_build(tmp_path, monkeypatch):

@@ -287,12 +287,16 @@ def test_the_band_summary_quoted_is_what_analysis_bands_prints(capsys):
 def test_band_floors_from_the_probes_never_exceed_a_measured_band_and_the_docs_quote_them(capsys):
     """A floor is a claim about the allocator (a run that never reached a cap runs the same under a
     lower one); every band measured checks it, and the docs quote the check and the counts."""
-    from analysis.bands import _floor_lines, floors
+    from analysis.bands import _floor_lines, floors, rule_checks
 
     rows = floors(RESULTS)
     assert rows and all(r["floor"] <= r["band_low"] for r in rows if r["band_low"] is not None)
     assert all(r["floor"] <= r["value"] for r in rows)
     lines = _floor_lines(rows)
+    checks = rule_checks(RESULTS)
+    assert all(pairs > 20 and bad == 0 for pairs, bad in checks.values()), checks  # the band search's rules
+    rules = "; ".join(f"{rule}: {pairs} pairs, {bad} exceptions" for rule, (pairs, bad) in checks.items())
+    assert rules in " ".join((RESULTS.parent / "docs" / "boundaries.md").read_text().split())
     docs = " ".join((RESULTS.parent / "docs" / "published-results.md").read_text().split())
     assert lines[0] in docs and ", 0 above it" in lines[0]
     for line in lines[1:]:

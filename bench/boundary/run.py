@@ -19,9 +19,10 @@ import os
 import threading
 import time
 from dataclasses import replace
+from functools import partial
 
 from bench.boundary.schedule import SPARES, slot_gib
-from bench.boundary.search import SEQ_STEP, BoundaryTask, plan_tasks, resume_hint, search, settled
+from bench.boundary.search import SEQ_STEP, BoundaryTask, band, plan_tasks, resume_hint, search, settled
 from bench.config import BoundaryConfig
 from bench.envinfo import utc_now
 from bench.messages import TrialRequest
@@ -29,7 +30,7 @@ from bench.pool import WorkerPool
 from bench.recipes import versions as recipe_versions
 from bench.results import ResultsFile
 from bench.runner import TrialRunner, check_recorded, host_gpu, results_path, unsupported
-from bench.schema import BAND_COLUMNS, BOUNDARY_FIELDNAMES, PROBE_FIELDNAMES
+from bench.schema import BOUNDARY_FIELDNAMES, PROBE_FIELDNAMES
 from bench.spec import TrialSpec
 from bench.wblog import WandbMirror
 
@@ -231,20 +232,10 @@ class BoundaryRun:
             self.counts["trials"] += 1
         return row
 
-    def _band(self, task: BoundaryTask, pool: WorkerPool, lo: int) -> dict:
-        """The boundary searched again with the cap --band GiB lower and higher, each from the
-        boundary as its hint: band_low and band_high (empty where that search failed)."""
-        cap, band = self.runner.plan.cap_gib, self.cfg.band_gib
-        if not band or cap is None:
-            return {}
-        out = {}
-        for column, sign in zip(BAND_COLUMNS, (-1, 1), strict=True):
-            moved = cap + sign * band
-            found = search(
-                task, lambda s, m=moved, c=column: self._probe(pool, task, s, c, cap=m), moved, lo or None
-            )
-            out[column] = None if "error" in found else found["lo"] * task.step
-        return out
+    def _band(self, task: BoundaryTask, pool: WorkerPool, at_cap: dict) -> dict:
+        """search.band: the boundary at the cap --band GiB lower and higher, in this slot's pool."""
+        cap, moved_by = self.runner.plan.cap_gib, self.cfg.band_gib
+        return band(task, partial(self._probe, pool, task), at_cap, cap, moved_by)
 
     def _boundary(self, task: BoundaryTask, pool: WorkerPool) -> dict:
         spec = task.base
@@ -295,7 +286,7 @@ class BoundaryRun:
             if "safe" in found:
                 out["safe_value"] = found["safe"] * task.step
                 out["oom_below"] = ";".join(str(u * task.step) for u in found["inversions"])
-            out.update(self._band(task, pool, lo))
+            out.update(self._band(task, pool, found))
             # Both ends of the bracket ran under the cap, each from a fresh load's allocator state
             # (nothing is inferred): they are the verification. --reverify runs them again,
             # each in a new worker.

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, replace
+from functools import partial
 
 from bench.config import BoundaryConfig
+from bench.schema import BAND_COLUMNS
 from bench.spec import TrialSpec
 
 SEQ_STEP = 64
@@ -144,7 +146,12 @@ def _predict(fits: dict[int, float], cap_gib: float | None, floor_gib: float | N
 
 
 def search(
-    task: BoundaryTask, probe, cap_gib: float | None, hint: int | None = None, safe_scan: int = 0
+    task: BoundaryTask,
+    probe,
+    cap_gib: float | None,
+    hint: int | None = None,
+    safe_scan: int = 0,
+    known: tuple[int, int | None] = (0, None),
 ) -> dict:
     """Largest fitting units. `probe(spec) -> row`. Returns lo, hi (None: fits to the limit),
     the fitting rows, the trial count, or an error; with `safe_scan`, also the safe units (every
@@ -154,11 +161,15 @@ def search(
     Without a hint the search brackets from `task.start` upwards. With a hint (a close
     sibling's boundary) it probes the hint, then one step past it on the side its result
     points to, so a good hint settles the boundary in two trials; a poor one continues by
-    growing steps away from it and then bisection."""
+    growing steps away from it and then bisection. `known`: units known, without a probe, to
+    fit and to run out of memory (band_bounds: what the search at the card's own cap proves for
+    a band's); the search probes only between them."""
     fits: dict[int, dict] = {}
     ooms: set[int] = set()
-    lo, hi = 0, None
-    units = max(1, min(task.start if hint is None else hint, task.upper))
+    lo, hi = known
+    if (hi is not None and hi - lo <= 1) or (hi is None and lo >= task.upper):
+        return {"lo": lo, "hi": hi, "fits": fits, "trials": 0}
+    units = max(lo + 1, 1, min(task.start if hint is None else hint, task.upper, (hi or task.upper + 1) - 1))
     trials, guided_last, away = 0, False, 0
     floor = None
     while True:
@@ -183,7 +194,7 @@ def search(
         peaks = {u: r.get("peak_reserved_gib") for u, r in fits.items()}
         predicted = _predict(peaks, cap_gib, floor)
         if hint is not None and trials == 1:  # the hint's neighbour on the side it points to
-            units = units + 1 if hi is None else units - 1
+            units = units + 1 if row["status"] == "ok" else units - 1
         elif hi is None:  # bracket from below: guided jump past the predicted boundary, or grow
             if predicted is not None and predicted > lo:
                 units = min(task.upper, predicted + 1, 4 * max(lo, 1))
@@ -234,3 +245,34 @@ def _scan_below(task: BoundaryTask, probe, lo: int, fits: dict, ooms: set, count
         "inversions": inversions,
         "scan_trials": trials,
     }
+
+
+def band_bounds(found: dict, cap_gib: float, moved_gib: float) -> tuple[int, int | None]:
+    """What a search at the card's cap proves, without a probe, for the same search at a moved
+    cap: `known` for search(). A run whose peak reserved stayed at or below the moved cap never
+    reached it, and the allocator acts differently only when a request would cross the cap, so
+    it fits there too (every fit, for a higher cap). An out-of-memory needed more than the card's
+    cap held at that point, whatever was cached, so it runs out under a lower cap too. Checked
+    against the bands measured before this was used: analysis.bands (floors)."""
+    fits = found["fits"]
+    if moved_gib >= cap_gib:
+        return found["lo"], None
+    low = [u for u, r in fits.items() if u <= found["lo"] and (r.get("peak_reserved_gib") or 0) <= moved_gib]
+    return max(low, default=0), found["hi"]
+
+
+def band(task: BoundaryTask, probe, at_cap: dict, cap_gib: float | None, band_gib: float) -> dict:
+    """The boundary searched again with the cap `band_gib` lower and higher (`probe(spec, purpose=,
+    cap=)`), each from the boundary as its hint, probing only what the search at the card's cap
+    (`at_cap`) leaves open (band_bounds): band_low and band_high (None where that search failed)."""
+    if not band_gib or cap_gib is None:
+        return {}
+    out = {}
+    for column, sign in zip(BAND_COLUMNS, (-1, 1), strict=True):
+        moved = cap_gib + sign * band_gib
+        found = search(
+            task, partial(probe, purpose=column, cap=moved), moved, at_cap["lo"] or None,
+            known=band_bounds(at_cap, cap_gib, moved),
+        )  # fmt: skip
+        out[column] = None if "error" in found else found["lo"] * task.step
+    return out
