@@ -40,6 +40,26 @@ def _measured_boundary(results_dir: Path, profile: str, key: dict) -> str | None
     return None
 
 
+def _measured_failure(results_dir: Path, profile: str, key: dict) -> tuple[str, str] | None:
+    """The reason and the recipe's libraries of a batch-1 sequence search at this model,
+    precision, checkpointing and recipe (any rank) that failed on this profile: the stack errs."""
+    path = results_dir / profile / "boundaries.csv"
+    if not path.exists():
+        return None
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            same = (row["model"], row["dtype"], row["grad_ckpt"], row.get("recipe") or "peft")
+            if row["axis"] == "seq_len" and row["status"] == "error" and not variant(row, ("recipe",)):
+                if same == (key["model"], key["dtype"], key["grad_ckpt"], key["recipe"]):
+                    return row["reason"], row.get("recipe_versions") or ""
+    return None
+
+
+def failure_line(recipe: str, reason: str, versions: str) -> str:
+    libs = versions.replace("=", " ").replace(";", ", ") or "its base stack"
+    return f"  does not run: {recipe} failed here when measured (emulated; {libs}): {reason}"
+
+
 def _verdict(peak: float, gpu) -> str:
     cap = gpu.allocator_cap_gib
     verdict = (
@@ -143,6 +163,9 @@ def answer(results_dir: Path, profile_name: str, model: str, seq_len: int, batch
     wanted = {"model": model, "dtype": dtype, "grad_ckpt": ckpt, "recipe": recipe, "flash": flash}
     group = _group(data["groups"], wanted)
     setting = _setting(model, seq_len, batch_size, rank, dtype, grad_ckpt, recipe)
+    failed = _measured_failure(Path(results_dir), profile.name, wanted) if group is None else None
+    if failed:
+        return "\n".join([f"{profile.name}: {setting}", failure_line(recipe, *failed)])
     if group is None:
         kernels = "flash attention" if flash else "no flash attention"
         raise BenchUsageError(

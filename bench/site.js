@@ -20,6 +20,11 @@ function answer(card, model, seq, batch, rank, dtype, ckpt, recipe) {
   const want = {model: model, dtype: dtype, grad_ckpt: ckpt ? 'true' : 'false', recipe: recipe, flash: c.flash};
   const group = findGroup(DATA.groups, want);
   const setting = settingText(model, seq, batch, rank, dtype, ckpt, recipe);
+  const failed = group ? null : DATA.failed[[card, model, dtype, ckpt ? 'true' : 'false', recipe].join('|')];
+  if (failed) {
+    const libs = failed[1].replaceAll('=', ' ').replaceAll(';', ', ') || 'its base stack';
+    return `${card}: ${setting}\n  does not run: ${recipe} failed here when measured (emulated; ${libs}): ${failed[0]}`;
+  }
   if (!group) return `no measurements to predict ${setting} on a card with ${c.flash ? 'flash attention' : 'no flash attention'}`;
   const p = peak(group, rank, batch, seq);
   const lines = [`${card}: ${setting}`, verdictLine(p, c),

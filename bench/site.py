@@ -94,7 +94,7 @@ def page_data(results_dir: Path) -> dict:
 
     catalog = load_catalog()
     cards = {}
-    measured = {}
+    measured, failed = {}, {}
     for path in sorted(results_dir.glob("*/boundaries.csv")):
         gpu = load_profile(path.parent.name, set(catalog)).gpu
         cards[path.parent.name] = {
@@ -111,8 +111,13 @@ def page_data(results_dir: Path) -> dict:
                      row.get("recipe") or "peft"]
                 )  # fmt: skip
                 measured.setdefault(key, row["max_value"])  # the first, as predict reads them
+            if row["axis"] == "seq_len" and row["status"] == "error" and not variant(row, ("recipe",)):
+                at = (path.parent.name, row["model"], row["dtype"], row["grad_ckpt"], row.get("recipe"))
+                why = [row["reason"], row.get("recipe_versions") or ""]
+                failed.setdefault("|".join(v or "peft" for v in at), why)
     predictor = json.loads((results_dir / "predictor.json").read_text())
     return {"groups": predictor["groups"], "cards": cards, "models": list(catalog), "measured": measured,
+            "failed": failed,  # searches that errored: the stack fails there (as predict says)
             "architecture": predictor.get("architecture"), "jobs": jobs(results_dir)}  # fmt: skip
 
 

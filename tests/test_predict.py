@@ -44,6 +44,10 @@ def test_predict_answers_fits_or_not_and_shows_the_measured_boundary():
     assert "longest sequence at batch 1 is 4544 tokens" in result.stdout  # results/t4/boundaries.csv
     long = cli("predict", "--profile", "t4", "--model", "llama-3.2-3b", "--seq-len", "8192", "--rank", "16")
     assert long.returncode == 0 and "does not fit" in long.stdout
+    # TRL 1.15 in fp16 errs on a 4-bit model (measured): said so, with its version, not "no measurements"
+    trl = cli("predict", "--profile", "t4", "--model", "llama-3.2-3b", "--seq-len", "2048", "--recipe", "trl")
+    assert trl.returncode == 0 and "does not run: trl failed here when measured" in trl.stdout, trl.stderr
+    assert "trl 1.15.0" in trl.stdout and "GradScaler" in trl.stdout
 
 
 def test_predict_refuses_what_it_cannot_answer(tmp_path):
