@@ -13,7 +13,7 @@ from pathlib import Path
 
 from analysis.data import load, model_order
 from analysis.projection import calibrated
-from analysis.summary import stacks
+from analysis.summary import TRL_NOTE, stacks
 from bench.catalog import load_catalog
 from bench.errors import BenchUsageError
 from bench.profiles import load_profile
@@ -150,6 +150,8 @@ def render(result: dict, console=None) -> None:
             cards = (line.get(name, "") for name in result["profiles"])
             stack_table.add_row(line["model"], line["setting"], *cards)
         console.print(stack_table)
+        if any("trl fails" in cell for line in result["stacks"] for cell in line.values()):
+            console.print(TRL_NOTE.replace("`", ""))
     unranked = [(line, pair) for line in result["rows"] for pair in line["unranked"]]
     if unranked:
         console.print(

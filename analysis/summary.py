@@ -135,6 +135,14 @@ def stacks(results_dir: Path) -> dict[tuple, dict[str, str]]:
     return {k: v for k, v in shared.items() if k[4] == best[k[0], k[1]][1]}
 
 
+# why the trl column says `fails` in fp16, and that other TRL versions differ (compare says it too)
+TRL_NOTE = (
+    "`trl` fails in fp16 because TRL since 0.26 casts a 4-bit model's adapters to bf16; an older "
+    "TRL trains in fp16, and before 1.7 it paid for the logits as peft does (the versions "
+    "measured: results/boundaries.md; docs/recipes.md, Which TRL)."
+)
+
+
 def by_stack(results_dir: Path) -> list[str]:
     """How far each training stack gets on a card: the longest sequence at batch 1 per recipe, at
     settings that more than one recipe was searched at (docs/recipes.md says what each runs)."""
@@ -154,9 +162,7 @@ def by_stack(results_dir: Path) -> list[str]:
         "blank: not searched; `1792 (2048§)`: the safe value, every probed length at or below it "
         "fit, then the longest that fit; `320 [192-448]`: the band, the longest with the cap `--band` "
         "GiB lower and higher, 0.3 in the published runs). What each recipe runs: docs/recipes.md. "
-        "`trl` fails in fp16 because TRL since 0.26 casts a 4-bit model's adapters to bf16; an "
-        "older TRL trains in fp16, and before 1.7 it paid for the logits as peft does (the versions "
-        "measured: results/boundaries.md; docs/recipes.md, Which TRL).",
+        + TRL_NOTE,
         "",
         "| profile | model | setting | " + " | ".join(recipes) + " |",
         "| --- | --- | --- |" + " --- |" * len(recipes),
