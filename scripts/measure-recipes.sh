@@ -2,7 +2,7 @@
 # Sequence-length boundaries of the recipes beside peft for the five design cards (how the
 # recipe sections of results/<profile>/boundaries.csv were made): batch 1, LoRA r16,
 # checkpointing on, the profile's models. A reduced grid: the peft tables cover the full one.
-# fp16 on every card, the precision all five have (TRL 1.x casts a 4-bit model's adapters to
+# fp16 on every card, the precision all five have (TRL since 0.26 casts a 4-bit model's adapters to
 # bf16, so its fp16 searches end in that error at once); TRL in bf16 too on the cards that
 # have it (of the five: rtx3050-laptop, rtx3070, l4), which is how it runs there.
 # Resumable: boundaries already recorded are skipped; BUDGET_S bounds each invocation.
