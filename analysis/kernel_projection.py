@@ -262,3 +262,33 @@ def host_validation(results_dir: Path, kernels_dir: Path | None = None) -> list[
                         "projected_ms": got, "bound": "gpu" if parts[1] >= parts[0] else "launch",
                         "error": got / measured - 1})  # fmt: skip
     return out
+
+
+def native_validation(results_dir: Path, kernels_dir: Path | None = None) -> list[dict]:
+    """The projection against steps measured on the card itself: every ok row that `qlora-bench
+    verify` ran natively on a profile's own card (results/<profile>/verify.csv, emulated false),
+    projected for that profile and compared with its measured median step time. The H200's
+    own rows are host_validation's business."""
+    from bench.profiles import load_profile
+
+    projection = KernelProjection(kernels_dir)
+    out = []
+    for path in sorted(Path(results_dir).glob("*/verify.csv")):
+        if path.parent.name == "h200":
+            continue
+        profile = load_profile(path.parent.name)
+        for r in _rows(path):
+            native = r.get("emulated", "").lower() == "false"
+            if r["status"] != "ok" or not native or not r.get("step_time_p50_s"):
+                continue
+            ckpt, batch, seq = r["grad_ckpt"].lower() == "true", int(r["batch_size"]), int(r["seq_len"])
+            recipe = r.get("recipe") or "peft"
+            parts = projection.step_parts(profile, r["model"], seq, batch, ckpt, r["dtype"], recipe)
+            if parts is None:
+                continue
+            measured, got = float(r["step_time_p50_s"]) * 1000, max(parts)
+            out.append({"profile": profile.name, "gpu": r.get("gpu_name", ""), "driver": r.get("driver", ""),
+                        "model": r["model"], "seq_len": seq, "batch_size": batch, "grad_ckpt": ckpt,
+                        "dtype": r["dtype"], "recipe": recipe, "measured_ms": measured,
+                        "projected_ms": got, "error": got / measured - 1})  # fmt: skip
+    return out

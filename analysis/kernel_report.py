@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from statistics import median
 
-from analysis.kernel_projection import KernelProjection, _rows, host_validation
+from analysis.kernel_projection import KernelProjection, _rows, host_validation, native_validation
 
 LENGTHS = (512, 2048)
 
@@ -55,6 +55,32 @@ def _validation(results_dir: Path, kernels_dir: Path) -> list[str]:
             f"{median(c['projected_ms'] for c in group):.0f} |"
         )
     return lines
+
+
+def _native(results_dir: Path, kernels_dir: Path) -> list[str]:
+    """The projection against `verify` rows run on a real card (none yet: how to make them)."""
+    checked = native_validation(results_dir, kernels_dir)
+    if not checked:
+        return [
+            "None yet: no step measured on a real card of these profiles. `qlora-bench verify "
+            "--profile P`, run on the card P describes, writes native rows (`results/P/verify.csv`, "
+            "emulated false) with their step times, and this table then checks the projection "
+            "against each."
+        ]
+    lines = [
+        "| card (GPU, driver) | model | setting | measured / projected (ms) | error |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for c in checked:
+        ckpt = "ckpt" if c["grad_ckpt"] else "no ckpt"
+        setting = f"{c['seq_len']} x {c['batch_size']}, {c['dtype']}, {ckpt}, {c['recipe']}"
+        lines.append(
+            f"| {c['profile']} ({c['gpu']}, {c['driver']}) | {c['model']} | {setting} | "
+            f"{c['measured_ms']:.0f} / {c['projected_ms']:.0f} | {c['error']:+.0%} |"
+        )
+    errors = [abs(c["error"]) for c in checked]
+    summary = f"Median absolute error {median(errors):.0%}, worst {max(errors):.0%}, of {len(checked)} steps."
+    return [*lines, "", summary]
 
 
 def _cards(projection: KernelProjection, fitted, ckpt: bool = True, lengths: tuple = LENGTHS) -> list[str]:
@@ -132,6 +158,10 @@ def render(results_dir: Path) -> str | None:
             "separated. A small card's steps are GPU-bound (table below).",
             "",
             *_validation(Path(results_dir), kernels_dir),
+            "",
+            "## Against real cards",
+            "",
+            *_native(Path(results_dir), kernels_dir),
             "",
             "## Projected tokens/s, batch 1, r16, checkpointing",
             "",

@@ -87,6 +87,35 @@ def test_host_validation_leaves_the_profiled_points_out(kernels_dir, tmp_path):
     assert checked["error"] == pytest.approx(checked["projected_ms"] / 50.0 - 1)
 
 
+def test_native_validation_checks_the_projection_against_verify_rows_run_on_the_card(kernels_dir, tmp_path):
+    """`verify` on a real T4 writes native rows with step times: the projection for the t4 profile
+    is checked against them; emulated, failed and the H200's own rows are left out."""
+    from analysis.kernel_projection import native_validation
+    from analysis.kernel_report import _native
+
+    results = tmp_path / "results"
+    assert _native(results, kernels_dir)[0].startswith("None yet")  # no real card has run verify
+    columns = "model,seq_len,batch_size,dtype,grad_ckpt,recipe,status,emulated,step_time_p50_s,gpu_name"
+    columns += ",driver"
+    for profile, rows in (
+        ("t4", ["qwen2.5-0.5b,1024,1,fp16,True,peft,ok,false,0.9,Tesla T4,550.54",
+                "qwen2.5-0.5b,1088,1,fp16,True,peft,oom,false,,Tesla T4,550.54",
+                "qwen2.5-0.5b,1024,1,fp16,True,peft,ok,true,0.1,NVIDIA H200,580.159.04"]),
+        ("h200", ["qwen2.5-0.5b,1024,1,bf16,True,peft,ok,false,0.05,NVIDIA H200,580.159.04"]),
+    ):  # fmt: skip
+        (results / profile).mkdir(parents=True)
+        (results / profile / "verify.csv").write_text("\n".join([columns, *rows]) + "\n")
+    (checked,) = native_validation(results, kernels_dir)
+    t4 = load_profile("t4")
+    projected = KernelProjection(kernels_dir).step_ms(t4, "qwen2.5-0.5b", 1024, 1, True, "fp16")
+    assert (checked["profile"], checked["gpu"], checked["measured_ms"]) == ("t4", "Tesla T4", 900.0)
+    assert checked["projected_ms"] == pytest.approx(projected)
+    assert checked["error"] == pytest.approx(projected / 900.0 - 1)
+    table = "\n".join(_native(results, kernels_dir))
+    assert "| t4 (Tesla T4, 550.54) | qwen2.5-0.5b | 1024 x 1, fp16, ckpt, peft | 900 /" in table
+    assert "of 1 steps" in table
+
+
 def test_attention_grows_with_the_length_squared_and_cards_take_their_attention_kernels(kernels_dir):
     """Attention's time interpolates in batch x length^2 (the rest in tokens): 1 ms at 512 and
     16 ms at 2048 (x16) project to 4 ms at 1024 x 1 but 2 ms at 512 x 2 (same tokens). A card
