@@ -387,7 +387,7 @@ def test_a_bands_probes_at_a_moved_cap_are_not_another_card():
 
     path = REPO / "results" / "gtx1650" / "boundary-trials.csv"
     rows = read_rows(path)
-    cfg = SimpleNamespace(profile=load_profile("gtx1650"))
+    cfg = SimpleNamespace(profile=load_profile("gtx1650"), axes=SimpleNamespace(values={}))
     assert {r["mem_cap_gib"] for r in rows if r["purpose"].startswith("band_")} == {"3", "3.6"}
     check_recorded(cfg, path, rows)  # the published probes, bands included, are this card's
     moved = [{**rows[0], "purpose": "search", "mem_cap_gib": "3"}]
