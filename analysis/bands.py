@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from statistics import median
 
+from bench.boundary.search import band_bounds
 from bench.results import read_results
 
 BAND_GIB = 0.3  # the band every published one was searched with (--band 0.3)
@@ -58,11 +59,11 @@ def _float(value) -> float | None:
 
 def floors(results_dir: Path, band_gib: float = BAND_GIB) -> list[dict]:
     """Per ok boundary above 0 of an emulated card, the floor of its band's lower end, from its
-    own search's probes, at no GPU cost: the largest value at or below the boundary whose probe
-    fit with its whole trial's peak reserved at or below the cap less `band_gib`. Under a cap that
-    much lower such a run never reaches the cap, so the allocator, which only acts differently
-    when a request would cross it, takes the same steps and the run fits again. 0: no probe was
-    that low. Each row: profile, boundary_key, axis, value, floor, band_low (None: not banded)."""
+    own search's probes, at no GPU cost: what a band's search takes as known to fit under the cap
+    less `band_gib` (bench.boundary.search.band_bounds, which says why), the largest value at or
+    below the boundary whose probe fit with its whole trial's peak reserved at or below that
+    cap. 0: no probe was that low. Each row: profile, boundary_key, axis, value, floor, band_low
+    (None: not banded)."""
     out = []
     for path in sorted(Path(results_dir).glob("*/boundaries.csv")):
         probes = path.with_name("boundary-trials.csv")
@@ -76,20 +77,17 @@ def floors(results_dir: Path, band_gib: float = BAND_GIB) -> list[dict]:
             value = _int(r.get("max_value"))
             if r["status"] != "ok" or not value or r["boundary_key"] not in by_key:
                 continue
-            axis = r["axis"]
-            low = [
-                _int(p[axis])
-                for p in by_key[r["boundary_key"]]
-                if _int(p[axis]) <= value
-                and (_float(p.get("peak_reserved_gib")) or 0) <= _float(p["mem_cap_gib"]) - band_gib
-            ]
+            axis, probed = r["axis"], by_key[r["boundary_key"]]
+            fits = {_int(p[axis]): {"peak_reserved_gib": _float(p.get("peak_reserved_gib"))} for p in probed}
+            cap = _float(probed[0]["mem_cap_gib"])  # the card's: a search probes at its cap only
+            floor, _ = band_bounds({"fits": fits, "lo": value, "hi": None}, cap, cap - band_gib)
             out.append(
                 {
                     "profile": path.parent.name,
                     "boundary_key": r["boundary_key"],
                     "axis": axis,
                     "value": value,
-                    "floor": max(low, default=0),
+                    "floor": floor,
                     "band_low": _int(r.get("band_low")),
                 }
             )

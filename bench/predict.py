@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from bench.errors import BenchUsageError
-from bench.results import variant
+from bench.results import variant, versions_text
 
 
 def predicted_peak(group: dict, rank: int, batch: int, seq: int) -> float:
@@ -40,6 +40,12 @@ def _measured_boundary(results_dir: Path, profile: str, key: dict) -> str | None
     return None
 
 
+def failed_search(row: dict) -> bool:
+    """A boundaries.csv row of a batch-1 sequence search (default padding, evaluation and
+    allocator) that errored: its stack fails at that setting on that card."""
+    return row["axis"] == "seq_len" and row["status"] == "error" and not variant(row, ("recipe",))
+
+
 def _measured_failure(results_dir: Path, profile: str, key: dict) -> tuple[str, str] | None:
     """The reason and the recipe's libraries of a batch-1 sequence search at this model,
     precision, checkpointing and recipe (any rank) that failed on this profile: the stack errs."""
@@ -49,14 +55,13 @@ def _measured_failure(results_dir: Path, profile: str, key: dict) -> tuple[str, 
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
             same = (row["model"], row["dtype"], row["grad_ckpt"], row.get("recipe") or "peft")
-            if row["axis"] == "seq_len" and row["status"] == "error" and not variant(row, ("recipe",)):
-                if same == (key["model"], key["dtype"], key["grad_ckpt"], key["recipe"]):
-                    return row["reason"], row.get("recipe_versions") or ""
+            if failed_search(row) and same == (key["model"], key["dtype"], key["grad_ckpt"], key["recipe"]):
+                return row["reason"], row.get("recipe_versions") or ""
     return None
 
 
 def failure_line(recipe: str, reason: str, versions: str) -> str:
-    libs = versions.replace("=", " ").replace(";", ", ") or "its base stack"
+    libs = versions_text(versions) or "its base stack"
     return f"  does not run: {recipe} failed here when measured (emulated; {libs}): {reason}"
 
 

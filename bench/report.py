@@ -6,7 +6,7 @@ from pathlib import Path
 
 from bench.catalog import load_catalog
 from bench.errors import BenchUsageError
-from bench.results import read_results, value_text, variant_title
+from bench.results import read_results, value_text, variant_title, versions_text
 from bench.spec import RECIPES
 
 COLUMNS = [("fp16", "true"), ("fp16", "false"), ("bf16", "true"), ("bf16", "false")]
@@ -95,7 +95,7 @@ def profile_section(name: str, rows: list[dict], model_order: list[str]) -> list
     # the recipe's own libraries (trl=1.15.0;datasets=4.8.5): every set the rows carry, so a table
     # whose rows came from two versions of its stack says so
     stacks = sorted({r.get("recipe_versions") or "" for r in rows} - {""})
-    libs = "".join(f", {s.replace('=', ' ').replace(';', ', ')}" for s in stacks)
+    libs = "".join(f", {versions_text(s)}" for s in stacks)
     lines = [
         f"## {name}",
         "",

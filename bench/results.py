@@ -226,6 +226,11 @@ class ResultsFile:
             os.close(dir_fd)
 
 
+def versions_text(versions: str) -> str:
+    """'trl=1.15.0;datasets=4.8.5' (a row's recipe_versions) as words: 'trl 1.15.0, datasets 4.8.5'."""
+    return versions.replace("=", " ").replace(";", ", ")
+
+
 def value_text(row: dict) -> str:
     """An ok boundary's value as the tables write it: '≥' when it fit up to the search limit,
     the safe value first with the largest fit in brackets and '§' when a scan below found an

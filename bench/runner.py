@@ -15,7 +15,7 @@ from bench.messages import TrialRequest
 from bench.profiles import Profile
 from bench.recipes import unsupported_reason as recipe_unsupported
 from bench.recipes import versions as recipe_versions
-from bench.results import _format
+from bench.results import _format, versions_text
 from bench.schema import BAND_COLUMNS
 from bench.spec import TrialSpec
 
@@ -58,7 +58,6 @@ def check_stack(cfg: RunConfig, path: Path, rows: list[dict]) -> None:
     1.15 fuses the LM head, TRL 0.25 materialises the logits): a row's key does not name the
     version, so a resumed run would keep the other version's points and measure the rest with
     this one, one table from two stacks."""
-    found = {}
     for recipe in dict.fromkeys(cfg.axes.values.get("recipe", ())):
         now = recipe_versions(recipe).split(";")[0]
         if not now or now.endswith("="):  # the base stack, or not installed (refused elsewhere)
@@ -66,15 +65,12 @@ def check_stack(cfg: RunConfig, path: Path, rows: list[dict]) -> None:
         for row in rows:
             was = (row.get("recipe_versions") or "").split(";")[0]
             if row.get("recipe") == recipe and was and not was.endswith("=") and was != now:
-                found.setdefault(recipe, (was, now))
-    if found:
-        recipe, (was, now) = next(iter(found.items()))
-        raise BenchUsageError(
-            f"{path} holds rows of recipe {recipe} measured with {was.replace('=', ' ')}, and "
-            f"{now.replace('=', ' ')} is installed. A row's key does not name the version, so this run "
-            "would keep those points and measure the rest with another stack: give this version its "
-            f"own --results-dir, or install {was.replace('=', '==')}"
-        )
+                raise BenchUsageError(
+                    f"{path} holds rows of recipe {recipe} measured with {versions_text(was)}, and "
+                    f"{versions_text(now)} is installed. A row's key does not name the version, so this "
+                    "run would keep those points and measure the rest with another stack: give this "
+                    f"version its own --results-dir, or install {was.replace('=', '==')}"
+                )
 
 
 def _check_card(cfg: RunConfig, path: Path, rows: list[dict]) -> None:

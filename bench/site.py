@@ -89,6 +89,7 @@ def page_data(results_dir: Path) -> dict:
     """What the page's scripts need: the predictor's groups, each card's facts, the measured
     batch-1 sequence boundaries (as `predict` shows them)."""
     from bench.catalog import load_catalog
+    from bench.predict import failed_search
     from bench.profiles import load_profile
     from bench.results import read_results, variant
 
@@ -111,7 +112,7 @@ def page_data(results_dir: Path) -> dict:
                      row.get("recipe") or "peft"]
                 )  # fmt: skip
                 measured.setdefault(key, row["max_value"])  # the first, as predict reads them
-            if row["axis"] == "seq_len" and row["status"] == "error" and not variant(row, ("recipe",)):
+            if failed_search(row):
                 at = (path.parent.name, row["model"], row["dtype"], row["grad_ckpt"], row.get("recipe"))
                 why = [row["reason"], row.get("recipe_versions") or ""]
                 failed.setdefault("|".join(v or "peft" for v in at), why)

@@ -169,7 +169,8 @@ def search(
     lo, hi = known
     if (hi is not None and hi - lo <= 1) or (hi is None and lo >= task.upper):
         return {"lo": lo, "hi": hi, "fits": fits, "trials": 0}
-    units = max(lo + 1, 1, min(task.start if hint is None else hint, task.upper, (hi or task.upper + 1) - 1))
+    below = task.upper if hi is None else hi - 1  # the largest value left open
+    units = max(lo + 1, min(task.start if hint is None else hint, below))
     trials, guided_last, away = 0, False, 0
     floor = None
     while True:
