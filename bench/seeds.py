@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from bench.errors import BenchUsageError
-from bench.results import read_results
+from bench.results import read_results, versions_text
 from bench.spec import EXTRA_AXES
 
 CLAIMS = Path("seeds") / "claims.yaml"
@@ -97,9 +97,11 @@ def render(results_dir: Path) -> str | None:
         "",
         "Made by `qlora-bench report` from `results/seeds/claims.yaml` (the reports, their "
         "sources and the configuration chosen where a report leaves one open) and the rows "
-        "`scripts/measure-seeds.sh` wrote beside it (`results/seeds/<profile>/trials.csv`: "
-        "H200, the card emulated by its allocator cap and kernels). agrees: the row's outcome is "
-        "the reported one; differs: the other outcome, or the stack failed; not measured: no row.",
+        "`scripts/measure-seeds.sh` wrote beside it (`results/seeds/<profile>/trials.csv`, and "
+        "`results/seeds/<folder>/<profile>/trials.csv` for the claims measured with another "
+        "version of their stack: H200, the card emulated by its allocator cap and kernels). "
+        "agrees: the row's outcome is the reported one; differs: the other outcome, or the stack "
+        "failed; not measured: no row.",
         "",
     ]
     files: dict[Path, list[dict]] = {}
@@ -148,4 +150,26 @@ def render(results_dir: Path) -> str | None:
         if seed.get("explanation"):
             lines += ["", f"Explanation ({seed.get('explained', 'open')}): {seed['explanation']}"]
         lines.append("")
+    used = [row for rows in files.values() for row in rows]
+    if used:
+        lines += [_provenance(used), ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _provenance(rows: list[dict]) -> str:
+    """What the rows ran on, from the rows: each GPU, driver and library versions, and the
+    recipe libraries' versions, once each."""
+
+    def seen(text) -> str:
+        return "; ".join(dict.fromkeys(t for t in map(text, rows) if t))
+
+    host = seen(
+        lambda r: (
+            f"{r.get('host_gpu') or r.get('gpu_name')}, driver {r.get('driver')}, "
+            f"{'emulated' if str(r.get('emulated')).lower() == 'true' else 'native'}"
+        )
+    )
+    libraries = ("torch", "transformers", "peft", "bitsandbytes")
+    stack = seen(lambda r: ", ".join(f"{k} {r[k]}" for k in libraries if r.get(k)))
+    recipes = seen(lambda r: versions_text(r.get("recipe_versions") or ""))
+    return f"Rows measured on: {host}; with {stack}; recipe libraries: {recipes}."

@@ -166,6 +166,9 @@ def test_cpu_sweep_runs_trl_and_records_kernel_versions_eval_and_padding(tmp_pat
 
 def test_report_regenerates_the_seeds_table_byte_for_byte():
     assert seeds.render(RESULTS) == (RESULTS / "seeds.md").read_text()
+    last = seeds.render(RESULTS).rstrip().splitlines()[-1]  # what the rows ran on, from the rows
+    assert last.startswith("Rows measured on: NVIDIA H200, driver ") and ", emulated;" in last
+    assert "transformers 5.17.0" in last and "trl 1.15.0" in last and "trl 0.25.1" in last
 
 
 def test_seeds_say_agrees_differs_or_not_measured_and_refuse_a_bad_claims_file(tmp_path):
@@ -207,14 +210,18 @@ def test_a_claim_that_leaves_an_added_axis_open_is_answered_only_by_its_default(
 
 def test_a_claim_of_another_version_of_its_stack_reads_its_own_folder(tmp_path):
     shutil.copytree(RESULTS / "seeds", tmp_path / "seeds")
-    line = next(x for x in seeds.render(tmp_path).splitlines() if "TRL 0.25.1, checkpointing (its" in x)
-    assert line.startswith("| fits (TRL 0.25.1") and "| trl-0.25.1, trl: qwen2.5-0.5b" in line
-    assert line.endswith("| not measured | not measured |")  # results/seeds/trl-0.25.1 has no rows yet
+
+    def line() -> str:
+        return next(x for x in seeds.render(tmp_path).splitlines() if "TRL 0.25.1, checkpointing (its" in x)
+
+    assert line().startswith("| fits (TRL 0.25.1") and "| trl-0.25.1, trl: qwen2.5-0.5b" in line()
+    assert line().endswith("| fits, 1.73 GiB reserved | agrees |")  # results/seeds/trl-0.25.1's row
     folder = tmp_path / "seeds" / "trl-0.25.1" / "rtx3050-laptop"
+    shutil.rmtree(folder)
+    assert line().endswith("| not measured | not measured |")  # never the TRL 1.15 rows beside it
     folder.mkdir(parents=True)  # stand-in rows: the TRL 1.15 ones, whose fp16 point is an error
     shutil.copy(tmp_path / "seeds" / "rtx3050-laptop" / "trials.csv", folder / "trials.csv")
-    line = next(x for x in seeds.render(tmp_path).splitlines() if "TRL 0.25.1, checkpointing (its" in x)
-    assert line.endswith("| differs |") and "error" in line
+    assert line().endswith("| differs |") and "error" in line()
     claims = tmp_path / "seeds" / "claims.yaml"
     claims.write_text(claims.read_text().replace("rows: trl-0.25.1", "rows: ../elsewhere", 1))
     with pytest.raises(seeds.BenchUsageError, match="rows '../elsewhere' is not a folder name"):
