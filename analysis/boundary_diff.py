@@ -43,10 +43,25 @@ def main(old: Path, new: Path) -> None:
         print(f"with a band in both: same safe value and band {sum(bands)} of {len(bands)}")
 
 
+# the axes added after the first tables, named where a row is not at their default value
+_LATER_AXES = {
+    "recipe": "peft",
+    "padding": "none",
+    "allocator": "default",
+    "lengths": "",
+    "eval_batch_size": "0",
+}
+
+
 def _name(path: Path, row: dict) -> str:
+    later = "".join(
+        f" {axis}={row[axis]}"
+        for axis, default in _LATER_AXES.items()
+        if (row.get(axis) or default) != default
+    )
     return (
         f"{path.parent.name} {row['axis']} {row['model']} r{row['lora_rank']} {row['dtype']} "
-        f"ckpt={row['grad_ckpt']} seq={row['seq_len'] or '-'}"
+        f"ckpt={row['grad_ckpt']} seq={row['seq_len'] or '-'}{later}"
     )
 
 

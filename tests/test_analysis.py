@@ -129,3 +129,26 @@ def test_the_purchase_summary_counts_on_the_safe_value():
     best = _best_setting(rows).iloc[0]
     assert best["dtype"] == "bf16" and _tokens(best) == "1920"
     assert _tokens(_best_setting(rows.iloc[:1]).iloc[0]) == "1856 (2112§)"
+
+
+def test_a_boundary_diff_line_names_the_recipe_and_the_other_later_axes():
+    """Two boundaries that differ only by recipe or allocator are told apart; a peft row at the
+    later axes' defaults reads as it always did (the published diffs quote such lines)."""
+    from analysis.boundary_diff import _name
+
+    row = {
+        "axis": "seq_len",
+        "model": "qwen2.5-0.5b",
+        "lora_rank": "16",
+        "dtype": "fp16",
+        "grad_ckpt": "true",
+    }
+    row.update(
+        seq_len="", recipe="peft", padding="none", allocator="default", lengths="", eval_batch_size="0"
+    )
+    here = Path("results/t4/boundaries.csv")
+    assert _name(here, row) == "t4 seq_len qwen2.5-0.5b r16 fp16 ckpt=true seq=-"
+    assert _name(here, {**row, "recipe": "", "allocator": ""}) == _name(here, row)  # older schemas
+    assert _name(here, {**row, "recipe": "unsloth", "allocator": "expandable"}).endswith(
+        "seq=- recipe=unsloth allocator=expandable"
+    )
