@@ -8,6 +8,8 @@ import csv
 import sys
 from pathlib import Path
 
+from bench.spec import EXTRA_DEFAULTS
+
 
 def _ok(path: Path) -> dict[str, dict]:
     with open(path, newline="") as f:
@@ -43,21 +45,11 @@ def main(old: Path, new: Path) -> None:
         print(f"with a band in both: same safe value and band {sum(bands)} of {len(bands)}")
 
 
-# the axes added after the first tables, named where a row is not at their default value
-_LATER_AXES = {
-    "recipe": "peft",
-    "padding": "none",
-    "allocator": "default",
-    "lengths": "",
-    "eval_batch_size": "0",
-}
-
-
 def _name(path: Path, row: dict) -> str:
-    later = "".join(
+    later = "".join(  # the axes added after the first tables, where a row is not at their default
         f" {axis}={row[axis]}"
-        for axis, default in _LATER_AXES.items()
-        if (row.get(axis) or default) != default
+        for axis, default in EXTRA_DEFAULTS.items()
+        if str(row.get(axis) or default) != str(default)
     )
     return (
         f"{path.parent.name} {row['axis']} {row['model']} r{row['lora_rank']} {row['dtype']} "

@@ -10,14 +10,13 @@ difference has a measured cause or stays open.
 from __future__ import annotations
 
 import re
-from dataclasses import MISSING
 from pathlib import Path
 
 import yaml
 
 from bench.errors import BenchUsageError
 from bench.results import read_results, versions_text
-from bench.spec import EXTRA_AXES
+from bench.spec import EXTRA_DEFAULTS
 
 CLAIMS = Path("seeds") / "claims.yaml"
 OUTCOME = {"fits": "ok", "oom": "oom"}
@@ -46,13 +45,10 @@ def _load(path: Path) -> list[dict]:
 
 # An added axis a claim leaves open means its default: a row measured later with another padding,
 # length distribution, evaluation or allocator (for another claim) must not answer it.
-OPEN_AXES = {f.name: f.default for f in EXTRA_AXES if f.default is not MISSING}
-
-
 def _matches(row: dict, wanted: dict) -> bool:
     return all(
-        str(row.get(k) or OPEN_AXES.get(k, "")).lower() == str(v).lower()
-        for k, v in {**OPEN_AXES, **wanted}.items()
+        str(row.get(k) or EXTRA_DEFAULTS.get(k, "")).lower() == str(v).lower()
+        for k, v in {**EXTRA_DEFAULTS, **wanted}.items()
     )
 
 

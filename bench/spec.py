@@ -254,6 +254,8 @@ EXTRA_AXES = tuple(
     if f.metadata.get("axis")
     and f.name not in ("model", "seq_len", "batch_size", "lora_rank", "dtype", "grad_ckpt")
 )
+# each added axis's default: what a row from before the axis existed (its column empty) measured
+EXTRA_DEFAULTS = {f.name: f.default for f in EXTRA_AXES if f.default is not MISSING}
 
 
 @dataclass(frozen=True)

@@ -149,6 +149,8 @@ def test_a_boundary_diff_line_names_the_recipe_and_the_other_later_axes():
     here = Path("results/t4/boundaries.csv")
     assert _name(here, row) == "t4 seq_len qwen2.5-0.5b r16 fp16 ckpt=true seq=-"
     assert _name(here, {**row, "recipe": "", "allocator": ""}) == _name(here, row)  # older schemas
+    as_written = {**row, "lengths": "fixed", "eval_new_tokens": "0"}  # a schema-9 row's columns
+    assert _name(here, as_written) == _name(here, row)
     assert _name(here, {**row, "recipe": "unsloth", "allocator": "expandable"}).endswith(
         "seq=- recipe=unsloth allocator=expandable"
     )
