@@ -150,12 +150,18 @@ def _floor_lines(rows: list[dict], band_gib: float = BAND_GIB) -> list[str]:
     return lines
 
 
+def _kind(row: dict) -> str:
+    """A banded row's recipe and searched axis, the last two words of its setting."""
+    return " ".join(row["setting"].rsplit(" ", 2)[1:])
+
+
 def _moves(rows: list[dict]) -> str:
     """How far the band's ends are from the boundaries of `rows` (medians, the worst down)."""
     downs = [r["down"] for r in rows if r["down"] is not None]
     ups = [r["up"] for r in rows if r["up"] is not None]
+    noun = "boundary" if len(rows) == 1 else "boundaries"
     return (
-        f"{len(rows)} boundaries with a band: down median {median(downs):.1%}, worst "
+        f"{len(rows)} {noun} with a band: down median {median(downs):.1%}, worst "
         f"{max(downs):.1%}; up median {median(ups):.1%}"
     )
 
@@ -174,10 +180,10 @@ def main(results_dir: Path) -> None:
     if rows:
         print(f"\n{_moves(rows)}; {sum(r['safe'] is not None and r['safe'] < r['value'] for r in rows)} "
               "with a safe value below the boundary")  # fmt: skip
-        print("per profile and axis:")
-        for profile, axis in sorted({(r["profile"], r["setting"].rsplit(" ", 1)[1]) for r in rows}):
-            part = [r for r in rows if r["profile"] == profile and r["setting"].endswith(f" {axis}")]
-            print(f"  {profile} {axis}: {_moves(part)}")
+        print("per profile, recipe and axis:")  # a recipe's memory is its own: not pooled with peft's
+        for profile, kind in sorted({(r["profile"], _kind(r)) for r in rows}):
+            part = [r for r in rows if r["profile"] == profile and _kind(r) == kind]
+            print(f"  {profile} {kind}: {_moves(part)}")
     print("without a band:", ", ".join(f"{p} {n}" for p, n in sorted(missing.items())) or "none")
     print("\n".join(_floor_lines(floors(results_dir))))
     checks = rule_checks(results_dir)

@@ -213,9 +213,10 @@ def test_every_recorded_row_keeps_its_key_and_the_default_grids_are_recorded():
 
 def test_the_speed_and_diff_figures_come_from_their_modules(capsys):
     """docs/boundaries.md cites these: the five design-card tables took 14.0 min at 1.05 s of
-    overhead per trial, and found the same 544 boundaries as the run before (542 of them equal
-    to today's tables: two cells known to move were re-searched since); and that the band search,
-    once it skipped what its boundary's search settled, found the bands searched before it."""
+    overhead per trial, and found the same 544 boundaries as the run before (541 of them equal
+    to today's tables: two cells known to move and one L4 cell were re-searched since); and that
+    the band search, once it skipped what its boundary's search settled, found the bands searched
+    before it."""
     from analysis import boundary_diff, boundary_speed
 
     boundary_speed.cli(
@@ -226,11 +227,13 @@ def test_the_speed_and_diff_figures_come_from_their_modules(capsys):
     assert "14.0 in 2 invocations, 1309 trials (0.64 s wall per trial)" in speed
     boundary_diff.main(RESULTS.parent / "archive" / "run-ff1da45", RESULTS)
     out = capsys.readouterr().out.strip().splitlines()
-    assert out[-1] == "same: 542 of 544; differ: 2"  # the cells known to move, re-searched since:
-    assert out[0].startswith("rtx3050-laptop seq_len llama-3.2-1b r8 fp16 ckpt=false seq=-: 192 ")
-    assert "-> 128 " in out[0] and len(out) == 3
-    assert out[1].startswith("t4 batch_size llama-3.2-1b r8 fp16 ckpt=true seq=512: 14 ")
-    assert "-> 13 " in out[1]
+    assert out[-1] == "same: 541 of 544; differ: 3"  # re-searched since, by a step:
+    assert out[0].startswith("l4 seq_len llama-3.2-1b r8 fp16 ckpt=true seq=-: 11968 ")
+    assert "-> 12032 " in out[0] and len(out) == 4
+    assert out[1].startswith("rtx3050-laptop seq_len llama-3.2-1b r8 fp16 ckpt=false seq=-: 192 ")
+    assert "-> 128 " in out[1]  # the cells known to move
+    assert out[2].startswith("t4 batch_size llama-3.2-1b r8 fp16 ckpt=true seq=512: 14 ")
+    assert "-> 13 " in out[2]
     # the band search that skips settled points, against bands searched before it did (docs/boundaries.md)
     boundary_diff.main(RESULTS.parent / "archive" / "bands-401fced", RESULTS)
     assert capsys.readouterr().out.splitlines() == [
@@ -284,13 +287,25 @@ def test_the_band_summary_quoted_is_what_analysis_bands_prints(capsys):
     docs = " ".join((RESULTS.parent / "docs" / "published-results.md").read_text().split())
     assert summary in docs
     per = {line.split(":")[0].strip(): line for line in out if line.startswith("  ")}
-    for part, figures in (("gtx1650 seq_len", ("down median 21.1%", "up median 19.9%")),
-                          ("rtx3050-laptop seq_len", ("down median 18.8%", "up median 15.6%")),
-                          ("l4 seq_len", ("down median 1.1%", "worst 6.2%", "up median 2.1%")),
-                          ("rtx3070 seq_len", ("down median 6.4%", "worst 16.7%", "up median 6.4%")),
-                          ("t4 seq_len", ("down median 4.2%", "worst 16.7%", "up median 1.4%")),
-                          ("t4 batch_size", ("down median 0.0%", "worst 33.3%"))):  # fmt: skip
+    quoted = {
+        "gtx1650 peft seq_len": ("down median 21.1%", "up median 19.9%"),
+        "rtx3050-laptop peft seq_len": ("down median 18.8%", "up median 15.6%"),
+        "gtx1650 loop seq_len": ("down median 10.5%", "worst 26.7%", "up median 14.3%"),
+        "rtx3050-laptop loop seq_len": ("down median 18.8%", "worst 25.0%", "up median 15.0%"),
+        "l4 peft seq_len": ("down median 1.4%", "worst 6.2%", "up median 2.1%"),
+        "rtx4060ti-16gb peft seq_len": ("down median 0.0%", "worst 3.4%", "up median 2.9%"),
+        "rtx3070 peft seq_len": ("down median 6.1%", "worst 16.7%", "up median 6.1%"),
+        "t4 peft seq_len": ("down median 2.8%", "worst 16.7%", "up median 1.1%"),
+        "t4 peft batch_size": ("down median 0.0%", "worst 33.3%"),
+    }
+    for part, figures in quoted.items():
         assert all(f in per[part] for f in figures), per[part]  # the docs quote these
+    # the fourth session's (the paragraph that ends with the summary line now printed)
+    assert "10.5% on the GTX 1650 (worst 26.7%) and 18.8% on the RTX 3050 Laptop (worst 25.0%)" in docs
+    assert "up by 14.3% and 15.0%" in docs and "down by a median of 1.4% (worst 6.2%), up by 2.1%" in docs
+    assert "Ti's by 0.0% (worst 3.4%) and 2.9%" in docs
+    assert "down by a median of 2.8% (worst 16.7%), up by 1.1%" in docs
+    assert "6.1% (worst 16.7%) and 6.1%" in docs
     assert "21.1% on the GTX 1650 and 18.8% on the RTX 3050" in docs and "up by 19.9% and 15.6%" in docs
     assert "sequence boundaries down by a median of 4.2% (worst 16.7%" in docs and "up by 1.4%;" in docs
     assert "the RTX 3070's down by 6.4% (worst 16.7%" in docs and "up by 6.4%;" in docs
