@@ -129,6 +129,33 @@ def rule_checks(results_dir: Path, band_gib: float = BAND_GIB) -> dict[str, list
     return out
 
 
+def repeats(results_dir: Path) -> tuple[int, list[str]]:
+    """Probes a later run ran again at the same point, cap and purpose (a band's search re-runs
+    its boundary's; files merged back from a copy of results/ keep both rows,
+    scripts/merge-results.py): how many, and those whose fit/OOM differs, the earliest row
+    against the latest, each named with its two commits."""
+    pairs, flipped = 0, []
+    for probes in sorted(Path(results_dir).glob("*/boundary-trials.csv")):
+        groups: dict[tuple, list[dict]] = {}
+        for p in read_results(probes):
+            if p["status"] in ("ok", "oom"):
+                key = (p["boundary_key"], p["trial_key"], p.get("purpose"), p.get("mem_cap_gib"))
+                groups.setdefault(key, []).append(p)
+        for rows in groups.values():
+            if len(rows) < 2:
+                continue
+            first, last = sorted(rows, key=lambda r: r["timestamp_utc"])[:: len(rows) - 1]
+            pairs += 1
+            if first["status"] != last["status"]:
+                flipped.append(
+                    f"{probes.parent.name} {first['model']} r{first['lora_rank']} {first['dtype']} "
+                    f"ckpt={first['grad_ckpt']} {first.get('recipe') or 'peft'} seq {first['seq_len']} "
+                    f"batch {first['batch_size']} at {first['mem_cap_gib']} GiB: {first['status']} "
+                    f"({first['git_commit'][:7]}) then {last['status']} ({last['git_commit'][:7]})"
+                )
+    return pairs, flipped
+
+
 def _floor_lines(rows: list[dict], band_gib: float = BAND_GIB) -> list[str]:
     """The floors checked against the bands measured, then what they give the boundaries without one."""
     banded_rows = [r for r in rows if r["band_low"] is not None]
@@ -186,6 +213,11 @@ def main(results_dir: Path) -> None:
             print(f"  {profile} {kind}: {_moves(part)}")
     print("without a band:", ", ".join(f"{p} {n}" for p, n in sorted(missing.items())) or "none")
     print("\n".join(_floor_lines(floors(results_dir))))
+    pairs, flipped = repeats(results_dir)
+    print(
+        f"probes run again by a later run (same point, cap and purpose): {pairs}, the same fit/OOM "
+        f"in {pairs - len(flipped)}" + "".join(f"\n  flipped: {line}" for line in flipped)
+    )
     checks = rule_checks(results_dir)
     print(
         "the band search's rules, against band probes that repeated a point: "

@@ -42,9 +42,11 @@ def worker_main(conn, gpu: int | None = None) -> None:
 
     pin(gpu)  # before anything initialises CUDA: this worker's only GPU (boundary --gpus)
     _die_with_parent()
-    # Ctrl-C reaches the whole process group: the sweep stops and kills its workers; a worker
-    # must not turn it into a failed trial's row first.
+    # Ctrl-C reaches the whole process group (and so may SIGTERM: `docker stop`, `kill -TERM
+    # -PGID`): the sweep stops and kills its workers; a worker must not turn it into a failed
+    # trial's row first.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     import torch
 
     if torch.cuda._is_in_bad_fork():  # the zygote initialised CUDA: this process cannot use it

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -305,14 +307,29 @@ for command in (schema, predict, site, verify, kernels, estimate):  # commands o
     main.add_command(command)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`timeout`, `docker stop`, a batch system's time limit), raised where Ctrl-C's
+    KeyboardInterrupt is, so that it stops a command the same way: every finished trial recorded,
+    a boundary run's line written and its lock released (the workers ignore both signals)."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
 def _guard(run):
-    """Run a command: a usage error is its message and exit 2, Ctrl-C exit 130 (even while
-    torch & co. are still importing)."""
+    """Run a command: a usage error is its message and exit 2, Ctrl-C exit 130, SIGTERM exit
+    143 (even while torch & co. are still importing)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         code = run()
     except BenchUsageError as exc:
         click.echo(f"qlora-bench: error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
+    except Terminated:
+        click.echo("qlora-bench: terminated (SIGTERM); every finished trial is recorded", err=True)
+        sys.exit(143)
     except KeyboardInterrupt:
         click.echo("qlora-bench: interrupted; every finished trial is recorded", err=True)
         sys.exit(130)

@@ -1,7 +1,9 @@
 """Merge what a run wrote into a copy of results/ (`--results-dir COPY`, so that it could share
 the GPU with another run holding the same profiles' results locks) back into results/: the rows
 of COPY that are new or changed against the committed files, by key (a boundary's row replaces
-the committed row of its key; probe rows and run lines are added when not already there).
+the committed row of its key; probe rows and run lines are added when not already there, so a
+point the copy probed again keeps the committed probe row beside the new one: an earlier run's
+and a later run's measurement of it, which `python -m analysis.bands results` compares).
 How some of the published rows were gathered (docs/published-results.md says which).
 
     python scripts/merge-results.py COPY [PROFILE...]

@@ -7,6 +7,7 @@ the table with `QLORA_BENCH_WRITE_FAULT_TABLE=1 python -m pytest tests/test_faul
 """
 
 import csv
+import json
 import os
 import random
 import shutil
@@ -58,6 +59,7 @@ ORDER = [
     "sft into an unwritable folder",
     "trial timed out, rerun with a longer --timeout",
     "boundary search killed (SIGKILL), then rerun",
+    "boundary run stopped by SIGTERM (as `timeout`, `docker stop`), then rerun",
     "sweep's main process alone killed (SIGKILL, as the OOM killer), rerun at once",
     "compare run outside the repository",
     "report / plot with only CPU test rows",
@@ -525,6 +527,47 @@ def test_a_boundary_search_killed_and_rerun_records_each_probe_once(tmp_path):
         "boundary search killed (SIGKILL), then rerun",
         "the search runs again; each probe recorded once (a probe run again replaces its row)",
         -9,
+    )
+
+
+def test_a_boundary_run_stopped_by_sigterm_writes_its_run_line_and_the_rerun_completes(tmp_path):
+    """`timeout` and `docker stop` send SIGTERM (here to the whole process group, so the workers
+    get it too and must not turn it into a failed probe): the run stops as on Ctrl-C, exit 143,
+    with every probe so far recorded, its run line written (what is left for a rerun), and its
+    lock released, so the same command run at once completes the search."""
+    args = ["boundary", "--profile", "rtx3050", "--device", "cpu", "--ranks", "4", "--dtypes", "fp16"]
+    args += ["--grad-ckpt", "off", "--axes", "seq_len", "--warmup-steps", "1", "--steps", "1"]
+    args += ["--wandb", "off", "--results-dir", str(tmp_path)]
+    env = {**os.environ, "QLORA_BENCH_INJECT": "tokens>1000:oom"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench", *args], cwd=REPO, env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    folder = tmp_path / "rtx3050-laptop"
+    probes = folder / "boundary-trials-cpu.csv"
+    deadline = time.monotonic() + 600
+    while not (probes.exists() and len(read_rows(probes)) >= 2) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "terminated (SIGTERM)" in err, err
+    before = read_rows(probes)
+    assert before and all(r["status"] in ("ok", "oom") for r in before)  # no probe failed by it
+    (log,) = folder.glob("boundary-runs*.jsonl")
+    (line,) = [json.loads(x) for x in log.read_text().splitlines()]
+    assert line["boundaries"] + line["left"] == 1 and line["trials"] >= 2
+    again = cli(*args, env={"QLORA_BENCH_INJECT": "tokens>1000:oom"})
+    assert again.returncode == 0 and "another sweep" not in again.stderr, again.stderr
+    rows = read_rows(probes)
+    keys = [(r["boundary_key"], r["trial_key"], r["purpose"]) for r in rows]
+    assert len(keys) == len(set(keys)), keys
+    (bound,) = read_rows(folder / "boundaries-cpu.csv")
+    assert bound["max_value"] == "960" and bound["verified"] == "true"
+    assert len(log.read_text().splitlines()) == 2
+    tally(
+        "boundary run stopped by SIGTERM (as `timeout`, `docker stop`), then rerun",
+        "exit 143; its probes and run line recorded, the search in flight left; the rerun completes it",
+        143,
     )
 
 

@@ -332,3 +332,19 @@ def test_band_floors_from_the_probes_never_exceed_a_measured_band_and_the_docs_q
         profile, rest = line.strip().split(", ", 1)
         n, kept, below, none = (int(w) for w in re.findall(r"\d+", rest))
         assert f"{profile} {kept} / {below} / {none} of {n}" in docs, line
+
+
+def test_probes_run_again_by_a_later_run_mostly_agree_and_the_docs_quote_the_count():
+    """A point probed by two runs (a band's search re-running its boundary's; merged files keep
+    both rows) gives the same fit/OOM but for the few cells docs/published-results.md names."""
+    from analysis.bands import repeats
+
+    pairs, flipped = repeats(RESULTS)
+    line = f"probes run again by a later run (same point, cap and purpose): {pairs}, the same fit/OOM in "
+    line += str(pairs - len(flipped))
+    docs = " ".join((RESULTS.parent / "docs" / "published-results.md").read_text().split())
+    assert line in docs and pairs > 900 and len(flipped) == 4, flipped
+    assert f"{pairs} pairs, the same fit/OOM in {pairs - len(flipped)}" in " ".join(
+        (RESULTS.parent / "docs" / "reliability.md").read_text().split()
+    )
+    assert any(f.startswith("l4 llama-3.2-3b r8 fp16 ckpt=true peft seq 512 batch 17") for f in flipped)
