@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import signal
-import sys
-import threading
 from pathlib import Path
 
 import click
 
 from bench.errors import BenchUsageError
 from bench.estimate import estimate
+from bench.guard import guard as _guard
 from bench.kernels import kernels
 from bench.options import (
     ALPHA_RATIO,
@@ -42,8 +40,6 @@ from bench.options import (
 from bench.predict import predict, schema
 from bench.site import site
 from bench.verify import verify
-
-EXIT_USAGE = 2
 
 
 @click.group(cls=DefaultGroup, no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]})
@@ -305,32 +301,3 @@ def list_profiles():
 
 for command in (schema, predict, site, verify, kernels, estimate):  # commands of their own modules
     main.add_command(command)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (`timeout`, `docker stop`, a batch system's time limit), raised where Ctrl-C's
-    KeyboardInterrupt is, so that it stops a command the same way: every finished trial recorded,
-    a boundary run's line written and its lock released (the workers ignore both signals)."""
-
-
-def _terminate(signum, frame):
-    raise Terminated
-
-
-def _guard(run):
-    """Run a command: a usage error is its message and exit 2, Ctrl-C exit 130, SIGTERM exit
-    143 (even while torch & co. are still importing)."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _terminate)
-    try:
-        code = run()
-    except BenchUsageError as exc:
-        click.echo(f"qlora-bench: error: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
-    except Terminated:
-        click.echo("qlora-bench: terminated (SIGTERM); every finished trial is recorded", err=True)
-        sys.exit(143)
-    except KeyboardInterrupt:
-        click.echo("qlora-bench: interrupted; every finished trial is recorded", err=True)
-        sys.exit(130)
-    sys.exit(code or 0)
