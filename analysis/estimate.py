@@ -95,10 +95,10 @@ def estimate(
 
 def boundary_rows(results_dir: Path, profile: str) -> list[dict]:
     """Every boundary row of a profile, of every recipe (analysis.data keeps peft's only)."""
-    from bench.results import read_results
+    from bench.results import read_boundaries
 
     path = results_dir / profile / "boundaries.csv"
-    return read_results(path) if path.exists() else []
+    return read_boundaries(path) if path.exists() else []
 
 
 def other_recipes(rows: list[dict], model: str, tokens: int) -> list[str]:

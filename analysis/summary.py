@@ -118,11 +118,11 @@ def stacks(results_dir: Path) -> dict[tuple, dict[str, str]]:
     """(profile, model, dtype, 'true', rank) -> {recipe: the longest sequence at batch 1 as the
     tables write it, or 'fails'}: with checkpointing, at settings that more than one recipe was
     searched at, per card and model at the rank most recipes were searched at."""
-    from bench.results import read_results, value_text, variant
+    from bench.results import read_boundaries, value_text, variant
 
     cells: dict[tuple, dict[str, str]] = {}
     for path in sorted(results_dir.glob("*/boundaries.csv")):
-        for row in read_results(path):
+        for row in read_boundaries(path):
             if row["axis"] != "seq_len" or row["status"] not in ("ok", "error") or variant(row, ("recipe",)):
                 continue
             setting = (path.parent.name, row["model"], row["dtype"], row["grad_ckpt"], int(row["lora_rank"]))
@@ -161,8 +161,8 @@ def by_stack(results_dir: Path) -> list[str]:
         "emulated on an H200; `fails`: the stack errors; `≥`: the search's limit still fit; "
         "blank: not searched; `1792 (2048§)`: the safe value, every probed length at or below it "
         "fit, then the longest that fit; `320 [192-448]`: the band, the longest with the cap `--band` "
-        "GiB lower and higher, 0.3 in the published runs). What each recipe runs: docs/recipes.md. "
-        + TRL_NOTE,
+        "GiB lower and higher, 0.3 in the published runs; `¶N`: a later probe under the same cap ran "
+        "out of memory at N, results/boundaries.md). What each recipe runs: docs/recipes.md. " + TRL_NOTE,
         "",
         "| profile | model | setting | " + " | ".join(recipes) + " |",
         "| --- | --- | --- |" + " --- |" * len(recipes),

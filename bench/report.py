@@ -6,7 +6,7 @@ from pathlib import Path
 
 from bench.catalog import load_catalog
 from bench.errors import BenchUsageError
-from bench.results import read_results, value_text, variant_title, versions_text
+from bench.results import read_boundaries, read_results, value_text, variant_title, versions_text
 from bench.spec import RECIPES
 
 COLUMNS = [("fp16", "true"), ("fp16", "false"), ("bf16", "true"), ("bf16", "false")]
@@ -149,13 +149,15 @@ def render(results_dir: Path) -> str:
         "boundary (`--safe-scan`) found values that ran out of memory: the safe value (every "
         "probed value at or below it fit) first, the largest that fit in brackets; `[a-b]` the "
         "band: the boundary searched again with the cap `--band` GiB lower and higher (shown "
-        "where it differs from the value).",
+        "where it differs from the value); `¶N` a later probe of the same boundary under the same "
+        "cap, in a search cut before it recorded one, ran out of memory at N, at or below the "
+        "value (read it as a band down to N-1 until the band search settles it).",
         "",
     ]
     sections = 0
     for path in sorted(Path(results_dir).glob("*/boundaries.csv")):
         by_variant: dict[str, list[dict]] = {}  # one table per recipe, allocator, padding, ...
-        for row in read_results(path):  # files before schema 6 are the peft recipe's
+        for row in read_boundaries(path):  # files before schema 6 are the peft recipe's
             by_variant.setdefault(variant_title(row), []).append(row)
         recipe = {t: rows[0].get("recipe") or "peft" for t, rows in by_variant.items()}
         for title in sorted(by_variant, key=lambda t: (RECIPES.index(recipe[t]), t)):

@@ -226,6 +226,30 @@ class ResultsFile:
             os.close(dir_fd)
 
 
+def read_boundaries(path: Path) -> list[dict]:
+    """A boundaries CSV's rows (read_results), each with `later_oom`: for an ok boundary, the
+    smallest value at or below it (its safe value, where it has one) at which a probe recorded
+    after it in the boundary-trials file beside it (the same boundary, under the same cap) ran
+    out of memory, else ''. A later search of the same boundary, cut before it recorded one, can
+    have met the cap there (the allocator's state near the cap depends on what ran before); the
+    tables mark such a value rather than show it as if nothing contradicted it."""
+    path = Path(path)
+    probes = path.with_name(path.name.replace("boundaries", "boundary-trials", 1))
+    ooms = [p for p in (read_results(probes) if probes.exists() else []) if p["status"] == "oom"]
+    rows = read_results(path)
+    for row in rows:
+        value, axis = str(row.get("safe_value") or row.get("max_value") or ""), row["axis"]
+        found = [
+            int(p[axis])
+            for p in ooms
+            if row["status"] == "ok" and value and p["boundary_key"] == row["boundary_key"]
+            and p["timestamp_utc"] > row["timestamp_utc"] and p.get("mem_cap_gib") == row.get("mem_cap_gib")
+            and str(p.get(axis) or "").isdigit() and int(p[axis]) <= int(value)
+        ]  # fmt: skip
+        row["later_oom"] = str(min(found)) if found else ""
+    return rows
+
+
 def versions_text(versions: str) -> str:
     """'trl=1.15.0;datasets=4.8.5' (a row's recipe_versions) as words: 'trl 1.15.0, datasets 4.8.5'."""
     return versions.replace("=", " ").replace(";", ", ")
@@ -235,7 +259,8 @@ def value_text(row: dict) -> str:
     """An ok boundary's value as the tables write it: '≥' when it fit up to the search limit,
     the safe value first with the largest fit in brackets and '§' when a scan below found an
     OOM (memory is not monotone near the cap), then the band '[low-high]' where it was searched
-    (`--band`) and differs from the value."""
+    (`--band`) and differs from the value, then '¶N' where a later probe under the same cap ran
+    out of memory at N, at or below the value (read_boundaries)."""
     text = row["max_value"]
     if not row["first_oom_value"]:
         text = f"≥{text}"
@@ -244,6 +269,8 @@ def value_text(row: dict) -> str:
     band = (str(row.get("band_low") or ""), str(row.get("band_high") or ""))
     if any(band) and band != (str(row["max_value"]),) * 2:
         text += f" [{band[0] or '?'}-{band[1] or '?'}]"
+    if row.get("later_oom"):  # read_boundaries: a later probe under the same cap ran out there
+        text += f" ¶{row['later_oom']}"
     return text
 
 

@@ -348,3 +348,22 @@ def test_probes_run_again_by_a_later_run_mostly_agree_and_the_docs_quote_the_cou
         (RESULTS.parent / "docs" / "reliability.md").read_text().split()
     )
     assert any(f.startswith("l4 llama-3.2-3b r8 fp16 ckpt=true peft seq 512 batch 17") for f in flipped)
+
+
+def test_a_boundary_a_later_probe_contradicts_is_marked_in_the_tables():
+    """The L4's Llama-3.2-3B r8 fp16 ckpt batch at 512 is published as 17; a later search, cut
+    before it recorded a boundary, ran 17 out of memory under the same cap: the table marks it
+    (¶17). The cells a later run searched again and recorded are not marked (their row is newer
+    than their probes), nor one whose later OOM lies above its safe value (known already, §)."""
+    from bench.results import read_boundaries
+
+    marked = {
+        (path.parent.name, r["boundary_key"]): r["later_oom"]
+        for path in sorted(RESULTS.glob("*/boundaries.csv"))
+        for r in read_boundaries(path)
+        if r["later_oom"]
+    }
+    key = "batch_size|llama-3.2-3b|w=random|s=512|b=*|r=8|a=16|d=0.05|t=all-linear|fp16|gc=1|adamw_torch|w1m2"
+    assert marked == {("l4", key): "17"}
+    table = (RESULTS / "boundaries.md").read_text()
+    assert "| llama-3.2-3b | 8 | 17 ¶17 / 8 / 4 |" in table and table.count("¶1") == 1
