@@ -41,6 +41,7 @@ def banded(results_dir: Path) -> tuple[list[dict], dict[str, int]]:
                     "profile": path.parent.name,
                     "setting": f"{r['model']} r{r['lora_rank']} {r['dtype']} ckpt={r['grad_ckpt']} "
                     f"{r['recipe']} {r['axis']}",
+                    "kind": f"{r['recipe']} {r['axis']}",  # the moves are summed per profile and kind
                     "value": value,
                     "safe": _int(r.get("safe_value")),
                     "low": low,
@@ -177,11 +178,6 @@ def _floor_lines(rows: list[dict], band_gib: float = BAND_GIB) -> list[str]:
     return lines
 
 
-def _kind(row: dict) -> str:
-    """A banded row's recipe and searched axis, the last two words of its setting."""
-    return " ".join(row["setting"].rsplit(" ", 2)[1:])
-
-
 def _moves(rows: list[dict]) -> str:
     """How far the band's ends are from the boundaries of `rows` (medians, the worst down)."""
     downs = [r["down"] for r in rows if r["down"] is not None]
@@ -208,8 +204,8 @@ def main(results_dir: Path) -> None:
         print(f"\n{_moves(rows)}; {sum(r['safe'] is not None and r['safe'] < r['value'] for r in rows)} "
               "with a safe value below the boundary")  # fmt: skip
         print("per profile, recipe and axis:")  # a recipe's memory is its own: not pooled with peft's
-        for profile, kind in sorted({(r["profile"], _kind(r)) for r in rows}):
-            part = [r for r in rows if r["profile"] == profile and _kind(r) == kind]
+        for profile, kind in sorted({(r["profile"], r["kind"]) for r in rows}):
+            part = [r for r in rows if r["profile"] == profile and r["kind"] == kind]
             print(f"  {profile} {kind}: {_moves(part)}")
     print("without a band:", ", ".join(f"{p} {n}" for p, n in sorted(missing.items())) or "none")
     print("\n".join(_floor_lines(floors(results_dir))))

@@ -235,15 +235,17 @@ def read_boundaries(path: Path) -> list[dict]:
     tables mark such a value rather than show it as if nothing contradicted it."""
     path = Path(path)
     probes = path.with_name(path.name.replace("boundaries", "boundary-trials", 1))
-    ooms = [p for p in (read_results(probes) if probes.exists() else []) if p["status"] == "oom"]
+    ooms: dict[str, list[dict]] = {}  # boundary_key -> its probes that ran out of memory
+    for p in read_results(probes) if probes.exists() else []:
+        if p["status"] == "oom":
+            ooms.setdefault(p["boundary_key"], []).append(p)
     rows = read_results(path)
     for row in rows:
         value, axis = str(row.get("safe_value") or row.get("max_value") or ""), row["axis"]
         found = [
             int(p[axis])
-            for p in ooms
-            if row["status"] == "ok" and value and p["boundary_key"] == row["boundary_key"]
-            and p["timestamp_utc"] > row["timestamp_utc"] and p.get("mem_cap_gib") == row.get("mem_cap_gib")
+            for p in (ooms.get(row["boundary_key"], []) if row["status"] == "ok" and value else [])
+            if p["timestamp_utc"] > row["timestamp_utc"] and p.get("mem_cap_gib") == row.get("mem_cap_gib")
             and str(p.get(axis) or "").isdigit() and int(p[axis]) <= int(value)
         ]  # fmt: skip
         row["later_oom"] = str(min(found)) if found else ""

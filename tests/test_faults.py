@@ -500,29 +500,48 @@ def test_a_timed_out_trial_is_retried_by_a_rerun(tmp_path):
     )
 
 
-def test_a_boundary_search_killed_and_rerun_records_each_probe_once(tmp_path):
+SEARCH_INJECT = {"QLORA_BENCH_INJECT": "tokens>1000:oom"}  # the search's boundary: 960 tokens
+
+
+def _search_args(tmp_path: Path) -> list[str]:
     args = ["boundary", "--profile", "rtx3050", "--device", "cpu", "--ranks", "4", "--dtypes", "fp16"]
     args += ["--grad-ckpt", "off", "--axes", "seq_len", "--warmup-steps", "1", "--steps", "1"]
-    args += ["--wandb", "off", "--results-dir", str(tmp_path)]
-    env = {**os.environ, "QLORA_BENCH_INJECT": "tokens>1000:oom"}
+    return args + ["--wandb", "off", "--results-dir", str(tmp_path)]
+
+
+def _search_until_two_probes(args: list[str], probes: Path, stderr=subprocess.DEVNULL):
+    """The boundary search started in a process group of its own, once it recorded two probes
+    (mid-search: it needs more)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench", *args], cwd=REPO, env=env, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "bench", *args], cwd=REPO, env={**os.environ, **SEARCH_INJECT},
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=stderr, text=True,
     )  # fmt: skip
-    probes = tmp_path / "rtx3050-laptop" / "boundary-trials-cpu.csv"
     deadline = time.monotonic() + 600
     while not (probes.exists() and len(read_rows(probes)) >= 2) and time.monotonic() < deadline:
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (tmp_path / "rtx3050-laptop" / "boundaries-cpu.csv").exists()  # killed mid-search
-    again = cli(*args, env={"QLORA_BENCH_INJECT": "tokens>1000:oom"})
-    assert again.returncode == 0, again.stderr
+    return proc
+
+
+def _rerun_completes_the_search(args: list[str], probes: Path) -> None:
+    """The same command run again at once: it runs, each probe is recorded once (a probe run again
+    replaces its row), and the boundary is found and verified."""
+    again = cli(*args, env=SEARCH_INJECT)
+    assert again.returncode == 0 and "another sweep" not in again.stderr, again.stderr
     rows = read_rows(probes)
     keys = [(r["boundary_key"], r["trial_key"], r["purpose"]) for r in rows]
     assert len(keys) == len(set(keys)), keys
-    (bound,) = read_rows(tmp_path / "rtx3050-laptop" / "boundaries-cpu.csv")
+    (bound,) = read_rows(probes.with_name("boundaries-cpu.csv"))
     assert bound["max_value"] == "960" and bound["verified"] == "true"
+
+
+def test_a_boundary_search_killed_and_rerun_records_each_probe_once(tmp_path):
+    args = _search_args(tmp_path)
+    probes = tmp_path / "rtx3050-laptop" / "boundary-trials-cpu.csv"
+    proc = _search_until_two_probes(args, probes)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "rtx3050-laptop" / "boundaries-cpu.csv").exists()  # killed mid-search
+    _rerun_completes_the_search(args, probes)
     tally(
         "boundary search killed (SIGKILL), then rerun",
         "the search runs again; each probe recorded once (a probe run again replaces its row)",
@@ -535,19 +554,10 @@ def test_a_boundary_run_stopped_by_sigterm_writes_its_run_line_and_the_rerun_com
     get it too and must not turn it into a failed probe): the run stops as on Ctrl-C, exit 143,
     with every probe so far recorded, its run line written (what is left for a rerun), and its
     lock released, so the same command run at once completes the search."""
-    args = ["boundary", "--profile", "rtx3050", "--device", "cpu", "--ranks", "4", "--dtypes", "fp16"]
-    args += ["--grad-ckpt", "off", "--axes", "seq_len", "--warmup-steps", "1", "--steps", "1"]
-    args += ["--wandb", "off", "--results-dir", str(tmp_path)]
-    env = {**os.environ, "QLORA_BENCH_INJECT": "tokens>1000:oom"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench", *args], cwd=REPO, env=env, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    args = _search_args(tmp_path)
     folder = tmp_path / "rtx3050-laptop"
     probes = folder / "boundary-trials-cpu.csv"
-    deadline = time.monotonic() + 600
-    while not (probes.exists() and len(read_rows(probes)) >= 2) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    proc = _search_until_two_probes(args, probes, stderr=subprocess.PIPE)
     os.killpg(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143 and "terminated (SIGTERM)" in err, err
@@ -556,13 +566,7 @@ def test_a_boundary_run_stopped_by_sigterm_writes_its_run_line_and_the_rerun_com
     (log,) = folder.glob("boundary-runs*.jsonl")
     (line,) = [json.loads(x) for x in log.read_text().splitlines()]
     assert line["boundaries"] + line["left"] == 1 and line["trials"] >= 2
-    again = cli(*args, env={"QLORA_BENCH_INJECT": "tokens>1000:oom"})
-    assert again.returncode == 0 and "another sweep" not in again.stderr, again.stderr
-    rows = read_rows(probes)
-    keys = [(r["boundary_key"], r["trial_key"], r["purpose"]) for r in rows]
-    assert len(keys) == len(set(keys)), keys
-    (bound,) = read_rows(folder / "boundaries-cpu.csv")
-    assert bound["max_value"] == "960" and bound["verified"] == "true"
+    _rerun_completes_the_search(args, probes)
     assert len(log.read_text().splitlines()) == 2
     tally(
         "boundary run stopped by SIGTERM (as `timeout`, `docker stop`), then rerun",
