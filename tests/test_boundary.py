@@ -257,6 +257,27 @@ def test_a_search_cut_short_resumes_where_its_probes_left_off():
     assert resume_hint(task, rows[-2:]) is None  # nothing of its own: no hint
 
 
+def test_a_probe_recorded_by_the_same_commit_card_and_libraries_is_reused_and_no_other():
+    from bench.boundary.reuse import recorded_probe
+
+    new = {  # a new probe's row before it runs, as BoundaryRun._probe builds it
+        "boundary_key": "seq_len|k", "trial_key": "t|s=1024", "purpose": "band_low", "mem_cap_gib": 3.4,
+        "emulated": True, "git_commit": "abc123", "gpu_name": "NVIDIA H200", "torch": "2.11.0",
+    }  # fmt: skip
+    row = {k: ("true" if v is True else str(v)) for k, v in new.items()}
+    row.update(status="ok", peak_reserved_gib="3.21", reason="")
+    reused = recorded_probe([row], new)
+    assert reused["status"] == "ok" and reused["peak_reserved_gib"] == 3.21 and reused["reason"] is None
+    for column, other in [  # another cap, purpose, commit, card or library: run again
+        ("mem_cap_gib", 3.7), ("purpose", "search"), ("git_commit", "def456"),
+        ("gpu_name", "NVIDIA H100"), ("torch", "2.13.0"), ("trial_key", "t|s=1088"),
+    ]:  # fmt: skip
+        assert recorded_probe([row], {**new, column: other}) is None, column
+    assert recorded_probe([{**row, "status": "error"}], new) is None  # a failed probe runs again
+    for commit in ("abc123+dirty", "unknown", ""):  # what ran is not known
+        assert recorded_probe([{**row, "git_commit": commit}], {**new, "git_commit": commit}) is None
+
+
 def test_a_hint_past_either_end_is_clamped():
     task = BoundaryTask("batch_size", TrialSpec("tiny", 1024, 0, 8, "fp16", True, 16), 256, 1, 1)
     found = search(task, fake_probe([]), CAP, hint=10_000)

@@ -500,7 +500,9 @@ def test_a_timed_out_trial_is_retried_by_a_rerun(tmp_path):
     )
 
 
-SEARCH_INJECT = {"QLORA_BENCH_INJECT": "tokens>1000:oom"}  # the search's boundary: 960 tokens
+# the search's boundary: 960 tokens; a commit of known code (a test tree has changes), so that a
+# rerun reuses the probes recorded before it was stopped
+SEARCH_INJECT = {"QLORA_BENCH_INJECT": "tokens>1000:oom", "QLORA_BENCH_GIT_COMMIT": "0123abc"}
 
 
 def _search_args(tmp_path: Path) -> list[str]:
@@ -523,13 +525,17 @@ def _search_until_two_probes(args: list[str], probes: Path, stderr=subprocess.DE
 
 
 def _rerun_completes_the_search(args: list[str], probes: Path) -> None:
-    """The same command run again at once: it runs, each probe is recorded once (a probe run again
-    replaces its row), and the boundary is found and verified."""
+    """The same command run again at once: it runs, reuses every probe recorded before (the same
+    commit: their rows kept as they were, none run again), and the boundary is found and verified."""
+    before = read_rows(probes)
     again = cli(*args, env=SEARCH_INJECT)
     assert again.returncode == 0 and "another sweep" not in again.stderr, again.stderr
     rows = read_rows(probes)
     keys = [(r["boundary_key"], r["trial_key"], r["purpose"]) for r in rows]
     assert len(keys) == len(set(keys)), keys
+    assert rows[: len(before)] == before
+    last = json.loads((probes.parent / "boundary-runs-cpu.jsonl").read_text().splitlines()[-1])
+    assert last["reused"] == len(before) and last["trials"] == len(rows) - len(before)
     (bound,) = read_rows(probes.with_name("boundaries-cpu.csv"))
     assert bound["max_value"] == "960" and bound["verified"] == "true"
 
@@ -544,7 +550,7 @@ def test_a_boundary_search_killed_and_rerun_records_each_probe_once(tmp_path):
     _rerun_completes_the_search(args, probes)
     tally(
         "boundary search killed (SIGKILL), then rerun",
-        "the search runs again; each probe recorded once (a probe run again replaces its row)",
+        "the rerun reuses the probes recorded (same commit), finishes the search; each probe recorded once",
         -9,
     )
 
@@ -570,7 +576,7 @@ def test_a_boundary_run_stopped_by_sigterm_writes_its_run_line_and_the_rerun_com
     assert len(log.read_text().splitlines()) == 2
     tally(
         "boundary run stopped by SIGTERM (as `timeout`, `docker stop`), then rerun",
-        "exit 143; its probes and run line recorded, the search in flight left; the rerun completes it",
+        "exit 143; probes and run line recorded, the search in flight left; the rerun reuses them, ends it",
         143,
     )
 

@@ -21,6 +21,7 @@ import time
 from dataclasses import replace
 from functools import partial
 
+from bench.boundary.reuse import elsewhere, recorded_probe
 from bench.boundary.schedule import SPARES, slot_gib
 from bench.boundary.search import SEQ_STEP, BoundaryTask, band, plan_tasks, resume_hint, search, settled
 from bench.config import BoundaryConfig
@@ -91,7 +92,7 @@ class BoundaryRun:
         for row in self.store.rows if not self.cfg.overwrite else []:
             if row["boundary_key"] in by_key:
                 self._remember(by_key[row["boundary_key"]], row)
-        self.counts = {"boundaries": 0, "trials": 0, "verified": 0}
+        self.counts = {"boundaries": 0, "trials": 0, "verified": 0, "reused": 0}
         self.mirror = WandbMirror(
             self.cfg.wandb_mode, self.cfg.results_dir, self.cfg.profile.name, "boundary"
         )
@@ -207,7 +208,9 @@ class BoundaryRun:
             nearest = min(seq, key=lambda r: (r != rank, abs(r - rank)))
             tokens = seq[nearest] * SEQ_STEP
             return max(1, tokens // task.base.seq_len) if tokens else None
-        return resume_hint(task, [] if self.cfg.overwrite else self.probes.rows)  # rows: swapped whole
+        # not from this commit's own probes: _probe reuses them, and its search replays their path
+        earlier = elsewhere(self.probes.rows, self.runner.env["git_commit"])
+        return resume_hint(task, [] if self.cfg.overwrite else earlier)
 
     def _unsupported(self, task: BoundaryTask) -> str | None:
         return unsupported(self.cfg, self.host, task.at(task.start))
@@ -223,6 +226,12 @@ class BoundaryRun:
         if cap is not None:  # a band's search: the same card with another cap
             request = replace(request, plan=replace(request.plan, cap_gib=cap))
             extra = {"mem_cap_gib": round(cap, 4)}
+        new = self.runner.row(spec, {}, boundary_key=task.key, purpose=purpose, **extra)
+        with self.lock:  # a probe this commit already ran here (a search cut short, run again)
+            done = None if self.cfg.overwrite else recorded_probe(self.probes.rows, new)
+            self.counts["reused"] += done is not None
+        if done is not None:
+            return done
         t0 = time.perf_counter()
         row = pool.run(request, self.cfg.timeout_s).row
         wall = time.perf_counter() - t0

@@ -109,7 +109,8 @@ def settled(rows: list[dict], overwrite: bool, band_gib: float) -> set[str]:
 def resume_hint(task: BoundaryTask, rows: list[dict]) -> int | None:
     """Where a search cut short (a time limit, a killed run) left off, from its recorded
     probes: the largest value that fit below the smallest that ran out of memory. Only where
-    to start: the boundary is still settled by this run's own probes."""
+    to start (for probes another commit ran; the same commit's are reused: reuse.py):
+    the boundary is still settled by this run's own probes."""
     fits, ooms = set(), set()
     for row in rows:
         if row.get("boundary_key") != task.key or row.get("purpose") != "search":
