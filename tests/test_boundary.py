@@ -493,3 +493,17 @@ def test_a_band_asked_for_searches_again_the_boundaries_recorded_without_one():
     assert settled(rows, overwrite=False, band_gib=0.0) == {"a", "b", "d"}  # a failed search reruns
     assert settled(rows, overwrite=False, band_gib=0.3) == {"b", "d"}  # resumable: b is not redone
     assert settled(rows, overwrite=True, band_gib=0.3) == set()
+
+
+def test_a_search_still_in_flight_when_the_run_line_is_written_records_nothing(tmp_path):
+    """SIGTERM or Ctrl-C: the run line is written while a slot's search may still finish (seen on
+    the H200: a row landed 6 s after its run line, past the lock). Past the line nothing is
+    recorded; the rerun reuses the probes."""
+    from bench.boundary.run import BoundaryRun
+
+    run = BoundaryRun(boundary_config("rtx3050-laptop", tmp_path, device="cpu"))
+    run.begin(1, None)
+    run.end(0.0, "2026-12-03T00:00:00+00:00", [])
+    task = run.tasks[0]
+    run.record(task, {"boundary_key": task.key, "status": "ok", "max_value": 960})
+    assert run.store.rows == [] and run.counts["boundaries"] == 0

@@ -93,6 +93,7 @@ class BoundaryRun:
             if row["boundary_key"] in by_key:
                 self._remember(by_key[row["boundary_key"]], row)
         self.counts = {"boundaries": 0, "trials": 0, "verified": 0, "reused": 0}
+        self.ended = False  # the run line is written: a search still in flight records nothing
         self.mirror = WandbMirror(
             self.cfg.wandb_mode, self.cfg.results_dir, self.cfg.profile.name, "boundary"
         )
@@ -125,6 +126,8 @@ class BoundaryRun:
     def end(self, wall_s: float, started_utc: str, together: list[str]) -> dict:
         """Release the results and log the invocation (profiles run together share its wall
         time and started_utc, by which the speed script counts the invocation once)."""
+        with self.lock:  # a slot still searching (SIGTERM, Ctrl-C) records nothing past this line
+            self.ended = True
         try:
             self.mirror.finish(BOUNDARY_FIELDNAMES)
             summary = {
@@ -180,6 +183,8 @@ class BoundaryRun:
     def record(self, task: BoundaryTask, row: dict) -> None:
         """A searched boundary's row (here or on a Dask worker): the CSV, W&B, hints, counts, bar."""
         with self.lock:
+            if self.ended:  # its probes are recorded: the rerun reuses them (reuse.py)
+                return
             self.store.append(row, replace_key=True)
             self.mirror.log_row(self.store.rows[-1], task.key)
             self._remember(task, row)
@@ -237,6 +242,8 @@ class BoundaryRun:
         wall = time.perf_counter() - t0
         full = self.runner.row(spec, row, boundary_key=task.key, purpose=purpose, probe_wall_s=wall, **extra)
         with self.lock:
+            if self.ended:  # the run was stopped while this probe ran
+                return row
             self.probes.append(full, replace_key=True)
             self.counts["trials"] += 1
         return row
@@ -261,22 +268,12 @@ class BoundaryRun:
         }
         reason = self._unsupported(task)
         if reason:
-            return {
-                **out,
-                "status": "unsupported",
-                "reason": reason,
-                "search_trials": 0,
-                "timestamp_utc": utc_now(),
-            }
+            out.update(status="unsupported", reason=reason, search_trials=0, timestamp_utc=utc_now())
+            return out
         started = time.perf_counter()
         hint = self._hint(task)
-        found = search(
-            task,
-            lambda s: self._probe(pool, task, s, "search"),
-            self.runner.plan.cap_gib,
-            hint,
-            self.cfg.safe_scan,
-        )
+        probe = partial(self._probe, pool, task, purpose="search")
+        found = search(task, probe, self.runner.plan.cap_gib, hint, self.cfg.safe_scan)
         if "error" in found:
             out.update(status="error", reason=found["error"], search_trials=found["trials"])
         else:
