@@ -8,6 +8,7 @@ Shared by the trial (bench.trial) and the SFT workload (bench.extraction.sft).
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import hashlib
 import json
@@ -45,12 +46,23 @@ def evaluation_oom(eval_batch_size: int):
 
 def random_weights_dir(name: str, config: dict, build_device: str) -> Path:
     """A checkpoint of the architecture with random weights, built once and cached on disk."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
     final = cache_dir() / "random-weights" / f"{name}-{digest}"
     if (final / "config.json").exists():
         return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # one build per checkpoint: runs started together on one host wait for the first (boundary
+    # runs started together each wrote a temporary copy, Qwen2.5-7B's 15 GB, and filled a 64 GiB disk)
+    with open(final.parent / f".{final.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (final / "config.json").exists():
+            _build(final, config, build_device)
+    return final
+
+
+def _build(final: Path, config: dict, build_device: str) -> None:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
     tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     cfg = AutoConfig.for_model(**config)
@@ -63,9 +75,8 @@ def random_weights_dir(name: str, config: dict, build_device: str) -> Path:
         torch.cuda.empty_cache()
     try:
         tmp.rename(final)
-    except OSError:  # another process finished the same checkpoint first
+    except OSError:  # another process (without the lock: an older version) finished it first
         shutil.rmtree(tmp, ignore_errors=True)
-    return final
 
 
 def load_qlora_model(

@@ -73,3 +73,37 @@ def test_lora_gradients_through_cpu_nf4_layers_match_a_dequantised_reference():
     for name, grad in quantised.items():
         assert grad.abs().sum() > 0, name
         torch.testing.assert_close(grad, reference[name], rtol=1e-3, atol=1e-6, msg=name)
+
+
+def test_a_random_weight_checkpoint_being_built_is_waited_for_not_built_again(tmp_path):
+    """Runs started together on one host build each checkpoint once: a second waits on the first's
+    lock and then uses its checkpoint, instead of writing a copy of its own (on the H200 several
+    copies of a 7B model filled the disk)."""
+    import fcntl
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from bench.catalog import load_catalog
+
+    config = load_catalog()["tiny"].config
+    digest = __import__("hashlib").sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+    final = tmp_path / "random-weights" / f"tiny-{digest}"
+    final.parent.mkdir(parents=True)
+    code = "from bench.catalog import load_catalog; from bench.qlora import random_weights_dir; "
+    code += "print(random_weights_dir('tiny', load_catalog()['tiny'].config, 'cpu'))"
+    with open(final.parent / f".{final.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a first run building it
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code], env={**os.environ, "QLORA_BENCH_CACHE": str(tmp_path)},
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        time.sleep(5)
+        assert proc.poll() is None and not list(final.parent.glob("*.tmp"))  # waits, builds nothing
+        final.mkdir()
+        (final / "config.json").write_text("{}")  # the first run's checkpoint
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and out.strip() == str(final)
+    assert not list(final.parent.glob("*.tmp")) and os.listdir(final) == ["config.json"]
