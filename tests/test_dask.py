@@ -39,6 +39,7 @@ def test_a_local_dask_cluster_finds_the_boundaries_the_plain_run_finds(tmp_path,
     from bench.config import boundary_configs
 
     monkeypatch.setenv("QLORA_BENCH_INJECT", "tokens>1000:oom")
+    monkeypatch.setenv("QLORA_BENCH_GIT_COMMIT", "0123abc")  # known code: its probes are reused
     monkeypatch.setenv("QLORA_BENCH_WORKER_START", "spawn")  # no forkserver keeping this env
     runs = {name: [BoundaryRun(c) for c in boundary_configs(results_dir=tmp_path / name, **CONFIG)]
             for name in ("plain", "dask")}  # fmt: skip
@@ -52,13 +53,15 @@ def test_a_local_dask_cluster_finds_the_boundaries_the_plain_run_finds(tmp_path,
     resumed = [BoundaryRun(c) for c in boundary_configs(results_dir=tmp_path / "dask", **CONFIG)]
     again = run_on_dask(resumed, "local")
     assert [s["boundaries"] for s in again] == [0, 0] and _found(tmp_path / "dask") == dask
-    # killed after its probes, before its boundaries: searched again from its own probes
+    # killed after its probes, before its boundaries: searched again, every probe reused (the
+    # same commit), none run
     for profile in ("rtx3050-laptop", "gtx1650"):
         (tmp_path / "dask" / profile / "boundaries-cpu.csv").unlink()
     cut = [BoundaryRun(c) for c in boundary_configs(results_dir=tmp_path / "dask", **CONFIG)]
     third = run_on_dask(cut, "local")
-    assert _found(tmp_path / "dask")[0] == dask[0]
-    assert sum(s["trials"] for s in third) < sum(s["trials"] for s in summaries)
+    assert _found(tmp_path / "dask") == dask
+    assert [s["trials"] for s in third] == [0, 0]
+    assert [s["reused"] for s in third] == [s["trials"] for s in summaries]
 
 
 def test_a_scheduler_that_does_not_answer_is_a_usage_error(tmp_path):

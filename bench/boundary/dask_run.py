@@ -31,10 +31,11 @@ CONNECT_TIMEOUT_S = float(os.environ.get("QLORA_BENCH_DASK_CONNECT_S", "30"))  #
 
 def search_remote(
     cfg, keys: list[str], recorded: list[dict], probed: list[dict]
-) -> tuple[list[dict], list[dict]]:
+) -> tuple[list[dict], list[dict], int]:
     """In a Dask worker: one group's searches (the tasks of `keys`, in that order), hinted as
     the plain run is: by the boundaries already recorded of its families and, for a search cut
-    short, by its own recorded probes (`probed`); its boundary rows and its new probe rows."""
+    short, by its own recorded probes (`probed`, reused where this commit ran them); its boundary
+    rows, its new probe rows and how many recorded probes it reused."""
     with tempfile.TemporaryDirectory(prefix="qlora-bench-dask-") as scratch:
         run = BoundaryRun(replace(cfg, results_dir=Path(scratch), wandb_mode="off"))
         run.begin(1, None)
@@ -50,7 +51,7 @@ def search_remote(
                 run.search_group(group, pool, None)
             finally:
                 pool.close(graceful=False)
-            return list(run.store.rows), [p for p in run.probes.rows if p not in probed]
+            return list(run.store.rows), [p for p in run.probes.rows if p not in probed], run.counts["reused"]
         finally:
             run.store.unlock()
 
@@ -106,8 +107,9 @@ def run_on_dask(runs: list[BoundaryRun], address: str, progress=None) -> list[di
                 task = client.submit(search_remote, run.cfg, keys, recorded, probed, pure=False)
                 futures[task] = run
         for future in as_completed(futures):
-            rows, probes = future.result()  # a search that raised: its error, here
+            rows, probes, reused = future.result()  # a search that raised: its error, here
             _write(futures[future], rows, probes)
+            futures[future].counts["reused"] += reused
     except BaseException:
         client.cancel(list(futures))
         raise
