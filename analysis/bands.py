@@ -2,7 +2,8 @@
 profile says: every boundary searched with `--band` (its row's band_low and band_high), how far
 each end is from the boundary, and whether a safe-value scan found a value below it that ran out
 of memory; then, per profile, how many boundaries have no band yet; then what the searches' own
-probes already say about a band's lower end (floors, below).
+probes already say about a band's lower end (floors, below); then the probes a later run ran
+again, and whether they agree (repeats, by_load).
 
     python -m analysis.bands results
 """
@@ -130,12 +131,9 @@ def rule_checks(results_dir: Path, band_gib: float = BAND_GIB) -> dict[str, list
     return out
 
 
-def repeats(results_dir: Path) -> tuple[int, list[str]]:
-    """Probes a later run ran again at the same point, cap and purpose (a band's search re-runs
-    its boundary's; files merged back from a copy of results/ keep both rows,
-    scripts/merge-results.py): how many, and those whose fit/OOM differs, the earliest row
-    against the latest, each named with its two commits."""
-    pairs, flipped = 0, []
+def _repeated(results_dir: Path):
+    """Each point a later run probed again (same point, cap and purpose; merged files keep both
+    rows, scripts/merge-results.py): its profile, the earliest row and the latest."""
     for probes in sorted(Path(results_dir).glob("*/boundary-trials.csv")):
         groups: dict[tuple, list[dict]] = {}
         for p in read_results(probes):
@@ -143,18 +141,79 @@ def repeats(results_dir: Path) -> tuple[int, list[str]]:
                 key = (p["boundary_key"], p["trial_key"], p.get("purpose"), p.get("mem_cap_gib"))
                 groups.setdefault(key, []).append(p)
         for rows in groups.values():
-            if len(rows) < 2:
-                continue
-            first, last = sorted(rows, key=lambda r: r["timestamp_utc"])[:: len(rows) - 1]
-            pairs += 1
-            if first["status"] != last["status"]:
-                flipped.append(
-                    f"{probes.parent.name} {first['model']} r{first['lora_rank']} {first['dtype']} "
-                    f"ckpt={first['grad_ckpt']} {first.get('recipe') or 'peft'} seq {first['seq_len']} "
-                    f"batch {first['batch_size']} at {first['mem_cap_gib']} GiB: {first['status']} "
-                    f"({first['git_commit'][:7]}) then {last['status']} ({last['git_commit'][:7]})"
-                )
+            if len(rows) >= 2:
+                first, last = sorted(rows, key=lambda r: r["timestamp_utc"])[:: len(rows) - 1]
+                yield probes.parent.name, first, last
+
+
+def repeats(results_dir: Path) -> tuple[int, list[str]]:
+    """Probes a later run ran again at the same point, cap and purpose (a band's search re-runs
+    its boundary's): how many, and those whose fit/OOM differs, the earliest row against the
+    latest, each named with its two commits."""
+    pairs, flipped = 0, []
+    for profile, first, last in _repeated(results_dir):
+        pairs += 1
+        if first["status"] != last["status"]:
+            flipped.append(
+                f"{profile} {first['model']} r{first['lora_rank']} {first['dtype']} "
+                f"ckpt={first['grad_ckpt']} {first.get('recipe') or 'peft'} seq {first['seq_len']} "
+                f"batch {first['batch_size']} at {first['mem_cap_gib']} GiB: {first['status']} "
+                f"({first['git_commit'][:7]}) then {last['status']} ({last['git_commit'][:7]})"
+            )
     return pairs, flipped
+
+
+def by_load(results_dir: Path) -> dict[str, dict]:
+    """The repeated probes (_repeated) by how each of the two had its model: both right after a
+    load (`loaded`, or `preloaded` by a spare), or one or both on a model its worker kept from the
+    probe before (`reused`: trial.ModelSlot.restore found the allocator back in the load's
+    state). Per kind: pairs, fit/OOM flips, pairs that fit twice, with equal peak reserved, and
+    the largest peak difference (GiB)."""
+    out = {k: {"pairs": 0, "flips": 0, "fit": 0, "equal": 0, "max": 0.0} for k in ("fresh", "kept")}
+    for _, first, last in _repeated(results_dir):
+        kind = out["kept" if "reused" in (first.get("model_load"), last.get("model_load")) else "fresh"]
+        kind["pairs"] += 1
+        kind["flips"] += first["status"] != last["status"]
+        if first["status"] == last["status"] == "ok":
+            gap = abs(float(first["peak_reserved_gib"]) - float(last["peak_reserved_gib"]))
+            kind["fit"] += 1
+            kind["equal"] += gap == 0
+            kind["max"] = max(kind["max"], gap)
+    return out
+
+
+def kept_ends(results_dir: Path, margin_gib: float) -> tuple[int, int, int]:
+    """The ok boundaries above 0 (their search's own probes at the boundary and the next step,
+    same commit and cap): how many, how many with either end run on a kept model (`reused`), and
+    how many whose fitting end ran on a kept model within `margin_gib` of the cap (where
+    by_load's kept/fresh differences could move them a step)."""
+    total = kept = near = 0
+    for path in sorted(Path(results_dir).glob("*/boundaries.csv")):
+        ends: dict[tuple, dict] = {}  # the latest search probe per boundary, commit, cap and value
+        for p in read_results(path.with_name("boundary-trials.csv")):
+            if p.get("purpose") == "search":
+                axis = p["boundary_key"].split("|", 1)[0]
+                ends[(p["boundary_key"], p["git_commit"], p.get("mem_cap_gib"), str(p[axis]))] = p
+        for r in read_results(path):
+            if r["status"] != "ok" or not _int(r.get("max_value")):
+                continue
+            at = (r["boundary_key"], r["git_commit"], r.get("mem_cap_gib"))
+            fit, oom = ends.get((*at, str(r["max_value"]))), ends.get((*at, str(r["first_oom_value"])))
+            if fit is None:
+                continue
+            total += 1
+            kept += "reused" in (fit.get("model_load"), (oom or {}).get("model_load"))
+            cap = _float(r.get("mem_cap_gib"))
+            near += (
+                fit.get("model_load") == "reused"
+                and cap is not None
+                and (float(fit["peak_reserved_gib"]) >= cap - margin_gib)
+            )
+    return total, kept, near
+
+
+def _float(value) -> float | None:
+    return float(value) if str(value or "") not in ("", "None") else None
 
 
 def _floor_lines(rows: list[dict], band_gib: float = BAND_GIB) -> list[str]:
@@ -213,6 +272,18 @@ def main(results_dir: Path) -> None:
     print(
         f"probes run again by a later run (same point, cap and purpose): {pairs}, the same fit/OOM "
         f"in {pairs - len(flipped)}" + "".join(f"\n  flipped: {line}" for line in flipped)
+    )
+    names = {"fresh": "both after a fresh load", "kept": "one or both on a kept model"}
+    for kind, k in by_load(results_dir).items():
+        print(
+            f"  {names[kind]}: {k['pairs']} pairs, {k['flips']} flipped; fit twice {k['fit']}, "
+            f"the same peak in {k['equal']}, at most {k['max']:.3f} GiB apart"
+        )
+    margin = by_load(results_dir)["kept"]["max"]
+    total, kept, near = kept_ends(results_dir, margin)
+    print(
+        f"  boundaries above 0 with an end on a kept model: {kept} of {total}; its fitting end on a kept "
+        f"model within {margin:.3f} GiB of the cap: {near}"
     )
     checks = rule_checks(results_dir)
     print(

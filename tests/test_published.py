@@ -355,6 +355,19 @@ def test_probes_run_again_by_a_later_run_mostly_agree_and_the_docs_quote_the_cou
         (RESULTS.parent / "docs" / "reliability.md").read_text().split()
     )
     assert any(f.startswith("l4 llama-3.2-3b r8 fp16 ckpt=true peft seq 512 batch 17") for f in flipped)
+    from analysis.bands import by_load, kept_ends
+
+    loads = by_load(RESULTS)  # every flip had a kept model on one side; the docs quote the lines
+    assert loads["fresh"]["flips"] == 0 and loads["kept"]["flips"] == len(flipped)
+    assert loads["fresh"]["pairs"] + loads["kept"]["pairs"] == pairs
+    margin = loads["kept"]["max"]
+    total, kept, near = kept_ends(RESULTS, margin)
+    for kind, name in (("fresh", "both after a fresh load"), ("kept", "one or both on a kept model")):
+        k = loads[kind]
+        line = f"{name}: {k['pairs']} pairs, {k['flips']} flipped; fit twice {k['fit']}, "
+        assert line + f"the same peak in {k['equal']}, at most {k['max']:.3f} GiB apart" in docs
+    line = f"on a kept model: {kept} of {total}; its fitting end on a kept model within {margin:.3f} GiB"
+    assert line + f" of the cap: {near}" in docs
 
 
 def test_a_boundary_a_later_probe_contradicts_is_marked_in_the_tables(tmp_path):
