@@ -8,7 +8,9 @@ from its last probe, the latter only when the caching allocator came back, segme
 and block for block, to the state the load left (trial.ModelSlot.restore); a worker whose
 allocator did not, or whose probe failed otherwise, is replaced by a new process. Re-running
 the two ends in new workers gave the same peaks to the byte for all 268 boundaries of the
-ba44807 run (docs/published-results.md), so that re-run is optional (--reverify).
+ba44807 run (docs/published-results.md), so that re-run is optional (--reverify); probes run
+again by later runs since differ more often when a kept model was on one side (up to 0.375 GiB,
+and every fit/OOM flip: `python -m analysis.bands results`).
 """
 
 from __future__ import annotations
