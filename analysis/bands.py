@@ -212,10 +212,6 @@ def kept_ends(results_dir: Path, margin_gib: float) -> tuple[int, int, int]:
     return total, kept, near
 
 
-def _float(value) -> float | None:
-    return float(value) if str(value or "") not in ("", "None") else None
-
-
 def _floor_lines(rows: list[dict], band_gib: float = BAND_GIB) -> list[str]:
     """The floors checked against the bands measured, then what they give the boundaries without one."""
     banded_rows = [r for r in rows if r["band_low"] is not None]
