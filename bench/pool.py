@@ -261,6 +261,14 @@ class WorkerPool:
             self._current.stop(wait=False)
             self._current = None
 
+    def kill(self) -> None:
+        """SIGKILL every worker now, from another thread (Ctrl-C, SIGTERM): a trial in flight
+        ends as a dead worker's row, which a stopped run does not record; the thread using the
+        pool goes on to close it."""
+        for worker in [self._current, *self._spare]:
+            if worker is not None and worker.process.is_alive():
+                worker.process.kill()
+
     def close(self, graceful: bool = True) -> None:
         """Stop every worker: asked to exit (up to 5 s each), or killed at once."""
         for worker in [self._current, *self._spare]:

@@ -60,6 +60,7 @@ ORDER = [
     "trial timed out, rerun with a longer --timeout",
     "boundary search killed (SIGKILL), then rerun",
     "boundary run stopped by SIGTERM (as `timeout`, `docker stop`), then rerun",
+    "boundary run stopped by SIGTERM mid-probe, its workers spawned",
     "sweep's main process alone killed (SIGKILL, as the OOM killer), rerun at once",
     "compare run outside the repository",
     "report / plot with only CPU test rows",
@@ -513,11 +514,11 @@ def _search_args(tmp_path: Path) -> list[str]:
     return args + ["--wandb", "off", "--results-dir", str(tmp_path)]
 
 
-def _search_until_two_probes(args: list[str], probes: Path, stderr=subprocess.DEVNULL):
+def _search_until_two_probes(args: list[str], probes: Path, stderr=subprocess.DEVNULL, env=None):
     """The boundary search started in a process group of its own, once it recorded two probes
     (mid-search: it needs more)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench", *args], cwd=REPO, env={**os.environ, **SEARCH_INJECT},
+        [sys.executable, "-m", "bench", *args], cwd=REPO, env={**os.environ, **SEARCH_INJECT, **(env or {})},
         start_new_session=True, stdout=subprocess.DEVNULL, stderr=stderr, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 600
@@ -579,6 +580,49 @@ def test_a_boundary_run_stopped_by_sigterm_writes_its_run_line_and_the_rerun_com
     tally(
         "boundary run stopped by SIGTERM (as `timeout`, `docker stop`), then rerun",
         "exit 143; probes and run line recorded, the search in flight left; the rerun reuses them, ends it",
+        143,
+    )
+
+
+def test_a_boundary_run_stopped_mid_probe_exits_at_once_and_leaves_no_worker(tmp_path):
+    """Workers are spawned, not forked, when CUDA was initialised first (Unsloth does on import);
+    a spawned worker ignores SIGTERM, and the interpreter's exit waits for it. Stopped while a
+    probe runs (here one that would hang until the 300 s trial timeout), the run must still exit
+    at once: its slots' workers killed, nothing more probed or recorded, no process left. (On
+    the H200 an Unsloth band run once outlived its SIGTERM by more than 15 s, until SIGKILL.)"""
+    args = _search_args(tmp_path) + ["--timeout", "300"]
+    folder = tmp_path / "rtx3050-laptop"
+    probes = folder / "boundary-trials-cpu.csv"
+    env = {"QLORA_BENCH_INJECT": SEARCH_INJECT["QLORA_BENCH_INJECT"] + ",s=768|:hang"}
+    env["QLORA_BENCH_WORKER_START"] = "spawn"  # the third probe, 768 tokens, hangs
+    proc = _search_until_two_probes(args, probes, stderr=subprocess.PIPE, env=env)
+    time.sleep(2)
+    before = read_rows(probes)
+    started = time.monotonic()
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:  # it did not stop: leave nothing behind
+            os.killpg(proc.pid, signal.SIGKILL)
+    took = time.monotonic() - started
+    assert proc.returncode == 143 and "terminated (SIGTERM)" in err, err
+    assert took < 30, f"exit {took:.0f} s after SIGTERM"
+    assert read_rows(probes) == before and len(before) == 2
+    (line,) = [json.loads(x) for x in (folder / "boundary-runs-cpu.jsonl").read_text().splitlines()]
+    assert line["boundaries"] == 0 and line["left"] == 1 and line["trials"] == 2
+    deadline = time.monotonic() + 10  # the killed worker, reaped
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("a process of the run outlived it")
+    tally(
+        "boundary run stopped by SIGTERM mid-probe, its workers spawned",
+        "exit 143 at once; the probe in flight killed, nothing after it run or recorded; no process left",
         143,
     )
 

@@ -176,7 +176,7 @@ class BoundaryRun:
         pool.expect(self.settings(group))
         try:
             for task in group:
-                if deadline is not None and time.perf_counter() > deadline:
+                if self.ended or (deadline is not None and time.perf_counter() > deadline):
                     return
                 self.record(task, self._boundary(task, pool))
         finally:
@@ -235,6 +235,8 @@ class BoundaryRun:
             extra = {"mem_cap_gib": round(cap, 4)}
         new = self.runner.row(spec, {}, boundary_key=task.key, purpose=purpose, **extra)
         with self.lock:  # a probe this commit already ran here (a search cut short, run again)
+            if self.ended:  # stopped (Ctrl-C, SIGTERM): run nothing more
+                return {"status": "error", "reason": "the run was stopped"}
             done = None if self.cfg.overwrite else recorded_probe(self.probes.rows, new)
             self.counts["reused"] += done is not None
         if done is not None:

@@ -99,6 +99,7 @@ def run_boundaries(
     total = host.total_gib - HOST_HEADROOM_GIB if budgeted else float("inf")
     placed = slot_gpus(parallel, gpus) if gpus else [None] * parallel
     shared = threading.Condition()
+    stopped, pools, threads = threading.Event(), [], []
     budgets = {gpu: GpuBudget(total, shared) for gpu in set(placed)}  # one per GPU (None: the one)
     entered: list[BoundaryRun] = []
     try:
@@ -124,9 +125,10 @@ def run_boundaries(
         def slot(gpu: int | None) -> None:
             # One worker pool per slot, from group to group (slot_pool)
             pool = slot_pool(cuda, native, gpu)
+            pools.append(pool)
             budget = budgets[gpu]
             try:
-                while deadline is None or time.perf_counter() < deadline:
+                while not stopped.is_set() and (deadline is None or time.perf_counter() < deadline):
                     taken = budget.take_first(waiting, share)
                     if taken is None:
                         return
@@ -143,13 +145,27 @@ def run_boundaries(
         threads = [threading.Thread(target=slot, args=(gpu,), daemon=True) for gpu in used]
         for t in threads:
             t.start()
-        for t in threads:
-            t.join()
+        while any(t.is_alive() for t in threads):  # in steps: a signal caught by a slot's thread
+            for t in threads:  # is handled in this one only when it runs (Ctrl-C, SIGTERM)
+                t.join(0.2)
     finally:
         wall = round(time.perf_counter() - started, 1)
         together = [r.cfg.profile.name for r in runs]
         summaries = [run.end(wall, started_utc, together) for run in entered]
+        _stop_slots(stopped, pools, threads)
     return summaries
+
+
+def _stop_slots(stopped: threading.Event, pools: list[WorkerPool], threads: list[threading.Thread]) -> None:
+    """After the run lines: slots still searching (Ctrl-C, SIGTERM, a failed write) run nothing
+    more. Their workers are killed now, not after their searches (a spawned worker ignores both
+    signals, and the interpreter's exit would wait for it), and the slots close their pools.
+    (Not judged by is_alive: a join that the signal interrupted can leave it False.)"""
+    stopped.set()
+    for pool in list(pools):
+        pool.kill()
+    for t in threads:
+        t.join(10)
 
 
 def slot_pool(cuda: bool, native: bool, gpu: int | None = None) -> WorkerPool:
