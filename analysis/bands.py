@@ -212,6 +212,29 @@ def kept_ends(results_dir: Path, margin_gib: float) -> tuple[int, int, int]:
     return total, kept, near
 
 
+def inversion_loads(results_dir: Path) -> tuple[int, dict[str, int]]:
+    """The values below a boundary that ran out of memory (oom_below, from its safe-value scan):
+    how many boundaries have one, and the values by how the worker had its model at that probe
+    (the search's own probe: same commit and cap; `loaded`/`preloaded` are fresh loads)."""
+    boundaries, loads = 0, {}
+    for path in sorted(Path(results_dir).glob("*/boundaries.csv")):
+        rows = [r for r in read_results(path) if r["status"] == "ok" and r.get("oom_below")]
+        probes = read_results(path.with_name("boundary-trials.csv")) if rows else []
+        for r in rows:
+            boundaries += 1
+            at = (r["boundary_key"], r["git_commit"], r.get("mem_cap_gib"), "search")
+            found = {p[r["axis"]]: p.get("model_load") for p in probes if _at(p) == at}
+            for value in r["oom_below"].split(";"):
+                load = found.get(value) or "not found"
+                load = "kept" if load == "reused" else "fresh" if load in ("loaded", "preloaded") else load
+                loads[load] = loads.get(load, 0) + 1
+    return boundaries, loads
+
+
+def _at(p: dict) -> tuple:
+    return p["boundary_key"], p["git_commit"], p.get("mem_cap_gib"), p.get("purpose")
+
+
 def _floor_lines(rows: list[dict], band_gib: float = BAND_GIB) -> list[str]:
     """The floors checked against the bands measured, then what they give the boundaries without one."""
     banded_rows = [r for r in rows if r["band_low"] is not None]
@@ -280,6 +303,11 @@ def main(results_dir: Path) -> None:
     print(
         f"  boundaries above 0 with an end on a kept model: {kept} of {total}; its fitting end on a kept "
         f"model within {margin:.3f} GiB of the cap: {near}"
+    )
+    n, loads = inversion_loads(results_dir)
+    print(
+        f"values below a boundary that ran out of memory (safe-value scans): {sum(loads.values())} in {n} "
+        "boundaries; the worker had its model: " + ", ".join(f"{k} {v}" for k, v in sorted(loads.items()))
     )
     checks = rule_checks(results_dir)
     print(

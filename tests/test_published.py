@@ -380,6 +380,13 @@ def test_probes_run_again_by_a_later_run_mostly_agree_and_the_docs_quote_the_cou
         assert line + f"the same peak in {k['equal']}, at most {k['max']:.3f} GiB apart" in docs
     line = f"on a kept model: {kept} of {total}; its fitting end on a kept model within {margin:.3f} GiB"
     assert line + f" of the cap: {near}" in docs
+    from analysis.bands import inversion_loads
+
+    n, loads = inversion_loads(RESULTS)  # the safe scans' OOMs below a fit: mostly on a kept model
+    line = f"values below a boundary that ran out of memory (safe-value scans): {sum(loads.values())} in {n} "
+    line += f"boundaries; the worker had its model: fresh {loads['fresh']}, kept {loads['kept']}"
+    assert line in docs
+    assert set(loads) == {"fresh", "kept"} and loads["kept"] > loads["fresh"]
 
 
 def test_a_boundary_a_later_probe_contradicts_is_marked_in_the_tables(tmp_path):
