@@ -189,11 +189,7 @@ def kept_ends(results_dir: Path, margin_gib: float) -> tuple[int, int, int]:
     by_load's kept/fresh differences could move them a step)."""
     total = kept = near = 0
     for path in sorted(Path(results_dir).glob("*/boundaries.csv")):
-        ends: dict[tuple, dict] = {}  # the latest search probe per boundary, commit, cap and value
-        for p in read_results(path.with_name("boundary-trials.csv")):
-            if p.get("purpose") == "search":
-                axis = p["boundary_key"].split("|", 1)[0]
-                ends[(p["boundary_key"], p["git_commit"], p.get("mem_cap_gib"), str(p[axis]))] = p
+        ends = _search_probes(path)
         for r in read_results(path):
             if r["status"] != "ok" or not _int(r.get("max_value")):
                 continue
@@ -213,26 +209,30 @@ def kept_ends(results_dir: Path, margin_gib: float) -> tuple[int, int, int]:
 
 
 def inversion_loads(results_dir: Path) -> tuple[int, dict[str, int]]:
-    """The values below a boundary that ran out of memory (oom_below, from its safe-value scan):
-    how many boundaries have one, and the values by how the worker had its model at that probe
-    (the search's own probe: same commit and cap; `loaded`/`preloaded` are fresh loads)."""
+    """The values below a boundary that ran out of memory (oom_below, its safe-value scan's): how
+    many boundaries have one, and the values by how the search's own probe there had its model."""
     boundaries, loads = 0, {}
     for path in sorted(Path(results_dir).glob("*/boundaries.csv")):
         rows = [r for r in read_results(path) if r["status"] == "ok" and r.get("oom_below")]
-        probes = read_results(path.with_name("boundary-trials.csv")) if rows else []
+        ends = _search_probes(path) if rows else {}
         for r in rows:
             boundaries += 1
-            at = (r["boundary_key"], r["git_commit"], r.get("mem_cap_gib"), "search")
-            found = {p[r["axis"]]: p.get("model_load") for p in probes if _at(p) == at}
+            at = (r["boundary_key"], r["git_commit"], r.get("mem_cap_gib"))
             for value in r["oom_below"].split(";"):
-                load = found.get(value) or "not found"
+                load = ends.get((*at, value), {}).get("model_load") or "not found"
                 load = "kept" if load == "reused" else "fresh" if load in ("loaded", "preloaded") else load
                 loads[load] = loads.get(load, 0) + 1
     return boundaries, loads
 
 
-def _at(p: dict) -> tuple:
-    return p["boundary_key"], p["git_commit"], p.get("mem_cap_gib"), p.get("purpose")
+def _search_probes(boundaries_csv: Path) -> dict[tuple, dict]:
+    """The latest search probe (boundary-trials.csv beside it) per boundary, commit, cap and value."""
+    ends = {}
+    for p in read_results(boundaries_csv.with_name("boundary-trials.csv")):
+        if p.get("purpose") == "search":
+            axis = p["boundary_key"].split("|", 1)[0]
+            ends[(p["boundary_key"], p["git_commit"], p.get("mem_cap_gib"), str(p[axis]))] = p
+    return ends
 
 
 def _floor_lines(rows: list[dict], band_gib: float = BAND_GIB) -> list[str]:
