@@ -61,6 +61,7 @@ ORDER = [
     "boundary search killed (SIGKILL), then rerun",
     "boundary run stopped by SIGTERM (as `timeout`, `docker stop`), then rerun",
     "boundary run stopped by SIGTERM mid-probe, its workers spawned",
+    "boundary run on a local Dask cluster stopped by SIGTERM mid-search, then rerun",
     "sweep's main process alone killed (SIGKILL, as the OOM killer), rerun at once",
     "compare run outside the repository",
     "report / plot with only CPU test rows",
@@ -625,6 +626,66 @@ def test_a_boundary_run_stopped_mid_probe_exits_at_once_and_leaves_no_worker(tmp
         "exit 143 at once; the probe in flight killed, nothing after it run or recorded; no process left",
         143,
     )
+
+
+def test_a_boundary_run_on_a_dask_cluster_stopped_mid_search_exits_and_its_rerun_ends_it(tmp_path):
+    """`boundary --scheduler local`: a group's rows are written here when its task ends, so a run
+    stopped mid-search records none of its probes. Stopped by SIGTERM to the main process alone
+    (as `docker stop` sends it) while a probe hangs, it must still exit at once, close its
+    cluster (the worker running the probe included), leave no process, and its rerun find the
+    boundary."""
+    pytest.importorskip("distributed")
+    args = _search_args(tmp_path) + ["--timeout", "300", "--scheduler", "local"]
+    folder = tmp_path / "rtx3050-laptop"
+    env = {**os.environ, **SEARCH_INJECT, "QLORA_BENCH_WORKER_START": "spawn"}
+    env["QLORA_BENCH_INJECT"] += ",s=768|:hang"  # the third probe, 768 tokens, hangs
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench", *args], cwd=REPO, env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while _group_size(proc.pid) < 3 and time.monotonic() < deadline:  # the cluster's workers are up
+        time.sleep(0.5)
+    time.sleep(20)  # the search unhindered takes under 10 s here: its probe at 768 hangs by now
+    started = time.monotonic()
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:  # it did not stop: leave nothing behind
+            os.killpg(proc.pid, signal.SIGKILL)
+    took = time.monotonic() - started
+    assert proc.returncode == 143 and "terminated (SIGTERM)" in err, err
+    assert took < 30, f"exit {took:.0f} s after SIGTERM"
+    (line,) = [json.loads(x) for x in (folder / "boundary-runs-cpu.jsonl").read_text().splitlines()]
+    assert line["boundaries"] == 0 and line["left"] == 1 and line["trials"] == 0
+    assert not (folder / "boundaries-cpu.csv").exists() or not read_rows(folder / "boundaries-cpu.csv")
+    deadline = time.monotonic() + 10
+    while _group_size(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _group_size(proc.pid), "a process of the run outlived it"
+    again = cli(*args, env={**SEARCH_INJECT, "QLORA_BENCH_WORKER_START": "spawn"})
+    assert again.returncode == 0, again.stderr
+    (bound,) = read_rows(folder / "boundaries-cpu.csv")
+    assert bound["max_value"] == "960" and bound["verified"] == "true"
+    tally(
+        "boundary run on a local Dask cluster stopped by SIGTERM mid-search, then rerun",
+        "exit 143 at once, the cluster closed (the hanging probe's worker killed), no process left; "
+        "the group's probes, written when its task ends, not recorded; the rerun finds the boundary",
+        143,
+    )
+
+
+def _group_size(pgid: int) -> int:
+    """Processes in the process group `pgid`, from /proc (a zombie counts until it is reaped)."""
+    count = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp
+        except OSError:  # the process ended meanwhile
+            continue
+        count += int(fields[2]) == pgid
+    return count
 
 
 def test_the_main_process_killed_alone_leaves_no_lock_and_no_worker_behind(tmp_path):
