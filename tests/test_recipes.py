@@ -230,7 +230,8 @@ def test_a_claim_of_another_version_of_its_stack_reads_its_own_folder(tmp_path):
 
 def test_measure_scripts_name_only_options_the_cli_has():
     """The published measurements' scripts must not drift from the CLI."""
-    text = (REPO / "scripts/measure-seeds.sh").read_text() + (REPO / "scripts/measure-recipes.sh").read_text()
+    names = ("measure-seeds.sh", "measure-recipes.sh", "measure-bands.sh")
+    text = "".join((REPO / "scripts" / name).read_text() for name in names)
     help_text = cli("sweep", "--help").stdout + cli("boundary", "--help").stdout
     import re
 

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Band searches (`boundary --band 0.3`) for the published boundaries that have none, as several
+# jobs beside one another on one large GPU, within a time limit: how the bands of the seventh
+# session (2026-12-04) were gathered, the commands docs/published-results.md lists.
+#
+# Each job writes to a folder of its own (DIR/devX: copies of its profiles' folders of results/,
+# made on the first call, reused after), so the jobs take no lock from each other; a job's
+# searches cut by the limit go on in the next call from their recorded probes (same commit:
+# bench/boundary/reuse.py). Each command runs as `timeout -k 15 LEFT-8 ... --time-budget
+# LEFT-80` and is skipped when less than 120 s are left. Afterwards, merge each folder back:
+#   python scripts/merge-results.py DIR/devX PROFILE...
+# The jobs' host memory: each command's QLORA_BENCH_HOST_HEADROOM_GIB leaves the others theirs
+# (an H200's 140 GiB: P 88, R 18, T 27).
+#
+# On an offline GPU host, install scripts/gpu-wheels.sh's wheels first (its header says how).
+# Usage: LEFT=seconds [DIR=.gpu] [PACK=file.tgz] [JOBS="P R T"] scripts/measure-bands.sh
+#   LEFT  seconds this call may use; PACK  a tarball of DIR's folders and logs, written every 30 s
+#   (what comes back from a machine that is taken away mid-call); QLORA_BENCH_GIT_COMMIT must name
+#   the commit when the tree has no .git (a copy of the checkout), or no probe is reused.
+set -u
+cd "$(dirname "$0")/.."
+S0=$(date +%s)
+LEFT=${LEFT:?LEFT=seconds this call may use}
+DIR=${DIR:-.gpu}
+JOBS=${JOBS:-P R T}
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+mkdir -p "$DIR/logs"
+left() { echo $((LEFT - ($(date +%s) - S0))); }
+B="python3 -m bench boundary --ranks 16 --grad-ckpt on --axes seq_len"
+BB="python3 -m bench boundary"
+
+copy() {  # copy JOB PROFILE...: the job's folder, from results/, once
+  local d=$DIR/dev$1
+  shift
+  [ -d "$d" ] && return
+  mkdir -p "$d"
+  for p in "$@"; do cp -r "results/$p" "$d/"; done
+}
+
+band() {  # band HEADROOM_GIB JOB COMMAND...: one band command, cut at the call's end
+  local headroom=$1 job=$2 t
+  shift 2
+  t=$(left)
+  if [ "$t" -lt 120 ]; then
+    echo "skipped (${t} s left): $*"
+    return
+  fi
+  QLORA_BENCH_HOST_HEADROOM_GIB=$headroom timeout -k 15 $((t - 8)) "$@" --band 0.3 \
+    --time-budget $((t - 80)) --results-dir "$DIR/dev$job"
+}
+
+jobP() {  # peft: the 12-24 GB cards first (most of what is left), then the rest
+  copy P rtx3060-12gb rtx4060ti-16gb l4 t4 rtx3070
+  band 52 P $BB --profile rtx3060-12gb --profile rtx4060ti-16gb --profile l4 --profile t4 --profile rtx3070
+}
+
+jobR() {  # the loop and Liger recipes: gtx1650's 3B models (outside the default grid), t4, l4
+  copy R gtx1650 t4 l4
+  band 122 R $BB --profile gtx1650 --recipe loop --models llama-3.2-3b,qwen2.5-3b --dtypes fp16
+  band 122 R $B --profile t4 --profile l4 --recipe loop,liger --dtypes fp16
+  band 122 R $B --profile t4 --profile l4 --models qwen2.5-0.5b,qwen2.5-1.5b --recipe loop --dtypes fp16 \
+    --allocator expandable
+}
+
+jobT() {  # TRL in bf16
+  copy T rtx3070 l4
+  band 113 T $B --profile l4 --profile rtx3070 --recipe trl --dtypes bf16
+}
+
+jobU() {  # Unsloth (its own site first on PYTHONPATH: scripts/gpu-wheels.sh)
+  copy U gtx1650 rtx3050-laptop rtx3070 t4 l4
+  PYTHONPATH=${UNSLOTH_SITE:-/tmp/site_u}:${PYTHONPATH:-} band 102 U $B --profile gtx1650 \
+    --profile rtx3050-laptop --profile rtx3070 --profile t4 --profile l4 --recipe unsloth --dtypes fp16
+}
+
+pack() {
+  [ -n "${PACK:-}" ] || return 0
+  tar czf "$PACK.tmp" "$DIR"/dev* "$DIR/logs" 2>/dev/null && mv "$PACK.tmp" "$PACK"
+}
+
+N=$(($(find "$DIR/logs" -name 'call*' | wc -l) + 1))  # this call's number, for its logs
+touch "$DIR/logs/call$N"
+pids=()
+for j in $JOBS; do
+  "job$j" >"$DIR/logs/$j$N.log" 2>&1 &
+  pids+=($!)
+done
+(while sleep 30; do pack; done) &
+packer=$!
+wait "${pids[@]}"
+kill "$packer" 2>/dev/null
+pack
+for j in $JOBS; do
+  echo "== $j (call $N)"
+  grep -E "boundaries \(|left for a rerun|skipped|Error" "$DIR/logs/$j$N.log" | tail -8
+done
