@@ -599,28 +599,11 @@ def test_a_boundary_run_stopped_mid_probe_exits_at_once_and_leaves_no_worker(tmp
     proc = _search_until_two_probes(args, probes, stderr=subprocess.PIPE, env=env)
     time.sleep(2)
     before = read_rows(probes)
-    started = time.monotonic()
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:  # it did not stop: leave nothing behind
-            os.killpg(proc.pid, signal.SIGKILL)
-    took = time.monotonic() - started
-    assert proc.returncode == 143 and "terminated (SIGTERM)" in err, err
-    assert took < 30, f"exit {took:.0f} s after SIGTERM"
+    _stops_at_once(proc, os.killpg)
     assert read_rows(probes) == before and len(before) == 2
     (line,) = [json.loads(x) for x in (folder / "boundary-runs-cpu.jsonl").read_text().splitlines()]
     assert line["boundaries"] == 0 and line["left"] == 1 and line["trials"] == 2
-    deadline = time.monotonic() + 10  # the killed worker, reaped
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.2)
-    else:
-        raise AssertionError("a process of the run outlived it")
+    _leaves_no_process(proc.pid)
     tally(
         "boundary run stopped by SIGTERM mid-probe, its workers spawned",
         "exit 143 at once; the probe in flight killed, nothing after it run or recorded; no process left",
@@ -647,23 +630,11 @@ def test_a_boundary_run_on_a_dask_cluster_stopped_mid_search_exits_and_its_rerun
     while _group_size(proc.pid) < 3 and time.monotonic() < deadline:  # the cluster's workers are up
         time.sleep(0.5)
     time.sleep(20)  # the search unhindered takes under 10 s here: its probe at 768 hangs by now
-    started = time.monotonic()
-    os.kill(proc.pid, signal.SIGTERM)
-    try:
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:  # it did not stop: leave nothing behind
-            os.killpg(proc.pid, signal.SIGKILL)
-    took = time.monotonic() - started
-    assert proc.returncode == 143 and "terminated (SIGTERM)" in err, err
-    assert took < 30, f"exit {took:.0f} s after SIGTERM"
+    _stops_at_once(proc, os.kill)  # the main process alone
     (line,) = [json.loads(x) for x in (folder / "boundary-runs-cpu.jsonl").read_text().splitlines()]
     assert line["boundaries"] == 0 and line["left"] == 1 and line["trials"] == 0
     assert not (folder / "boundaries-cpu.csv").exists() or not read_rows(folder / "boundaries-cpu.csv")
-    deadline = time.monotonic() + 10
-    while _group_size(proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not _group_size(proc.pid), "a process of the run outlived it"
+    _leaves_no_process(proc.pid)
     again = cli(*args, env={**SEARCH_INJECT, "QLORA_BENCH_WORKER_START": "spawn"})
     assert again.returncode == 0, again.stderr
     (bound,) = read_rows(folder / "boundaries-cpu.csv")
@@ -674,6 +645,33 @@ def test_a_boundary_run_on_a_dask_cluster_stopped_mid_search_exits_and_its_rerun
         "the group's probes, written when its task ends, not recorded; the rerun finds the boundary",
         143,
     )
+
+
+def _stops_at_once(proc: subprocess.Popen, kill) -> None:
+    """SIGTERM by `kill` (os.killpg: the run's whole group, as `timeout` and Ctrl-C send it;
+    os.kill: its main process alone, as `docker stop`): the run exits 143 within 30 s, saying so."""
+    started = time.monotonic()
+    kill(proc.pid, signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:  # it did not stop: leave nothing behind
+            os.killpg(proc.pid, signal.SIGKILL)
+    took = time.monotonic() - started
+    assert proc.returncode == 143 and "terminated (SIGTERM)" in err, err
+    assert took < 30, f"exit {took:.0f} s after SIGTERM"
+
+
+def _leaves_no_process(pgid: int) -> None:
+    """No process of the stopped run's group is left within 10 s (its killed workers, reaped)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    raise AssertionError("a process of the run outlived it")
 
 
 def _group_size(pgid: int) -> int:
