@@ -481,6 +481,31 @@ def test_the_time_budget_counts_from_the_first_search_not_the_weights_build(tmp_
     assert (summary["boundaries"], summary["left"]) == (1, 1)
 
 
+def test_a_later_commit_probing_a_point_again_keeps_the_earlier_probe_row(tmp_path):
+    """A boundary searched again by another commit (a band's search, --overwrite) adds its probe
+    rows beside the earlier commit's at the same points, which stay: nothing recorded is lost. The
+    same commit probing a point again (--overwrite) replaces its own row."""
+    args = ["boundary", "--profile", "rtx3050", "--device", "cpu", "--ranks", "4", "--dtypes", "fp16"]
+    args += ["--grad-ckpt", "off", "--axes", "seq_len", "--safe-scan", "0", "--results-dir", str(tmp_path)]
+    path = tmp_path / "rtx3050-laptop" / "boundary-trials-cpu.csv"
+
+    def run(commit: str, *extra: str) -> list[tuple[str, str]]:
+        env = {"QLORA_BENCH_INJECT": "tokens>1000:oom", "QLORA_BENCH_GIT_COMMIT": commit}
+        result = cli(*args, *extra, env=env)
+        assert result.returncode == 0, result.stderr
+        with open(path, newline="") as f:
+            return [(r["git_commit"], r["seq_len"]) for r in csv.DictReader(f)]
+
+    first = run("1111111")
+    assert first and {c for c, _ in first} == {"1111111"}
+    second = run("2222222", "--overwrite")  # starts at the recorded boundary: 960 and 1024 again
+    assert second[: len(first)] == first  # the earlier commit's rows, unchanged
+    again = [p for p in second[len(first) :] if p[0] == "2222222"]
+    assert {("1111111", "960"), ("2222222", "960"), ("1111111", "1024"), ("2222222", "1024")} <= set(second)
+    assert len(again) == len(second) - len(first)
+    assert sorted(run("2222222", "--overwrite")) == sorted(second)  # its own rows replaced, none added
+
+
 def test_a_band_asked_for_searches_again_the_boundaries_recorded_without_one():
     from bench.boundary.search import settled
 

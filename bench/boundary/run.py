@@ -37,7 +37,10 @@ from bench.schema import BOUNDARY_FIELDNAMES, PROBE_FIELDNAMES
 from bench.spec import TrialSpec
 from bench.wblog import WandbMirror
 
-PROBE_KEY = ("boundary_key", "trial_key", "purpose")
+# a probe's identity in boundary-trials.csv: its point, search and purpose, and the commit that ran
+# it; the same commit probing it again (a search restarted after a crash, --overwrite) replaces its
+# row, another commit's probe of it is added beside the earlier one, which is kept
+PROBE_KEY = ("boundary_key", "trial_key", "purpose", "git_commit")
 
 
 def _family(task: BoundaryTask) -> tuple[str, str]:
@@ -64,8 +67,7 @@ class BoundaryRun:
             return results_path(cfg.results_dir, cfg.profile, cfg.device, stem, ext)
 
         self.store = ResultsFile(path("boundaries"), BOUNDARY_FIELDNAMES, "boundary_key")
-        # a probe is one trial of one search for one purpose: a search restarted after a crash
-        # that probes a point again replaces that row (the audit file holds each probe once)
+        # a probe is one trial of one search for one purpose by one commit (PROBE_KEY)
         self.probes = ResultsFile(path("boundary-trials"), PROBE_FIELDNAMES, PROBE_KEY)
         self.runs_log = path("boundary-runs", "jsonl")
         self.lock = threading.Lock()
