@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
@@ -123,6 +124,13 @@ def _run_boundaries(
             "--scheduler: the cluster's workers place the searches (no --parallel, --gpus or --time-budget)"
         )
     runs = [BoundaryRun(cfg) for cfg in cfgs]
+    for run in runs:  # a band moves an emulated card's allocator cap: a run without one has none
+        if run.cfg.band_gib and run.runner.plan.cap_gib is None:
+            console.print(
+                f"{run.cfg.profile.name}: no band: --band moves the allocator cap of an emulated card, "
+                "and this run has none (the card itself, or CPU); its boundaries are recorded without one"
+            )
+            run.cfg = replace(run.cfg, band_gib=0.0)  # nor is one recorded without a band searched again
     with _progress(console) as progress:
         if scheduler:
             from bench.boundary.dask_run import run_on_dask

@@ -506,6 +506,21 @@ def test_a_later_commit_probing_a_point_again_keeps_the_earlier_probe_row(tmp_pa
     assert sorted(run("2222222", "--overwrite")) == sorted(second)  # its own rows replaced, none added
 
 
+def test_a_band_asked_for_where_there_is_no_cap_says_so_and_searches_nothing_again(tmp_path):
+    """--band moves an emulated card's allocator cap; on the card itself or on CPU there is none:
+    the run says so and records no band, and a rerun does not search those boundaries again."""
+    args = ["boundary", "--profile", "rtx3050", "--device", "cpu", "--ranks", "4", "--dtypes", "fp16"]
+    args += ["--grad-ckpt", "off", "--axes", "seq_len", "--band", "0.3", "--results-dir", str(tmp_path)]
+    env = {"QLORA_BENCH_INJECT": "tokens>1000:oom"}
+    first = cli(*args, env=env)
+    assert first.returncode == 0 and "rtx3050-laptop: no band: --band moves the allocator cap" in first.stderr
+    with open(tmp_path / "rtx3050-laptop" / "boundaries-cpu.csv", newline="") as f:
+        (row,) = csv.DictReader(f)
+    assert (row["max_value"], row["band_low"], row["band_high"]) == ("960", "", "")
+    again = cli(*args, env=env)
+    assert again.returncode == 0 and "0 boundaries" in again.stderr, again.stderr
+
+
 def test_a_band_asked_for_searches_again_the_boundaries_recorded_without_one():
     from bench.boundary.search import settled
 
