@@ -10,10 +10,11 @@
 # LEFT-80` and is skipped when less than 120 s are left. Afterwards, merge each folder back:
 #   python scripts/merge-results.py DIR/devX PROFILE...
 # The jobs' host memory: each command's QLORA_BENCH_HOST_HEADROOM_GIB leaves the others theirs
-# (an H200's 140 GiB: P 88, R 18, T 27).
+# (an H200's 140 GiB: P 88, R 18, T 27, U 38); HEADROOM_P, HEADROOM_R, HEADROOM_T, HEADROOM_U
+# override them (a job alone on the GPU: HEADROOM_U=16 JOBS=U).
 #
 # On an offline GPU host, install scripts/gpu-wheels.sh's wheels first (its header says how).
-# Usage: LEFT=seconds [DIR=.gpu] [PACK=file.tgz] [JOBS="P R T"] scripts/measure-bands.sh
+# Usage: LEFT=seconds [DIR=.gpu] [PACK=file.tgz] [JOBS="P R T"] [HEADROOM_X=GiB] scripts/measure-bands.sh
 #   LEFT  seconds this call may use; PACK  a tarball of DIR's folders and logs, written every 30 s
 #   (what comes back from a machine that is taken away mid-call); QLORA_BENCH_GIT_COMMIT must name
 #   the commit when the tree has no .git (a copy of the checkout), or no probe is reused.
@@ -38,7 +39,8 @@ copy() {  # copy JOB PROFILE...: the job's folder, from results/, once
 }
 
 band() {  # band HEADROOM_GIB JOB COMMAND...: one band command, cut at the call's end
-  local headroom=$1 job=$2 t
+  local override="HEADROOM_$2"
+  local headroom=${!override:-$1} job=$2 t
   shift 2
   t=$(left)
   if [ "$t" -lt 120 ]; then
@@ -49,9 +51,13 @@ band() {  # band HEADROOM_GIB JOB COMMAND...: one band command, cut at the call'
     --time-budget $((t - 80)) --results-dir "$DIR/dev$job"
 }
 
-jobP() {  # peft: the 12-24 GB cards first (most of what is left), then the rest
+jobP() {  # peft: the 12-24 GB cards first, then the rest (done by the eighth session), then
+  # t4's boundaries with the expandable allocator and l4's evaluation batch
   copy P rtx3060-12gb rtx4060ti-16gb l4 t4 rtx3070
   band 52 P $BB --profile rtx3060-12gb --profile rtx4060ti-16gb --profile l4 --profile t4 --profile rtx3070
+  band 52 P $B --profile t4 --dtypes fp16 --allocator expandable
+  band 52 P $BB --profile l4 --models llama-3.2-3b --recipe peft --ranks 32 --lora-alpha-ratio 1 --dtypes bf16 \
+    --grad-ckpt on --axes eval_batch_size --ref-seq-lens 2048 --padding longest
 }
 
 jobR() {  # the loop and Liger recipes: gtx1650's 3B models (outside the default grid), t4, l4
