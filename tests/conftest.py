@@ -57,6 +57,14 @@ def cli(*args, env=None, timeout=HANG_S, cwd=REPO, **kwargs) -> subprocess.Compl
     )
 
 
+def search_args(results_dir: Path, *extra: str) -> list[str]:
+    """A small CPU boundary search: rtx3050's longest sequence, r4 fp16 without checkpointing,
+    one warm-up and one measured step, no W&B, into `results_dir`."""
+    args = ["boundary", "--profile", "rtx3050", "--device", "cpu", "--ranks", "4", "--dtypes", "fp16"]
+    args += ["--grad-ckpt", "off", "--axes", "seq_len", "--warmup-steps", "1", "--steps", "1"]
+    return args + ["--wandb", "off", "--results-dir", str(results_dir), *extra]
+
+
 def read_rows(path: Path) -> list[dict]:
     """Every row of a results CSV, parsed strictly: a row with missing or extra fields fails."""
     with open(path, newline="") as f:

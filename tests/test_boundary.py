@@ -3,7 +3,7 @@
 import csv
 
 import pytest
-from conftest import boundary_config, cli
+from conftest import boundary_config, cli, read_rows, search_args
 
 from bench.boundary import SEQ_STEP, BoundaryTask, search
 from bench.boundary.search import resume_hint
@@ -485,16 +485,14 @@ def test_a_later_commit_probing_a_point_again_keeps_the_earlier_probe_row(tmp_pa
     """A boundary searched again by another commit (a band's search, --overwrite) adds its probe
     rows beside the earlier commit's at the same points, which stay: nothing recorded is lost. The
     same commit probing a point again (--overwrite) replaces its own row."""
-    args = ["boundary", "--profile", "rtx3050", "--device", "cpu", "--ranks", "4", "--dtypes", "fp16"]
-    args += ["--grad-ckpt", "off", "--axes", "seq_len", "--safe-scan", "0", "--results-dir", str(tmp_path)]
+    args = search_args(tmp_path, "--safe-scan", "0")
     path = tmp_path / "rtx3050-laptop" / "boundary-trials-cpu.csv"
 
     def run(commit: str, *extra: str) -> list[tuple[str, str]]:
         env = {"QLORA_BENCH_INJECT": "tokens>1000:oom", "QLORA_BENCH_GIT_COMMIT": commit}
         result = cli(*args, *extra, env=env)
         assert result.returncode == 0, result.stderr
-        with open(path, newline="") as f:
-            return [(r["git_commit"], r["seq_len"]) for r in csv.DictReader(f)]
+        return [(r["git_commit"], r["seq_len"]) for r in read_rows(path)]
 
     first = run("1111111")
     assert first and {c for c, _ in first} == {"1111111"}
@@ -509,13 +507,11 @@ def test_a_later_commit_probing_a_point_again_keeps_the_earlier_probe_row(tmp_pa
 def test_a_band_asked_for_where_there_is_no_cap_says_so_and_searches_nothing_again(tmp_path):
     """--band moves an emulated card's allocator cap; on the card itself or on CPU there is none:
     the run says so and records no band, and a rerun does not search those boundaries again."""
-    args = ["boundary", "--profile", "rtx3050", "--device", "cpu", "--ranks", "4", "--dtypes", "fp16"]
-    args += ["--grad-ckpt", "off", "--axes", "seq_len", "--band", "0.3", "--results-dir", str(tmp_path)]
+    args = search_args(tmp_path, "--band", "0.3")
     env = {"QLORA_BENCH_INJECT": "tokens>1000:oom"}
     first = cli(*args, env=env)
     assert first.returncode == 0 and "rtx3050-laptop: no band: --band moves the allocator cap" in first.stderr
-    with open(tmp_path / "rtx3050-laptop" / "boundaries-cpu.csv", newline="") as f:
-        (row,) = csv.DictReader(f)
+    (row,) = read_rows(tmp_path / "rtx3050-laptop" / "boundaries-cpu.csv")
     assert (row["max_value"], row["band_low"], row["band_high"]) == ("960", "", "")
     again = cli(*args, env=env)
     assert again.returncode == 0 and "0 boundaries" in again.stderr, again.stderr

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, cli, read_rows
+from conftest import REPO, cli, read_rows, search_args
 
 pytestmark = pytest.mark.slow
 
@@ -509,12 +509,6 @@ def test_a_timed_out_trial_is_retried_by_a_rerun(tmp_path):
 SEARCH_INJECT = {"QLORA_BENCH_INJECT": "tokens>1000:oom", "QLORA_BENCH_GIT_COMMIT": "0123abc"}
 
 
-def _search_args(tmp_path: Path) -> list[str]:
-    args = ["boundary", "--profile", "rtx3050", "--device", "cpu", "--ranks", "4", "--dtypes", "fp16"]
-    args += ["--grad-ckpt", "off", "--axes", "seq_len", "--warmup-steps", "1", "--steps", "1"]
-    return args + ["--wandb", "off", "--results-dir", str(tmp_path)]
-
-
 def _search_until_two_probes(args: list[str], probes: Path, stderr=subprocess.DEVNULL, env=None):
     """The boundary search started in a process group of its own, once it recorded two probes
     (mid-search: it needs more)."""
@@ -545,7 +539,7 @@ def _rerun_completes_the_search(args: list[str], probes: Path) -> None:
 
 
 def test_a_boundary_search_killed_and_rerun_records_each_probe_once(tmp_path):
-    args = _search_args(tmp_path)
+    args = search_args(tmp_path)
     probes = tmp_path / "rtx3050-laptop" / "boundary-trials-cpu.csv"
     proc = _search_until_two_probes(args, probes)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -564,7 +558,7 @@ def test_a_boundary_run_stopped_by_sigterm_writes_its_run_line_and_the_rerun_com
     get it too and must not turn it into a failed probe): the run stops as on Ctrl-C, exit 143,
     with every probe so far recorded, its run line written (what is left for a rerun), and its
     lock released, so the same command run at once completes the search."""
-    args = _search_args(tmp_path)
+    args = search_args(tmp_path)
     folder = tmp_path / "rtx3050-laptop"
     probes = folder / "boundary-trials-cpu.csv"
     proc = _search_until_two_probes(args, probes, stderr=subprocess.PIPE)
@@ -591,7 +585,7 @@ def test_a_boundary_run_stopped_mid_probe_exits_at_once_and_leaves_no_worker(tmp
     probe runs (here one that would hang until the 300 s trial timeout), the run must still exit
     at once: its slots' workers killed, nothing more probed or recorded, no process left. (On
     the H200 an Unsloth band run once outlived its SIGTERM by more than 15 s, until SIGKILL.)"""
-    args = _search_args(tmp_path) + ["--timeout", "300"]
+    args = search_args(tmp_path, "--timeout", "300")
     folder = tmp_path / "rtx3050-laptop"
     probes = folder / "boundary-trials-cpu.csv"
     env = {"QLORA_BENCH_INJECT": SEARCH_INJECT["QLORA_BENCH_INJECT"] + ",s=768|:hang"}
@@ -618,7 +612,7 @@ def test_a_boundary_run_on_a_dask_cluster_stopped_mid_search_exits_and_its_rerun
     cluster (the worker running the probe included), leave no process, and its rerun find the
     boundary."""
     pytest.importorskip("distributed")
-    args = _search_args(tmp_path) + ["--timeout", "300", "--scheduler", "local"]
+    args = search_args(tmp_path, "--timeout", "300", "--scheduler", "local")
     folder = tmp_path / "rtx3050-laptop"
     env = {**os.environ, **SEARCH_INJECT, "QLORA_BENCH_WORKER_START": "spawn"}
     env["QLORA_BENCH_INJECT"] += ",s=768|:hang"  # the third probe, 768 tokens, hangs
