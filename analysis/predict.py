@@ -223,7 +223,7 @@ def _export(frame: pd.DataFrame, arch_held: dict | None) -> dict:
             "model": "peak_reserved_gib = coef . bench.architecture.features(config, ...)",
             "features": list(FEATURES),
             "groups": arch_predict.groups(frame),
-            "left_out": {k: round(v, 4) if isinstance(v, float) else v for k, v in (arch_held or {}).items()},
+            "left_out": {k: round(v, 6) if isinstance(v, float) else v for k, v in (arch_held or {}).items()},
         },
     }
 

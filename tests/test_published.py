@@ -300,7 +300,8 @@ def test_the_band_summary_quoted_is_what_analysis_bands_prints(capsys):
         "rtx4060ti-16gb peft seq_len": ("down median 2.0%", "worst 12.5%", "up median 3.0%"),
         "rtx3070 peft seq_len": ("down median 5.6%", "worst 16.7%", "up median 5.9%"),
         "rtx3070 peft batch_size": ("64 boundaries", "down median 0.0%", "worst 0.0%", "up median 0.0%"),
-        "t4 peft seq_len": ("down median 2.5%", "worst 16.7%", "up median 1.2%"),
+        "t4 peft seq_len": ("down median 2.2%", "worst 16.7%", "up median 1.4%"),
+        "rtx3070 trl seq_len": ("4 boundaries", "down median 5.3%", "worst 6.5%", "up median 4.1%"),
         "t4 peft batch_size": ("down median 0.0%", "worst 33.3%"),
         "rtx3060-12gb peft seq_len": ("down median 3.4%", "worst 33.3%", "up median 3.3%"),
         "rtx3060-12gb peft batch_size": ("86 boundaries", "down median 0.0%", "worst 100.0%"),
@@ -310,7 +311,11 @@ def test_the_band_summary_quoted_is_what_analysis_bands_prints(capsys):
     }
     for part, figures in quoted.items():
         assert all(f in per[part] for f in figures), per[part]  # the docs quote these
-    # the eighth session's (the paragraph that ends with the summary line now printed)
+    # the ninth session's (the paragraph that ends with the summary line now printed)
+    assert "boundaries move down by a median of 5.3% (worst 6.5%: Llama-3.2-3B, 11904 tokens" in docs
+    assert "up by 4.1%; with the expandable allocator's five, the T4's peft" in docs
+    assert "move down by 2.2% (worst 16.7%) and up by 1.4%" in docs
+    # the eighth session's
     assert "sequence boundaries move down by a median of 3.4% (worst 33.3%), up by 3.3%, its 86 batch" in docs
     assert "boundaries by 2.0% (worst 12.5%) and 3.0%; the L4's by 1.3% (worst 6.2%) and 1.5%" in docs
     # the seventh session's
