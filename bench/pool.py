@@ -63,6 +63,11 @@ class BadFork(RuntimeError):
     """A forked worker found CUDA already initialised in the zygote."""
 
 
+class WorkerStartFailed(RuntimeError):
+    """A worker died or hung before it was ready: no trial ran in it. On Linux a SIGKILL there
+    is most often the kernel's OOM killer, host memory (not the GPU's) having run short."""
+
+
 class Worker:
     def __init__(self, method: str = "spawn", gpu: int | None = None):
         ctx = _context(method)
@@ -79,14 +84,17 @@ class Worker:
             return
         if not self.conn.poll(timeout):
             self.stop()
-            raise RuntimeError(f"worker did not start within {timeout:.0f} s")
+            raise WorkerStartFailed(f"worker did not start within {timeout:.0f} s")
         try:
             ready = self.conn.recv()
         except EOFError:
             self.process.join(5)
             if self.process.exitcode == BAD_FORK_EXIT:
                 raise BadFork() from None
-            raise RuntimeError(f"worker failed to start: {_death_reason(self.process.exitcode)}") from None
+            reason = _death_reason(self.process.exitcode)
+            if self.process.exitcode == -signal.SIGKILL:
+                reason += " (most often the OOM killer: host memory ran short; --parallel runs fewer slots)"
+            raise WorkerStartFailed(f"worker failed to start: {reason}") from None
         assert isinstance(ready, msg.Ready)
         self.ready, self.visible_devices = True, ready.visible_devices
 

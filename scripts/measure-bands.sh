@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Band searches (`boundary --band 0.3`) for the published boundaries that have none, as several
 # jobs beside one another on one large GPU, within a time limit: how the bands of the seventh
-# session (2026-12-04) were gathered, the commands docs/published-results.md lists.
+# to ninth sessions (2026-12-04) were gathered, the commands docs/published-results.md lists.
 #
 # Each job writes to a folder of its own (DIR/devX: copies of its profiles' folders of results/,
 # made on the first call, reused after), so the jobs take no lock from each other; a job's
@@ -11,10 +11,13 @@
 #   python scripts/merge-results.py DIR/devX PROFILE...
 # The jobs' host memory: each command's QLORA_BENCH_HOST_HEADROOM_GIB leaves the others theirs
 # (an H200's 140 GiB: P 88, R 18, T 27, U 38); HEADROOM_P, HEADROOM_R, HEADROOM_T, HEADROOM_U
-# override them (a job alone on the GPU: HEADROOM_U=16 JOBS=U).
+# override them (a job alone on the GPU: HEADROOM_U=16 JOBS=U). PARALLEL_P ... PARALLEL_U set a
+# job's slots (--parallel; auto otherwise): alone, the Unsloth job took 8 slots with a spare each,
+# and a worker was killed (SIGKILL) as it started, most likely by the host's OOM killer (128 GiB).
 #
 # On an offline GPU host, install scripts/gpu-wheels.sh's wheels first (its header says how).
-# Usage: LEFT=seconds [DIR=.gpu] [PACK=file.tgz] [JOBS="P R T"] [HEADROOM_X=GiB] scripts/measure-bands.sh
+# Usage: LEFT=seconds [DIR=.gpu] [PACK=file.tgz] [JOBS="P R T"] [HEADROOM_X=GiB] [PARALLEL_X=N]
+#   scripts/measure-bands.sh
 #   LEFT  seconds this call may use; PACK  a tarball of DIR's folders and logs, written every 30 s
 #   (what comes back from a machine that is taken away mid-call); QLORA_BENCH_GIT_COMMIT must name
 #   the commit when the tree has no .git (a copy of the checkout), or no probe is reused.
@@ -39,15 +42,16 @@ copy() {  # copy JOB PROFILE...: the job's folder, from results/, once
 }
 
 band() {  # band HEADROOM_GIB JOB COMMAND...: one band command, cut at the call's end
-  local override="HEADROOM_$2"
+  local override="HEADROOM_$2" slots="PARALLEL_$2"
   local headroom=${!override:-$1} job=$2 t
+  local parallel=${!slots:+--parallel ${!slots}}
   shift 2
   t=$(left)
   if [ "$t" -lt 120 ]; then
     echo "skipped (${t} s left): $*"
     return
   fi
-  QLORA_BENCH_HOST_HEADROOM_GIB=$headroom timeout -k 15 $((t - 8)) "$@" --band 0.3 \
+  QLORA_BENCH_HOST_HEADROOM_GIB=$headroom timeout -k 15 $((t - 8)) "$@" --band 0.3 $parallel \
     --time-budget $((t - 80)) --results-dir "$DIR/dev$job"
 }
 

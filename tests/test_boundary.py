@@ -348,6 +348,7 @@ def test_slots_are_sized_for_the_smallest_cap_and_larger_caps_run_fewer_at_once(
     gpu.give(5.0)
     gpu.give(4.0)
     assert gpu.take_first(waiting, {"big": 8.0}.get) == ("big", 8.0) and gpu.free == 2.0
+    gpu.give(8.0)  # nothing waiting and no group out (one out could be handed back): None
     assert gpu.take_first([], {}.get) is None
 
 
@@ -457,6 +458,76 @@ def test_a_band_probes_only_what_the_search_at_the_cards_cap_leaves_open():
     seen.clear()
     assert band(task, probe, nothing, CAP, 0.2)["band_low"] == 0
     assert [p for p, _ in seen].count("band_low") == 0
+
+
+def test_an_idle_slot_waits_while_another_is_busy_and_takes_the_group_it_hands_back():
+    """A slot that finds nothing waiting does not end while another slot is busy: that one may
+    fail and hand back what is left of its group (GpuBudget.hand_back), which the idle one takes."""
+    import threading
+
+    from bench.boundary.schedule import GpuBudget
+
+    budget, waiting, got = GpuBudget(10.0), [("run", ["a", "b"])], []
+    (item, held) = budget.take_first(waiting, lambda item: 1.0)
+    idle = threading.Thread(target=lambda: got.append(budget.take_first(waiting, lambda item: 1.0)))
+    idle.start()
+    idle.join(0.3)
+    assert idle.is_alive() and not got  # nothing waiting, one busy: it waits
+    budget.hand_back(waiting, ("run", ["b"]))
+    budget.give(held)
+    idle.join(5)
+    assert got == [(("run", ["b"]), 1.0)]
+    budget.give(got[0][1])  # none busy, none waiting: a slot asking now ends
+    assert budget.take_first([], lambda item: 1.0) is None
+
+
+@pytest.mark.torch
+def test_a_worker_killed_as_it_starts_stops_its_slot_and_another_searches_its_group(
+    tmp_path, monkeypatch, capsys
+):
+    """The ninth session's third call on the H200: a worker died with SIGKILL (the OOM killer,
+    most likely, 16 Unsloth workers on a 128 GiB host) before it was ready, and its slot's thread
+    died with a traceback, its group left for a rerun. Now the slot stops, says why, and hands
+    the group back: the other slot searches it, and every boundary is recorded."""
+    import os
+    import signal
+    import threading
+
+    from bench.boundary import BoundaryRun, run_boundaries
+    from bench.config import boundary_configs
+    from bench.pool import Worker
+
+    monkeypatch.setenv("QLORA_BENCH_INJECT", "tokens>1000:oom")
+    monkeypatch.setenv("QLORA_BENCH_WORKER_START", "spawn")  # no forkserver keeping this env
+    start, killed, lock = Worker.wait_ready, [], threading.Lock()
+
+    def wait_ready(self, timeout):
+        with lock:
+            first = (
+                not killed and not self.ready and threading.current_thread() is not threading.main_thread()
+            )
+            if first:
+                killed.append(self.process.pid)
+        if first:  # a slot's (not the weights' build), before its Ready: a spawned worker imports torch
+            os.kill(self.process.pid, signal.SIGKILL)
+        return start(self, timeout)
+
+    monkeypatch.setattr(Worker, "wait_ready", wait_ready)
+    (cfg,) = boundary_configs(
+        profile_names=["rtx3050-laptop"], device="cpu", models=None, ranks=(4,), dtypes=("fp16", "bf16"),
+        grad_ckpt=(False,), ref_seq_lens=None, search_axes=("seq_len",), reverify=False,
+        lora_alpha_ratio=2.0, optimizer="adamw_torch", warmup_steps=1, measured_steps=1,
+        results_dir=tmp_path, timeout_s=600, wandb_mode="off", overwrite=False, extra_axes={},
+    )  # fmt: skip
+    run = BoundaryRun(cfg)
+    assert sorted(t.base.dtype for t in run.tasks) == ["bf16", "fp16"]  # two groups: one per precision
+    (summary,) = run_boundaries([run], parallel=2)
+    assert killed and (summary["boundaries"], summary["left"]) == (2, 0)
+    err = capsys.readouterr().err
+    assert "a search slot stops, worker failed to start: worker died with SIGKILL (most often the OOM" in err
+    assert "its 1 searches left go back for another slot (or a rerun)" in err
+    rows = read_rows(tmp_path / "rtx3050-laptop" / "boundaries-cpu.csv")
+    assert sorted(r["dtype"] for r in rows) == ["bf16", "fp16"] and all(r["status"] == "ok" for r in rows)
 
 
 def test_the_time_budget_counts_from_the_first_search_not_the_weights_build(tmp_path, monkeypatch):

@@ -173,14 +173,15 @@ class BoundaryRun:
         return slot_gib(self.runner.plan) + preload
 
     def search_group(self, group: list[BoundaryTask], pool: WorkerPool, deadline: float | None) -> None:
-        """One group's searches in order, in the slot's worker pool: while one model setting's
-        searches run, the pool's spare preloads the next setting's model."""
+        """One group's searches in order, in the slot's worker pool (its spare preloads the next
+        model setting's model); each recorded search leaves `group`: a failed slot hands back the rest."""
         pool.expect(self.settings(group))
         try:
-            for task in group:
+            while group:
                 if self.ended or (deadline is not None and time.perf_counter() > deadline):
                     return
-                self.record(task, self._boundary(task, pool))
+                self.record(group[0], self._boundary(group[0], pool))
+                group.pop(0)
         finally:
             pool.expect([])  # a spare that preloaded a setting the deadline left out goes
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -18,7 +19,7 @@ from bench import emulation
 from bench.envinfo import utc_now
 from bench.gpus import slot_gpus
 from bench.messages import PrepareWeights
-from bench.pool import WorkerPool
+from bench.pool import WorkerPool, WorkerStartFailed
 
 if TYPE_CHECKING:
     from bench.boundary.run import BoundaryRun
@@ -55,23 +56,28 @@ def auto_parallel(entries, host) -> int:
 class GpuBudget:
     """Host GPU memory shared by the slots: a slot takes the first waiting group whose share
     fits what is free, and gives the share back after the group (a share larger than the whole
-    is clamped, so one group can always run)."""
+    is clamped, so one group can always run). An idle slot waits while another is busy: a slot
+    that fails hands its group back (hand_back), and the idle one takes it."""
 
-    def __init__(self, total_gib: float, cond: threading.Condition | None = None):
+    def __init__(self, total_gib: float, cond: threading.Condition | None = None, taken: dict | None = None):
         self.total = self.free = total_gib
-        # GPUs' budgets taking from one waiting list share one condition (boundary --gpus)
+        # GPUs' budgets taking from one waiting list share one condition (boundary --gpus) and
+        # one count of the groups taken and not given back
         self.cond = cond or threading.Condition()
+        self.taken = {"busy": 0} if taken is None else taken
 
     def take_first(self, waiting: list, share) -> tuple[object, float] | None:
         """Remove and return the first of `waiting` whose `share(item)` fits, with the share
-        taken; wait while none fits; None when nothing is waiting. A large group at the head
-        of the queue does not hold back smaller ones that fit beside the running groups."""
+        taken; wait while none fits; None when nothing is waiting and no group is out (one out
+        may be handed back). A large group at the head of the queue does not hold back smaller
+        ones that fit beside the running groups."""
         with self.cond:
-            while waiting:
+            while waiting or self.taken["busy"]:
                 for i, item in enumerate(waiting):
                     gib = min(share(item), self.total)
                     if gib <= self.free:
                         self.free -= gib
+                        self.taken["busy"] += 1
                         return waiting.pop(i), gib
                 self.cond.wait()
         return None
@@ -79,6 +85,13 @@ class GpuBudget:
     def give(self, gib: float) -> None:
         with self.cond:
             self.free += gib
+            self.taken["busy"] -= 1
+            self.cond.notify_all()
+
+    def hand_back(self, waiting: list, item) -> None:
+        """Put a failed slot's group (what is left of it) back for the other slots."""
+        with self.cond:
+            waiting.append(item)
             self.cond.notify_all()
 
 
@@ -100,7 +113,8 @@ def run_boundaries(
     placed = slot_gpus(parallel, gpus) if gpus else [None] * parallel
     shared = threading.Condition()
     stopped, pools, threads = threading.Event(), [], []
-    budgets = {gpu: GpuBudget(total, shared) for gpu in set(placed)}  # one per GPU (None: the one)
+    in_use = {"busy": 0}
+    budgets = {gpu: GpuBudget(total, shared, in_use) for gpu in set(placed)}  # one per GPU (None: the one)
     entered: list[BoundaryRun] = []
     try:
         for run in runs:
@@ -134,7 +148,14 @@ def run_boundaries(
                         return
                     (run, group), held = taken
                     try:
+                        if stopped.is_set():  # while this slot waited for the busy ones
+                            return
                         run.search_group(group, pool, deadline)
+                    except WorkerStartFailed as failed:  # e.g. host memory ran short: a slot fewer
+                        left = f"its {len(group)} searches left go back for another slot (or a rerun)"
+                        print(f"qlora-bench: a search slot stops, {failed}; {left}", file=sys.stderr)
+                        budget.hand_back(waiting, (run, group))
+                        return
                     finally:
                         budget.give(held)
             finally:
