@@ -84,12 +84,12 @@ def cpu_request(spec, source=None, threads=1):
     return TrialRequest(spec, plan, source or ModelSource(config=load_catalog()[spec.model].config))
 
 
-def boundary_config(profile: str, results_dir, device: str = "cuda"):
+def boundary_config(profile: str, results_dir, device: str = "cuda", **overrides):
     """The boundary search of a profile's default grid, as `qlora-bench boundary --profile P`
-    configures it."""
+    configures it; `overrides` replace boundary_configs' arguments (ranks=(4,), ...)."""
     from bench.config import boundary_configs
 
-    (cfg,) = boundary_configs(
+    options = dict(
         profile_names=[profile],
         device=device,
         models=None,
@@ -109,4 +109,5 @@ def boundary_config(profile: str, results_dir, device: str = "cuda"):
         overwrite=False,
         extra_axes={},
     )
+    (cfg,) = boundary_configs(**{**options, **overrides})
     return cfg

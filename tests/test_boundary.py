@@ -494,7 +494,6 @@ def test_a_worker_killed_as_it_starts_stops_its_slot_and_another_searches_its_gr
     import threading
 
     from bench.boundary import BoundaryRun, run_boundaries
-    from bench.config import boundary_configs
     from bench.pool import Worker
 
     monkeypatch.setenv("QLORA_BENCH_INJECT", "tokens>1000:oom")
@@ -513,11 +512,9 @@ def test_a_worker_killed_as_it_starts_stops_its_slot_and_another_searches_its_gr
         return start(self, timeout)
 
     monkeypatch.setattr(Worker, "wait_ready", wait_ready)
-    (cfg,) = boundary_configs(
-        profile_names=["rtx3050-laptop"], device="cpu", models=None, ranks=(4,), dtypes=("fp16", "bf16"),
-        grad_ckpt=(False,), ref_seq_lens=None, search_axes=("seq_len",), reverify=False,
-        lora_alpha_ratio=2.0, optimizer="adamw_torch", warmup_steps=1, measured_steps=1,
-        results_dir=tmp_path, timeout_s=600, wandb_mode="off", overwrite=False, extra_axes={},
+    cfg = boundary_config(
+        "rtx3050-laptop", tmp_path, "cpu", ranks=(4,), dtypes=("fp16", "bf16"), grad_ckpt=(False,),
+        search_axes=("seq_len",), measured_steps=1,
     )  # fmt: skip
     run = BoundaryRun(cfg)
     assert sorted(t.base.dtype for t in run.tasks) == ["bf16", "fp16"]  # two groups: one per precision
@@ -536,17 +533,14 @@ def test_the_time_budget_counts_from_the_first_search_not_the_weights_build(tmp_
     import time
 
     from bench.boundary import BoundaryRun, run_boundaries, schedule
-    from bench.config import boundary_configs
 
     monkeypatch.setenv("QLORA_BENCH_INJECT", "tokens>1000:oom")
     monkeypatch.setenv("QLORA_BENCH_WORKER_START", "spawn")  # no forkserver keeping this env
     build = schedule._prepare_weights
     monkeypatch.setattr(schedule, "_prepare_weights", lambda runs: (time.sleep(3), build(runs)))
-    (cfg,) = boundary_configs(
-        profile_names=["rtx3050-laptop"], device="cpu", models=None, ranks=(4, 8), dtypes=("fp16",),
-        grad_ckpt=(False,), ref_seq_lens=None, search_axes=("seq_len",), reverify=False,
-        lora_alpha_ratio=2.0, optimizer="adamw_torch", warmup_steps=1, measured_steps=2,
-        results_dir=tmp_path, timeout_s=600, wandb_mode="off", overwrite=False, extra_axes={},
+    cfg = boundary_config(
+        "rtx3050-laptop", tmp_path, "cpu", ranks=(4, 8), dtypes=("fp16",), grad_ckpt=(False,),
+        search_axes=("seq_len",),
     )  # fmt: skip
     (summary,) = run_boundaries([BoundaryRun(cfg)], parallel=1, time_budget=1)
     assert (summary["boundaries"], summary["left"]) == (1, 1)
