@@ -59,12 +59,12 @@ class GpuBudget:
     is clamped, so one group can always run). An idle slot waits while another is busy: a slot
     that fails hands its group back (hand_back), and the idle one takes it."""
 
-    def __init__(self, total_gib: float, cond: threading.Condition | None = None, taken: dict | None = None):
+    def __init__(self, total_gib: float, cond: threading.Condition | None = None, in_use: dict | None = None):
         self.total = self.free = total_gib
         # GPUs' budgets taking from one waiting list share one condition (boundary --gpus) and
         # one count of the groups taken and not given back
         self.cond = cond or threading.Condition()
-        self.taken = {"busy": 0} if taken is None else taken
+        self.in_use = {"groups": 0} if in_use is None else in_use
 
     def take_first(self, waiting: list, share) -> tuple[object, float] | None:
         """Remove and return the first of `waiting` whose `share(item)` fits, with the share
@@ -72,12 +72,12 @@ class GpuBudget:
         may be handed back). A large group at the head of the queue does not hold back smaller
         ones that fit beside the running groups."""
         with self.cond:
-            while waiting or self.taken["busy"]:
+            while waiting or self.in_use["groups"]:
                 for i, item in enumerate(waiting):
                     gib = min(share(item), self.total)
                     if gib <= self.free:
                         self.free -= gib
-                        self.taken["busy"] += 1
+                        self.in_use["groups"] += 1
                         return waiting.pop(i), gib
                 self.cond.wait()
         return None
@@ -85,7 +85,7 @@ class GpuBudget:
     def give(self, gib: float) -> None:
         with self.cond:
             self.free += gib
-            self.taken["busy"] -= 1
+            self.in_use["groups"] -= 1
             self.cond.notify_all()
 
     def hand_back(self, waiting: list, item) -> None:
@@ -113,7 +113,7 @@ def run_boundaries(
     placed = slot_gpus(parallel, gpus) if gpus else [None] * parallel
     shared = threading.Condition()
     stopped, pools, threads = threading.Event(), [], []
-    in_use = {"busy": 0}
+    in_use = {"groups": 0}
     budgets = {gpu: GpuBudget(total, shared, in_use) for gpu in set(placed)}  # one per GPU (None: the one)
     entered: list[BoundaryRun] = []
     try:
