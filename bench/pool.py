@@ -64,8 +64,10 @@ class BadFork(RuntimeError):
 
 
 class WorkerStartFailed(RuntimeError):
-    """A worker died or hung before it was ready: no trial ran in it. On Linux a SIGKILL there
-    is most often the kernel's OOM killer, host memory (not the GPU's) having run short."""
+    """A worker died or hung before it was ready: no trial ran in it (the pool starts another in
+    its place once). A SIGKILL there comes from the kernel's OOM killer when host memory (not the
+    GPU's) runs short, or from another process: on the H200, 5 workers of 8 Unsloth slots were
+    killed so with host memory not short (docs/published-results.md)."""
 
 
 class Worker:
@@ -93,7 +95,8 @@ class Worker:
                 raise BadFork() from None
             reason = _death_reason(self.process.exitcode)
             if self.process.exitcode == -signal.SIGKILL:
-                reason += " (most often the OOM killer: host memory ran short; --parallel runs fewer slots)"
+                reason += " (the OOM killer if host memory ran short, or another process;"
+                reason += " --parallel runs fewer slots)"
             raise WorkerStartFailed(f"worker failed to start: {reason}") from None
         assert isinstance(ready, msg.Ready)
         self.ready, self.visible_devices = True, ready.visible_devices
@@ -214,7 +217,9 @@ class WorkerPool:
             self.retire()
         return answer
 
-    def _ready_worker(self, model: str | None, timeout: float) -> Worker:
+    def _ready_worker(self, model: str | None, timeout: float, retry: bool = True) -> Worker:
+        """The current worker, ready; a worker that fails to start is replaced once (a second
+        failure raises WorkerStartFailed: the caller gives up this pool)."""
         try:
             if self._current is None:
                 self._current, self._holds = self._take(model, timeout), None
@@ -222,7 +227,13 @@ class WorkerPool:
             return self._current
         except BadFork:
             self._fall_back_to_spawn()
-            return self._ready_worker(model, timeout)
+            return self._ready_worker(model, timeout, retry)
+        except WorkerStartFailed as failed:
+            self.retire()
+            if not retry:
+                raise
+            print(f"qlora-bench: {failed}; starting another in its place", file=sys.stderr)
+            return self._ready_worker(model, timeout, retry=False)
 
     def _take(self, model: str | None, timeout: float) -> Worker:
         """A worker for a trial of `model`: the spare that preloaded it, else a spare that

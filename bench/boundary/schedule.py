@@ -151,7 +151,7 @@ def run_boundaries(
                         if stopped.is_set():  # while this slot waited for the busy ones
                             return
                         run.search_group(group, pool, deadline)
-                    except WorkerStartFailed as failed:  # e.g. host memory ran short: a slot fewer
+                    except WorkerStartFailed as failed:  # twice in a row (WorkerPool): a slot fewer
                         left = f"its {len(group)} searches left go back for another slot (or a rerun)"
                         print(f"qlora-bench: a search slot stops, {failed}; {left}", file=sys.stderr)
                         budget.hand_back(waiting, (run, group))
