@@ -13,7 +13,8 @@
 # (an H200's 140 GiB: P 88, R 18, T 27, U 38); HEADROOM_P, HEADROOM_R, HEADROOM_T, HEADROOM_U
 # override them (a job alone on the GPU: HEADROOM_U=16 JOBS=U). PARALLEL_P ... PARALLEL_U set a
 # job's slots (--parallel; auto otherwise): alone, the Unsloth job took 8 slots with a spare each,
-# and a worker was killed (SIGKILL) as it started, most likely by the host's OOM killer (128 GiB).
+# and workers were killed (SIGKILL) as they started, with host memory not short (DIR/logs/memN.txt:
+# `free -m` every 5 s beside each call; python3 scripts/host-memory.py DIR/logs/mem*.txt sums it up).
 #
 # On an offline GPU host, install scripts/gpu-wheels.sh's wheels first (its header says how).
 # Usage: LEFT=seconds [DIR=.gpu] [PACK=file.tgz] [JOBS="P R T"] [HEADROOM_X=GiB] [PARALLEL_X=N]
@@ -97,8 +98,10 @@ for j in $JOBS; do
 done
 (while sleep 30; do pack; done) &
 packer=$!
+(while sleep 5; do echo "$(date +%T) $(free -m | sed -n 2p)"; done) >"$DIR/logs/mem$N.txt" 2>&1 &
+sampler=$!
 wait "${pids[@]}"
-kill "$packer" 2>/dev/null
+kill "$packer" "$sampler" 2>/dev/null
 pack
 for j in $JOBS; do
   echo "== $j (call $N)"

@@ -308,10 +308,13 @@ def test_the_band_summary_quoted_is_what_analysis_bands_prints(capsys):
         "gtx1650 liger seq_len": ("down median 6.5%", "worst 21.2%"),
         "rtx3050-laptop liger seq_len": ("down median 9.5%", "worst 24.1%"),
         "rtx3050-laptop trl seq_len": ("down median 7.8%", "worst 11.9%", "up median 9.5%"),
+        "rtx3070 unsloth seq_len": ("3 boundaries", "worst 11.5%"),
     }
     for part, figures in quoted.items():
         assert all(f in per[part] for f in figures), per[part]  # the docs quote these
-    # the ninth session's (the paragraph that ends with the summary line now printed)
+    # the tenth session's (the paragraph that ends with the summary line now printed)
+    assert "band 28992-32768 (down 11.5%: with 0.3 GiB less, 32768 down to 30784 ran out of memory)" in docs
+    # the ninth session's
     assert "boundaries move down by a median of 5.3% (worst 6.5%: Llama-3.2-3B, 11904 tokens" in docs
     assert "up by 4.1%; with the expandable allocator's five, the T4's peft" in docs
     assert "move down by 2.2% (worst 16.7%) and up by 1.4%" in docs
@@ -439,3 +442,24 @@ def test_a_boundary_a_later_probe_contradicts_is_marked_in_the_tables(tmp_path):
     (row,) = read_boundaries(folder / "boundaries.csv")
     assert row["later_oom"] == "17"  # 401fced's and 73909da's probes at 17 ran out of memory
     assert value_text(row) == "17 ¶17"
+
+
+def test_the_host_memory_quoted_is_what_the_samples_say():
+    """The tenth session's workers killed as they started: docs/published-results.md quotes
+    scripts/host-memory.py over the `free -m` samples kept in archive/hostmem-58b6299."""
+    import subprocess
+    import sys
+
+    repo = RESULTS.parent
+    files = sorted((repo / "archive" / "hostmem-58b6299").glob("mem*.txt"))
+    assert [f.name for f in files] == ["mem1.txt", "mem2.txt", "mem3.txt"]
+    out = subprocess.run(
+        [sys.executable, str(repo / "scripts" / "host-memory.py"), *map(str, files)],
+        capture_output=True, text=True, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    docs = (repo / "docs" / "published-results.md").read_text()
+    assert out[1] in docs and out[2] in docs
+    assert out[2].endswith("used at most 44.4 GiB of 125.8, available at least 81.5 GiB")
+    logs = [(repo / "archive" / "hostmem-58b6299" / f"U{i}.log").read_text() for i in (1, 2, 3)]
+    stopped = "a search slot stops, worker failed to start: worker died with SIGKILL"
+    assert [log.count(stopped) for log in logs] == [0, 1, 4]
