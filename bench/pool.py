@@ -91,10 +91,12 @@ class Worker:
             ready = self.conn.recv()
         except EOFError:
             self.process.join(5)
-            if self.process.exitcode == BAD_FORK_EXIT:
+            exitcode = self.process.exitcode
+            self.stop()  # its pipe too, wherever the caller holds it (a spare, the current worker)
+            if exitcode == BAD_FORK_EXIT:
                 raise BadFork() from None
-            reason = _death_reason(self.process.exitcode)
-            if self.process.exitcode == -signal.SIGKILL:
+            reason = _death_reason(exitcode)
+            if exitcode == -signal.SIGKILL:
                 reason += " (the OOM killer if host memory ran short, or another process;"
                 reason += " --parallel runs fewer slots)"
             raise WorkerStartFailed(f"worker failed to start: {reason}") from None

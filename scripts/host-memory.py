@@ -12,7 +12,7 @@ GIB = 1024  # MiB
 
 
 def summary(path: Path) -> str:
-    samples = [line.split() for line in path.read_text().splitlines() if " Mem: " in f" {line} "]
+    samples = [line.split() for line in path.read_text().splitlines() if "Mem:" in line.split()]
     total = int(samples[0][2])
     used = max(int(s[3]) for s in samples)
     available = min(int(s[7]) for s in samples)

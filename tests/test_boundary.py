@@ -524,7 +524,7 @@ def test_a_worker_killed_as_it_starts_is_replaced_once_then_its_slot_hands_its_g
     assert len(killed) == kills and (summary["boundaries"], summary["left"]) == (2, 0)
     err = capsys.readouterr().err
     died = "worker failed to start: worker died with SIGKILL (the OOM killer if host memory ran short"
-    assert err.count(f"{died}") == kills
+    assert err.count(died) == kills
     assert "; starting another in its place" in err
     stopped = "its 1 searches left go back for another slot (or a rerun)"
     assert (f"a search slot stops, {died}" in err and stopped in err) == (kills == 2)
