@@ -24,18 +24,17 @@ def _int(value) -> int | None:
     return int(float(value)) if str(value or "") not in ("", "None") else None
 
 
-def banded(results_dir: Path) -> tuple[list[dict], dict[str, int]]:
+def banded(results_dir: Path) -> tuple[list[dict], dict[tuple[str, bool], int]]:
     """The ok boundaries that have a band (profile, the row's setting, value, safe value, band,
-    each end's move as a share of the value) and, per profile, the ok boundaries without one."""
+    each end's move as a share of the value) and the ok boundaries without one, per profile and
+    whether at 0 (nothing fit: a band would say whether 0.3 GiB more lets the smallest value fit)."""
     rows, missing = [], {}
     for path in sorted(Path(results_dir).glob("*/boundaries.csv")):
         for r in read_results(path):
-            value = _int(r.get("max_value"))
-            if r["status"] != "ok" or not value:
-                continue
-            low, high = _int(r.get("band_low")), _int(r.get("band_high"))
-            if low is None and high is None:
-                missing[path.parent.name] = missing.get(path.parent.name, 0) + 1
+            value, low, high = (_int(r.get(k)) for k in ("max_value", "band_low", "band_high"))
+            if r["status"] == "ok" and low is None and high is None:
+                missing[path.parent.name, not value] = missing.get((path.parent.name, not value), 0) + 1
+            if r["status"] != "ok" or not value or (low is None and high is None):
                 continue
             rows.append(
                 {
@@ -285,7 +284,8 @@ def main(results_dir: Path) -> None:
         for profile, kind in sorted({(r["profile"], r["kind"]) for r in rows}):
             part = [r for r in rows if r["profile"] == profile and r["kind"] == kind]
             print(f"  {profile} {kind}: {_moves(part)}")
-    print("without a band:", ", ".join(f"{p} {n}" for p, n in sorted(missing.items())) or "none")
+    counts = [f"{p} {n}" + (" at 0" if zero else "") for (p, zero), n in sorted(missing.items())]
+    print("without a band:", ", ".join(counts) or "none")
     print("\n".join(_floor_lines(floors(results_dir))))
     pairs, flipped = repeats(results_dir)
     print(

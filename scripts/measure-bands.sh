@@ -14,7 +14,8 @@
 # override them (a job alone on the GPU: HEADROOM_U=16 JOBS=U). PARALLEL_P ... PARALLEL_U set a
 # job's slots (--parallel; auto otherwise): alone, the Unsloth job took 8 slots with a spare each,
 # and workers were killed (SIGKILL) as they started, with host memory not short (DIR/logs/memN.txt:
-# `free -m` every 5 s beside each call; python3 scripts/host-memory.py DIR/logs/mem*.txt sums it up).
+# `free -m` every 5 s beside each call; python3 scripts/host-memory.py DIR/logs/mem*.txt sums it up;
+# DIR/logs/cgN.txt: the container's cgroup memory use, limit and OOM-kill count every 5 s).
 #
 # On an offline GPU host, install scripts/gpu-wheels.sh's wheels first (its header says how).
 # Usage: LEFT=seconds [DIR=.gpu] [PACK=file.tgz] [JOBS="P R T"] [HEADROOM_X=GiB] [PARALLEL_X=N]
@@ -65,12 +66,14 @@ jobP() {  # peft: the 12-24 GB cards first, then the rest (done by the eighth se
     --grad-ckpt on --axes eval_batch_size --ref-seq-lens 2048 --padding longest
 }
 
-jobR() {  # the loop and Liger recipes: gtx1650's 3B models (outside the default grid), t4, l4
+jobR() {  # the loop and Liger recipes: gtx1650's 3B models (outside the default grid), t4, l4;
+  # then gtx1650's 3B models on the peft path, all at 0 (left by the eleventh session)
   copy R gtx1650 t4 l4
   band 122 R $BB --profile gtx1650 --recipe loop --models llama-3.2-3b,qwen2.5-3b --dtypes fp16
   band 122 R $B --profile t4 --profile l4 --recipe loop,liger --dtypes fp16
   band 122 R $B --profile t4 --profile l4 --models qwen2.5-0.5b,qwen2.5-1.5b --recipe loop --dtypes fp16 \
     --allocator expandable
+  band 122 R $BB --profile gtx1650 --recipe peft --models llama-3.2-3b,qwen2.5-3b --dtypes fp16
 }
 
 jobT() {  # TRL in bf16
@@ -82,6 +85,16 @@ jobU() {  # Unsloth (its own site first on PYTHONPATH: scripts/gpu-wheels.sh)
   copy U gtx1650 rtx3050-laptop rtx3070 t4 l4
   PYTHONPATH=${UNSLOTH_SITE:-/tmp/site_u}:${PYTHONPATH:-} band 102 U $B --profile gtx1650 \
     --profile rtx3050-laptop --profile rtx3070 --profile t4 --profile l4 --recipe unsloth --dtypes fp16
+}
+
+cgroup_memory() {  # this container's memory use, limit and OOM kills: its own cgroup's files (v2,
+  # /proc/self/cgroup's `0::PATH`; the root's have none), else cgroup v1's memory controller
+  local d f
+  d=/sys/fs/cgroup$(sed -n 's/^0:://p' /proc/self/cgroup 2>/dev/null)
+  for f in "$d/memory.current" "$d/memory.max" "$d/memory.events" /sys/fs/cgroup/memory/memory.usage_in_bytes \
+    /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/memory/memory.oom_control; do
+    [ -r "$f" ] && echo -n "${f##*/}: $(tr '\n' ' ' <"$f")"
+  done
 }
 
 pack() {
@@ -100,8 +113,10 @@ done
 packer=$!
 (while sleep 5; do echo "$(date +%T) $(free -m | sed -n 2p)"; done) >"$DIR/logs/mem$N.txt" 2>&1 &
 sampler=$!
+(while sleep 5; do echo "$(date +%T) $(cgroup_memory)"; done) >"$DIR/logs/cg$N.txt" 2>&1 &
+cgsampler=$!
 wait "${pids[@]}"
-kill "$packer" "$sampler" 2>/dev/null
+kill "$packer" "$sampler" "$cgsampler" 2>/dev/null
 pack
 for j in $JOBS; do
   echo "== $j (call $N)"
