@@ -36,7 +36,7 @@ def test_estimate_says_when_nothing_fits():
     answer = estimate("gtx1650", "qwen2.5-1.5b", 10, 1024, 1, RESULTS)  # liger's safe value counts
     assert answer["others"] == [
         "liger (fp16, ckpt, r16): 1856 (2112§) [1664-2176] tokens",
-        "unsloth (fp16, ckpt, r16): 9152 (9280§) tokens",
+        "unsloth (fp16, ckpt, r16): 9152 (9280§) [7552-10944] tokens",
     ]
     result = run("--profile", "gtx1650", "--model", "qwen2.5-3b", "--examples", "10", "--tokens", "576")
     assert "nor with another recipe measured" in result.output

@@ -308,10 +308,19 @@ def test_the_band_summary_quoted_is_what_analysis_bands_prints(capsys):
         "gtx1650 liger seq_len": ("down median 6.5%", "worst 21.2%"),
         "rtx3050-laptop liger seq_len": ("down median 9.5%", "worst 24.1%"),
         "rtx3050-laptop trl seq_len": ("down median 7.8%", "worst 11.9%", "up median 9.5%"),
-        "rtx3070 unsloth seq_len": ("3 boundaries", "worst 11.5%"),
+        "rtx3070 unsloth seq_len": ("4 boundaries", "worst 11.5%"),
+        "gtx1650 unsloth seq_len": ("3 boundaries", "down median 15.5%", "worst 18.6%", "up median 16.7%"),
+        "rtx3050-laptop unsloth seq_len": ("down median 13.4%", "worst 17.9%", "up median 16.7%"),
     }
     for part, figures in quoted.items():
         assert all(f in per[part] for f in figures), per[part]  # the docs quote these
+    # what is left without a band: the GTX 1650's 3B peft boundaries at 0 and the H200's native one
+    left = "without a band: gtx1650 32 at 0, h200 1"
+    assert left in out and left in docs
+    # the eleventh session's
+    assert "down by a median of 15.5% (worst 18.6%: Qwen2.5-1.5B, 9280 tokens, band 7552-10944" in docs
+    assert "Laptop's three down by 13.4% (worst 17.9%: Llama-3.2-1B, 9984 tokens, band 8192-11648)" in docs
+    assert "up by 16.7%, and the RTX" in docs and "up by 16.7%. 0.3 GiB" in docs
     # the tenth session's (the paragraph that ends with the summary line now printed)
     assert "band 28992-32768 (down 11.5%: with 0.3 GiB less, 32768 down to 30784 ran out of memory)" in docs
     # the ninth session's
@@ -463,3 +472,7 @@ def test_the_host_memory_quoted_is_what_the_samples_say():
     logs = [(repo / "archive" / "hostmem-58b6299" / f"U{i}.log").read_text() for i in (1, 2, 3)]
     stopped = "a search slot stops, worker failed to start: worker died with SIGKILL"
     assert [log.count(stopped) for log in logs] == [0, 1, 4]
+    # the eleventh session's three calls (the same job, commit and slots): none killed
+    eleventh = [(repo / "archive" / "bands-58b6299" / f"U{i}.log").read_text() for i in (1, 2, 3)]
+    assert [log.count("SIGKILL") for log in eleventh] == [0, 0, 0]
+    assert "none in the eleventh's three" in " ".join(docs.split())
