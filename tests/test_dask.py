@@ -72,3 +72,56 @@ def test_a_scheduler_that_does_not_answer_is_a_usage_error(tmp_path):
     result = cli(*base, "--scheduler", "local", "--time-budget", "60")
     assert result.returncode == 2 and "no --parallel, --gpus or --time-budget" in result.stderr
     assert not any(tmp_path.rglob("*.csv"))  # nothing started, nothing written
+
+
+@pytest.mark.torch
+def test_a_dask_task_whose_workers_die_as_they_start_goes_out_again_once(tmp_path, monkeypatch, capsys):
+    """The H200's search workers killed as they started (docs/published-results.md), on a Dask
+    worker: a task whose pool fails twice in a row returns what it finished, and its searches go
+    out once more as a new task; when that one fails as well they are left for a rerun (the run
+    ends, its other groups recorded). One Dask worker, so the tasks run one after another."""
+    import dask
+    from dask.distributed import Client, LocalCluster
+
+    from bench.boundary import BoundaryRun
+    from bench.boundary.dask_run import run_on_dask
+    from bench.config import boundary_configs
+
+    monkeypatch.setenv("QLORA_BENCH_INJECT", "tokens>1000:oom")
+    monkeypatch.setenv("QLORA_BENCH_WORKER_START", "spawn")
+
+    def kill_starts(n):  # in the Dask worker: the next n worker starts die with SIGKILL
+        import os
+        import signal
+
+        from bench.pool import Worker
+
+        start, left = getattr(Worker, "unpatched", Worker.wait_ready), [n]
+
+        def wait_ready(self, timeout):
+            if not self.ready and left[0] > 0:
+                left[0] -= 1
+                os.kill(self.process.pid, signal.SIGKILL)
+            return start(self, timeout)
+
+        Worker.unpatched, Worker.wait_ready = start, wait_ready
+
+    config = {**CONFIG, "ranks": (4,)}  # two groups: one per profile
+    dask.config.set({"distributed.worker.daemon": False})
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+            for n, folder in ((2, "again"), (10**6, "left")):
+                client.run(kill_starts, n)
+                runs = [BoundaryRun(c) for c in boundary_configs(results_dir=tmp_path / folder, **config)]
+                summaries = run_on_dask(runs, cluster.scheduler_address)
+                err = capsys.readouterr().err
+                assert err.count("a Dask task stops, worker failed to start: worker died with SIGKILL") == (
+                    1 if n == 2 else 4
+                )
+                if n == 2:  # the first task's two starts: sent again, and every boundary found
+                    assert "its 1 searches left go out again as a new task" in err
+                    assert [(s["boundaries"], s["left"]) for s in summaries] == [(1, 0), (1, 0)]
+                    assert {v[0] for v in _found(tmp_path / folder)[0].values()} == {"960"}
+                else:
+                    assert err.count("its 1 searches left are left for a rerun") == 2
+                    assert [(s["boundaries"], s["left"]) for s in summaries] == [(0, 1), (0, 1)]
