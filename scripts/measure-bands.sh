@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Band searches (`boundary --band 0.3`) for the published boundaries that have none, as several
 # jobs beside one another on one large GPU, within a time limit: how the bands of the seventh
-# to tenth sessions (2026-12-04) were gathered, the commands docs/published-results.md lists.
+# to eleventh sessions (2026-12-04) were gathered, the commands docs/published-results.md lists.
 #
 # Each job writes to a folder of its own (DIR/devX: copies of its profiles' folders of results/,
 # made on the first call, reused after), so the jobs take no lock from each other; a job's
