@@ -161,8 +161,9 @@ def by_stack(results_dir: Path) -> list[str]:
         "emulated on an H200; `fails`: the stack errors; `≥`: the search's limit still fit; "
         "blank: not searched; `1792 (2048§)`: the safe value, every probed length at or below it "
         "fit, then the longest that fit; `320 [192-448]`: the band, the longest with the cap `--band` "
-        "GiB lower and higher, 0.3 in the published runs; `¶N`: a later probe under the same cap ran "
-        "out of memory at N, results/boundaries.md). What each recipe runs: docs/recipes.md. " + TRL_NOTE,
+        "GiB lower and higher, 0.3 in the published runs (`[?]`: not searched yet); `¶N`: a later "
+        "probe under the same cap ran out of memory at N, results/boundaries.md). What each recipe "
+        "runs: docs/recipes.md. " + TRL_NOTE,
         "",
         "| profile | model | setting | " + " | ".join(recipes) + " |",
         "| --- | --- | --- |" + " --- |" * len(recipes),

@@ -149,9 +149,9 @@ def render(results_dir: Path) -> str:
         "boundary (`--safe-scan`) found values that ran out of memory: the safe value (every "
         "probed value at or below it fit) first, the largest that fit in brackets; `[a-b]` the "
         "band: the boundary searched again with the cap `--band` GiB lower and higher (shown "
-        "where it differs from the value); `¶N` a later probe of the same boundary under the same "
-        "cap, in a search cut before it recorded one, ran out of memory at N, at or below the "
-        "value (read it as a band down to N-1 until the band search settles it).",
+        "where it differs from the value), `[?]` none searched yet; `¶N` a later probe of the same "
+        "boundary under the same cap, in a search cut before it recorded one, ran out of memory at "
+        "N, at or below the value (read it as a band down to N-1 until the band search settles it).",
         "",
     ]
     sections = 0

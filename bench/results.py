@@ -261,8 +261,9 @@ def value_text(row: dict) -> str:
     """An ok boundary's value as the tables write it: '≥' when it fit up to the search limit,
     the safe value first with the largest fit in brackets and '§' when a scan below found an
     OOM (memory is not monotone near the cap), then the band '[low-high]' where it was searched
-    (`--band`) and differs from the value, then '¶N' where a later probe under the same cap ran
-    out of memory at N, at or below the value (read_boundaries)."""
+    (`--band`) and differs from the value, or '[?]' where an emulated boundary has no band yet,
+    then '¶N' where a later probe under the same cap ran out of memory at N, at or below the
+    value (read_boundaries)."""
     text = row["max_value"]
     if not row["first_oom_value"]:
         text = f"≥{text}"
@@ -271,6 +272,8 @@ def value_text(row: dict) -> str:
     band = (str(row.get("band_low") or ""), str(row.get("band_high") or ""))
     if any(band) and band != (str(row["max_value"]),) * 2:
         text += f" [{band[0] or '?'}-{band[1] or '?'}]"
+    elif not any(band) and str(row.get("emulated")).lower() == "true":  # a card's own has no cap to move
+        text += " [?]"
     if row.get("later_oom"):  # read_boundaries: a later probe under the same cap ran out there
         text += f" ¶{row['later_oom']}"
     return text

@@ -420,7 +420,8 @@ def test_a_boundary_a_later_probe_contradicts_is_marked_in_the_tables(tmp_path):
     """The L4's Llama-3.2-3B r8 fp16 ckpt batch at 512 was published as 17 (commit 2218821); a
     later search (401fced), cut before it recorded a boundary, ran 17 out of memory under the same
     cap, and the tables marked it 17 ¶17 until its band search (73909da) recorded 16, band 16-16.
-    No published cell is marked now; that row as it was, beside today's probes, is."""
+    No published cell is marked now; that row as it was, beside today's probes, is (and, having
+    no band, marked [?] too)."""
     import csv
 
     from bench.results import read_boundaries, value_text
@@ -450,7 +451,10 @@ def test_a_boundary_a_later_probe_contradicts_is_marked_in_the_tables(tmp_path):
             writer.writerows(rows)
     (row,) = read_boundaries(folder / "boundaries.csv")
     assert row["later_oom"] == "17"  # 401fced's and 73909da's probes at 17 ran out of memory
-    assert value_text(row) == "17 ¶17"
+    assert value_text(row) == "17 [?] ¶17"
+    assert value_text({**row, "band_low": "16", "band_high": "16"}) == "17 [16-16] ¶17"
+    assert value_text({**row, "emulated": "false"}) == "17 ¶17"  # a card's own boundary: no cap to move
+    assert "| 0 [?] / 0 [?] / 0 [?] |" in (RESULTS / "boundaries.md").read_text()  # gtx1650's 3B, peft
 
 
 def test_the_host_memory_quoted_is_what_the_samples_say():
