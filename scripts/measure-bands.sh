@@ -66,14 +66,14 @@ jobP() {  # peft: the 12-24 GB cards first, then the rest (done by the eighth se
     --grad-ckpt on --axes eval_batch_size --ref-seq-lens 2048 --padding longest
 }
 
-jobR() {  # the loop and Liger recipes: gtx1650's 3B models (outside the default grid), t4, l4;
-  # then gtx1650's 3B models on the peft path, all at 0 (left by the eleventh session)
+jobR() {  # gtx1650's 3B models (outside the default grid) on the peft path, all at 0 (the band
+  # searches the eleventh session left), then the loop and Liger recipes: those models, t4, l4
   copy R gtx1650 t4 l4
+  band 122 R $BB --profile gtx1650 --recipe peft --models llama-3.2-3b,qwen2.5-3b --dtypes fp16
   band 122 R $BB --profile gtx1650 --recipe loop --models llama-3.2-3b,qwen2.5-3b --dtypes fp16
   band 122 R $B --profile t4 --profile l4 --recipe loop,liger --dtypes fp16
   band 122 R $B --profile t4 --profile l4 --models qwen2.5-0.5b,qwen2.5-1.5b --recipe loop --dtypes fp16 \
     --allocator expandable
-  band 122 R $BB --profile gtx1650 --recipe peft --models llama-3.2-3b,qwen2.5-3b --dtypes fp16
 }
 
 jobT() {  # TRL in bf16
