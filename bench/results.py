@@ -270,9 +270,10 @@ def value_text(row: dict) -> str:
     if row.get("oom_below"):  # not monotone: the safe value leads
         text = f"{row['safe_value']} ({text}§)"
     band = (str(row.get("band_low") or ""), str(row.get("band_high") or ""))
-    if any(band) and band != (str(row["max_value"]),) * 2:
-        text += f" [{band[0] or '?'}-{band[1] or '?'}]"
-    elif not any(band) and str(row.get("emulated")).lower() == "true":  # a card's own has no cap to move
+    if any(band):
+        if band != (str(row["max_value"]),) * 2:
+            text += f" [{band[0] or '?'}-{band[1] or '?'}]"
+    elif str(row.get("emulated")).lower() == "true":  # a card's own boundary has no cap to move
         text += " [?]"
     if row.get("later_oom"):  # read_boundaries: a later probe under the same cap ran out there
         text += f" ¶{row['later_oom']}"

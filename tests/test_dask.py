@@ -107,21 +107,22 @@ def test_a_dask_task_whose_workers_die_as_they_start_goes_out_again_once(tmp_pat
         Worker.unpatched, Worker.wait_ready = start, wait_ready
 
     config = {**CONFIG, "ranks": (4,)}  # two groups: one per profile
+    died = "a Dask task stops, worker failed to start: worker died with SIGKILL"
     dask.config.set({"distributed.worker.daemon": False})
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         with Client(cluster) as client:
-            for n, folder in ((2, "again"), (10**6, "left")):
-                client.run(kill_starts, n)
+
+            def search(kills: int, folder: str) -> tuple[list[dict], str]:
+                client.run(kill_starts, kills)
                 runs = [BoundaryRun(c) for c in boundary_configs(results_dir=tmp_path / folder, **config)]
-                summaries = run_on_dask(runs, cluster.scheduler_address)
-                err = capsys.readouterr().err
-                assert err.count("a Dask task stops, worker failed to start: worker died with SIGKILL") == (
-                    1 if n == 2 else 4
-                )
-                if n == 2:  # the first task's two starts: sent again, and every boundary found
-                    assert "its 1 searches left go out again as a new task" in err
-                    assert [(s["boundaries"], s["left"]) for s in summaries] == [(1, 0), (1, 0)]
-                    assert {v[0] for v in _found(tmp_path / folder)[0].values()} == {"960"}
-                else:
-                    assert err.count("its 1 searches left are left for a rerun") == 2
-                    assert [(s["boundaries"], s["left"]) for s in summaries] == [(0, 1), (0, 1)]
+                return run_on_dask(runs, cluster.scheduler_address), capsys.readouterr().err
+
+            # the first task's two starts: its search sent again, and every boundary found
+            summaries, err = search(2, "again")
+            assert err.count(died) == 1 and "its 1 searches left go out again as a new task" in err
+            assert [(s["boundaries"], s["left"]) for s in summaries] == [(1, 0), (1, 0)]
+            assert {v[0] for v in _found(tmp_path / "again")[0].values()} == {"960"}
+            # every start killed: each group's task and its second go both fail, the run ends
+            summaries, err = search(10**6, "left")
+            assert err.count(died) == 4 and err.count("its 1 searches left are left for a rerun") == 2
+            assert [(s["boundaries"], s["left"]) for s in summaries] == [(0, 1), (0, 1)]

@@ -109,14 +109,16 @@ def run_on_dask(runs: list[BoundaryRun], address: str, progress=None) -> list[di
             entered.append(run)
         for run in runs:
             for group in sorted(run.groups(), key=lambda g, r=run: -r.cost(g)):
-                futures[_submit(client, run, [t.key for t in group])] = (run, [t.key for t in group], 0)
+                keys = [t.key for t in group]
+                futures[_submit(client, run, keys)] = (run, keys, 0)
         done = as_completed(list(futures))
         for future in done:
             rows, probes, reused, failed = future.result()  # a search that raised: its error, here
             run, keys, sent = futures[future]
             _write(run, rows, probes)
             run.counts["reused"] += reused
-            rest = [k for k in keys if k not in {r["boundary_key"] for r in rows}]
+            finished = {r["boundary_key"] for r in rows}
+            rest = [k for k in keys if k not in finished]
             if failed and rest:
                 where = "go out again as a new task" if sent == 0 else "are left for a rerun"
                 print(f"qlora-bench: a Dask task stops, {failed}; its {len(rest)} searches left {where}",
