@@ -314,9 +314,15 @@ def test_the_band_summary_quoted_is_what_analysis_bands_prints(capsys):
     }
     for part, figures in quoted.items():
         assert all(f in per[part] for f in figures), per[part]  # the docs quote these
-    # what is left without a band: the GTX 1650's 3B peft boundaries at 0 and the H200's native one
-    left = "without a band: gtx1650 32 at 0, h200 1"
+    # what is left without a band: the H200's native one (the twelfth session banded the GTX
+    # 1650's 32 3B peft boundaries at 0; one of them fits 64 tokens with 0.3 GiB more)
+    left = "without a band: h200 1"
     assert left in out and left in docs
+    zero = (
+        "at 0 with a band: 337; the smallest value fits with 0.3 GiB more in 24 (gtx1650 8, "
+        "rtx3050-laptop 6, rtx3060-12gb 6, rtx4060ti-16gb 4)"
+    )
+    assert zero in out and zero in docs
     # the eleventh session's
     assert "down by a median of 15.5% (worst 18.6%: Qwen2.5-1.5B, 9280 tokens, band 7552-10944" in docs
     assert "Laptop's three down by 13.4% (worst 17.9%: Llama-3.2-1B, 9984 tokens, band 8192-11648)" in docs
@@ -383,7 +389,7 @@ def test_band_floors_from_the_probes_never_exceed_a_measured_band_and_the_docs_q
 def test_probes_run_again_by_a_later_run_mostly_agree_and_the_docs_quote_the_count():
     """A point probed by two runs (a band's search re-running its boundary's; merged files keep
     both rows) gives the same fit/OOM but for the few cells docs/published-results.md names."""
-    from analysis.bands import repeats
+    from analysis.repeats import repeats
 
     pairs, flipped = repeats(RESULTS)
     line = f"probes run again by a later run (same point, cap and purpose): {pairs}, the same fit/OOM in "
@@ -394,7 +400,7 @@ def test_probes_run_again_by_a_later_run_mostly_agree_and_the_docs_quote_the_cou
         (RESULTS.parent / "docs" / "reliability.md").read_text().split()
     )
     assert any(f.startswith("l4 llama-3.2-3b r8 fp16 ckpt=true peft seq 512 batch 17") for f in flipped)
-    from analysis.bands import by_load, kept_ends
+    from analysis.repeats import by_load, kept_ends
 
     loads = by_load(RESULTS)  # every flip had a kept model on one side; the docs quote the lines
     assert loads["fresh"]["flips"] == 0 and loads["kept"]["flips"] == len(flipped)
@@ -407,7 +413,7 @@ def test_probes_run_again_by_a_later_run_mostly_agree_and_the_docs_quote_the_cou
         assert line + f"the same peak in {k['equal']}, at most {k['max']:.3f} GiB apart" in docs
     line = f"on a kept model: {kept} of {total}; its fitting end on a kept model within {margin:.3f} GiB"
     assert line + f" of the cap: {near}" in docs
-    from analysis.bands import inversion_loads
+    from analysis.repeats import inversion_loads
 
     n, loads = inversion_loads(RESULTS)  # the safe scans' OOMs below a fit: mostly on a kept model
     line = f"values below a boundary that ran out of memory (safe-value scans): {sum(loads.values())} in {n} "
@@ -454,7 +460,9 @@ def test_a_boundary_a_later_probe_contradicts_is_marked_in_the_tables(tmp_path):
     assert value_text(row) == "17 [?] ¶17"
     assert value_text({**row, "band_low": "16", "band_high": "16"}) == "17 [16-16] ¶17"
     assert value_text({**row, "emulated": "false"}) == "17 ¶17"  # a card's own boundary: no cap to move
-    assert "| 0 [?] / 0 [?] / 0 [?] |" in (RESULTS / "boundaries.md").read_text()  # gtx1650's 3B, peft
+    # gtx1650's 3B peft cells, banded in the twelfth session: none reads [?] now
+    table = (RESULTS / "boundaries.md").read_text()
+    assert "[?]" not in table.split("\n", 3)[3] and "| qwen2.5-3b | 8 | 0 [0-64] | 0 |" in table
 
 
 def test_the_host_memory_quoted_is_what_the_samples_say():
@@ -480,3 +488,12 @@ def test_the_host_memory_quoted_is_what_the_samples_say():
     eleventh = [(repo / "archive" / "bands-58b6299" / f"U{i}.log").read_text() for i in (1, 2, 3)]
     assert [log.count("SIGKILL") for log in eleventh] == [0, 0, 0]
     assert "none in the eleventh's three" in " ".join(docs.split())
+    # the twelfth session's call, with the container's cgroup sampled too: no OOM kill
+    twelfth = [repo / "archive" / "bands-0e64b62" / name for name in ("cg1.txt", "mem1.txt")]
+    out = subprocess.run(
+        [sys.executable, str(repo / "scripts" / "host-memory.py"), *map(str, twelfth)],
+        capture_output=True, text=True, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    assert out[0] == "cg1.txt: 81 cgroup samples; in use at most 17.2 GiB, limit max; OOM kills 0"
+    assert out[0] in docs and out[1] in docs
+    assert "SIGKILL" not in twelfth[0].with_name("R1.log").read_text()
