@@ -174,7 +174,14 @@ def sweep(dry_run, boundaries, gpus, **options):
     "--reverify",
     is_flag=True,
     help="Run each boundary's fit and next step again in new fresh workers (a repeatability "
-    "check; the search's own probes at both ends already ran fresh and capped).",
+    "check; the search's own probes ran capped, each after a fresh load or on a model its worker "
+    "kept with the allocator back in the load's state).",
+)
+@click.option(
+    "--fresh",
+    is_flag=True,
+    help="Run every probe in a new worker, from a fresh load, as a user's run starts (no model "
+    "kept from the probe before; slower): the check of a boundary found with kept models.",
 )
 @ALPHA_RATIO
 @OPTIMIZER

@@ -56,6 +56,7 @@ class BoundaryConfig(RunConfig):
     ref_seq_lens: tuple[int, ...] = (512, 1024, 2048)
     search_axes: tuple[str, ...] = DEFAULT_BOUNDARY_AXES
     reverify: bool = False
+    fresh: bool = False  # every probe in a new worker, from a fresh load (no kept model)
     safe_scan: int = 0  # fits in a row probed below a boundary for its safe value (SAFE_SCAN)
     band_gib: float = 0.0  # the boundary searched again with the cap this much lower and higher
 
@@ -234,6 +235,7 @@ def boundary_configs(
     ref_seq_lens,
     search_axes,
     reverify: bool,
+    fresh: bool = False,
     safe_scan: int = 0,
     band_gib: float = 0.0,
     lora_alpha_ratio: float,
@@ -280,6 +282,7 @@ def boundary_configs(
                 ref_seq_lens=tuple(ref_seq_lens or profile.grid.reference_seq_lens),
                 search_axes=tuple(search_axes),
                 reverify=reverify,
+                fresh=fresh,
                 safe_scan=safe_scan,
                 band_gib=band_gib,
             ),

@@ -194,13 +194,15 @@ class WorkerPool:
             worker.stop(wait=False)
             self._spare.remove(worker)
 
-    def run(self, request: msg.TrialRequest, timeout: float) -> msg.TrialReply:
-        """Run one trial; the reply's row holds its measurements or how it failed."""
+    def run(self, request: msg.TrialRequest, timeout: float, fresh: bool = False) -> msg.TrialReply:
+        """Run one trial; the reply's row holds its measurements or how it failed. `fresh`: in a
+        worker that ran no trial before (a spare that preloaded the model, or a new one), with a
+        spare preloading the model again for the next such trial."""
         model = request.model
-        if self._current is not None and self._holds not in (None, model):
-            self.retire()  # another model: another worker
+        if self._current is not None and (fresh or self._holds not in (None, model)):
+            self.retire()  # another model (or a fresh load asked for): another worker
         worker = self._ready_worker(model, timeout)
-        self._refill(model)
+        self._refill(model, request if fresh else None)
         reply = worker.ask(request, timeout)
         if reply.kept:
             self._holds = model
@@ -250,8 +252,9 @@ class WorkerPool:
             return worker
         return Worker(self.method, self.gpu)
 
-    def _refill(self, model: str | None) -> None:
-        """Start spares up to `spares`; have one preload the next model to come after `model`."""
+    def _refill(self, model: str | None, again: msg.TrialRequest | None = None) -> None:
+        """Start spares up to `spares`; have one preload the next model to come after `model`
+        (`again`: this request's model first, for a fresh trial of it next)."""
         models = [r.model for r in self._coming]
         if model in models:
             self._coming = self._coming[models.index(model) + 1 :]
@@ -259,7 +262,7 @@ class WorkerPool:
             self._spare.append(Worker(self.method, self.gpu))
             if self.cuda:
                 self._spare[-1].conn.send(msg.InitCuda())
-        coming = [r for r in self._coming if r.model != model]
+        coming = ([again] if again else []) + [r for r in self._coming if r.model != model]
         if not coming or any(w.preloading == coming[0].model for w in self._spare):
             return
         idle = [w for w in self._spare if w.preloading is None]

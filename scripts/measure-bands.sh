@@ -18,6 +18,8 @@
 # DIR/logs/cgN.txt: the container's cgroup memory use, limit and OOM-kill count every 5 s).
 #
 # On an offline GPU host, install scripts/gpu-wheels.sh's wheels first (its header says how).
+# Jobs F, FG, FL and FS search with --fresh instead of --band (below, where FRESH is set); run them
+# with JOBS="F FG FL FS" and compare: python -m analysis.fresh DIR results.
 # Usage: LEFT=seconds [DIR=.gpu] [PACK=file.tgz] [JOBS="P R T"] [HEADROOM_X=GiB] [PARALLEL_X=N]
 #   scripts/measure-bands.sh
 #   LEFT  seconds this call may use; PACK  a tarball of DIR's folders and logs, written every 30 s
@@ -43,9 +45,19 @@ copy() {  # copy JOB PROFILE...: the job's folder, from results/, once
   for p in "$@"; do cp -r "results/$p" "$d/"; done
 }
 
-band() {  # band HEADROOM_GIB JOB COMMAND...: one band command, cut at the call's end
+probes() {  # probes JOB PROFILE...: the job's folder with only the profiles' probes (no boundary
+  # recorded, so each is searched again; another commit's probes give the search its start)
+  local d=$DIR/dev$1 p
+  shift
+  [ -d "$d" ] && return
+  for p in "$@"; do mkdir -p "$d/$p" && cp "results/$p/boundary-trials.csv" "$d/$p/"; done
+}
+
+band() {  # band HEADROOM_GIB JOB COMMAND...: one band command (job F...: a fresh-load search,
+  # FRESH's flags), cut at the call's end
   local override="HEADROOM_$2" slots="PARALLEL_$2"
-  local headroom=${!override:-$1} job=$2 t
+  local headroom=${!override:-$1} job=$2 t flags="--band 0.3"
+  [[ $job == F* ]] && flags=$FRESH
   local parallel=${!slots:+--parallel ${!slots}}
   shift 2
   t=$(left)
@@ -53,7 +65,7 @@ band() {  # band HEADROOM_GIB JOB COMMAND...: one band command, cut at the call'
     echo "skipped (${t} s left): $*"
     return
   fi
-  QLORA_BENCH_HOST_HEADROOM_GIB=$headroom timeout -k 15 $((t - 8)) "$@" --band 0.3 $parallel \
+  QLORA_BENCH_HOST_HEADROOM_GIB=$headroom timeout -k 15 $((t - 8)) "$@" $flags $parallel \
     --time-budget $((t - 80)) --results-dir "$DIR/dev$job"
 }
 
@@ -85,6 +97,40 @@ jobU() {  # Unsloth (its own site first on PYTHONPATH: scripts/gpu-wheels.sh)
   copy U gtx1650 rtx3050-laptop rtx3070 t4 l4
   PYTHONPATH=${UNSLOTH_SITE:-/tmp/site_u}:${PYTHONPATH:-} band 102 U $B --profile gtx1650 \
     --profile rtx3050-laptop --profile rtx3070 --profile t4 --profile l4 --recipe unsloth --dtypes fp16
+}
+
+# Fresh-load searches (--fresh: every probe in a worker that ran none, as a user's run starts) of
+# the boundaries whose published search leaned on kept models: the 5 whose fitting end ran on a
+# kept model near the cap, and the 7 whose safe-value scan's inversions ran on one (the 8th's ran
+# after a fresh load), in four jobs of at most 34 GiB of slots each (`python -m analysis.fresh`
+# compares them with results/; they are not merged, as they have no band)
+FRESH="--fresh"
+jobF() {  # t4, peft: Qwen2.5-0.5B and 1.5B (inversions), Llama-3.2-1B's batch at 512 (near the cap)
+  probes F t4
+  band 106 F $B --profile t4 --models qwen2.5-0.5b,qwen2.5-1.5b --dtypes fp16
+  band 106 F $BB --profile t4 --models llama-3.2-1b --ranks 8,16 --dtypes fp16 --grad-ckpt on \
+    --axes batch_size --ref-seq-lens 512
+}
+
+jobFG() {  # t4, loop: Qwen2.5-7B (near the cap)
+  probes FG t4
+  band 118 FG $B --profile t4 --recipe loop --models qwen2.5-7b --dtypes fp16
+}
+
+jobFL() {  # l4: Llama-3.2-1B r8 (peft) and Qwen2.5-1.5B r16 (loop), both near the cap
+  probes FL l4
+  band 114 FL $BB --profile l4 --models llama-3.2-1b --ranks 8 --dtypes fp16 --grad-ckpt on --axes seq_len
+  band 114 FL $B --profile l4 --recipe loop --models qwen2.5-1.5b --dtypes fp16
+}
+
+jobFS() {  # inversions: rtx4060ti-16gb Qwen2.5-0.5B r8 fp16 and bf16, rtx3070's loop Qwen2.5-0.5B
+  # and Liger Llama-3.2-1B, gtx1650's Liger Qwen2.5-1.5B
+  probes FS rtx4060ti-16gb rtx3070 gtx1650
+  band 106 FS $BB --profile rtx4060ti-16gb --models qwen2.5-0.5b --ranks 8 --dtypes fp16,bf16 --grad-ckpt on \
+    --axes seq_len
+  band 106 FS $B --profile rtx3070 --recipe loop --models qwen2.5-0.5b --dtypes fp16
+  band 106 FS $B --profile rtx3070 --recipe liger --models llama-3.2-1b --dtypes fp16
+  band 106 FS $B --profile gtx1650 --recipe liger --models qwen2.5-1.5b --dtypes fp16
 }
 
 cgroup_memory() {  # this container's memory use, limit and OOM kills: its own cgroup's files (v2,

@@ -129,6 +129,20 @@ def test_boundary_command_on_cpu_finds_verifies_and_resumes(tmp_path):
     assert again.returncode == 0 and "0 boundaries" in again.stderr
 
 
+def test_a_fresh_search_loads_the_model_for_every_probe_and_finds_the_same_boundary(tmp_path):
+    """--fresh: no probe on a kept model (a user's run starts from a fresh load)."""
+    env = {"QLORA_BENCH_INJECT": "tokens>1000:oom", "QLORA_BENCH_GIT_COMMIT": "0123abc"}
+    loads = {}
+    for name, extra in (("kept", []), ("fresh", ["--fresh"])):
+        done = cli(*search_args(tmp_path / name, "--safe-scan", "0", *extra), env=env)
+        assert done.returncode == 0, done.stderr
+        probes = read_rows(tmp_path / name / "rtx3050-laptop" / "boundary-trials-cpu.csv")
+        loads[name] = {p["model_load"] for p in probes if p["status"] == "ok"}  # (an injected OOM: none)
+        (row,) = read_rows(tmp_path / name / "rtx3050-laptop" / "boundaries-cpu.csv")
+        assert (row["max_value"], row["first_oom_value"]) == ("960", "1024")
+    assert loads == {"kept": {"loaded", "reused"}, "fresh": {"loaded"}}  # on CPU no spare preloads
+
+
 def test_the_evaluation_batch_is_searched_after_training_at_batch_1_and_reported(tmp_path):
     """A simulated limit of 1000 tokens in training or evaluation: at 256 tokens the largest
     evaluation batch is 3."""
@@ -274,6 +288,9 @@ def test_a_probe_recorded_by_the_same_commit_card_and_libraries_is_reused_and_no
     ]:  # fmt: skip
         assert recorded_probe([row], {**new, column: other}) is None, column
     assert recorded_probe([{**row, "status": "error"}], new) is None  # a failed probe runs again
+    kept = {**row, "model_load": "reused"}  # --fresh reuses a probe after a fresh load only
+    assert recorded_probe([kept], new) is not None and recorded_probe([kept], new, fresh=True) is None
+    assert recorded_probe([{**row, "model_load": "preloaded"}], new, fresh=True) is not None
     for commit in ("abc123+dirty", "unknown", ""):  # what ran is not known
         assert recorded_probe([{**row, "git_commit": commit}], {**new, "git_commit": commit}) is None
 

@@ -132,6 +132,26 @@ def test_a_spare_preloads_the_next_model_as_the_trial_would_have_loaded_it():
     assert broken["status"] == "error" and "nonexistent" in broken["reason"], broken
 
 
+def test_a_fresh_trial_runs_in_a_worker_that_ran_none_and_the_spare_loads_the_model_again():
+    """pool.run(fresh=True) (boundary --fresh): never on a kept model; the spare preloads the
+    same model for the next fresh trial, so a fresh load costs no load time after the first."""
+    from dataclasses import replace
+
+    from bench.pool import WorkerPool
+    from bench.spec import TrialSpec
+
+    first = TrialSpec("tiny", 64, 1, 4, "fp16", False, 8, warmup_steps=1, measured_steps=1)
+    pool = WorkerPool(spares=1)
+    try:
+        pool.expect([cpu_request(first)])
+        rows = [pool.run(cpu_request(replace(first, seq_len=s)), 300, fresh=True).row for s in (64, 96, 128)]
+        rows.append(pool.run(cpu_request(first), 300).row)  # not fresh: the model is kept
+    finally:
+        pool.close()
+    assert [r["status"] for r in rows] == ["ok"] * 4, rows
+    assert [r["model_load"] for r in rows] == ["loaded", "preloaded", "preloaded", "reused"]
+
+
 def test_a_kept_model_is_released_unless_the_allocator_is_back_where_the_load_left_it(monkeypatch):
     """ModelSlot.restore frees the trial's gradients and answers whether the allocator's state
     equals the one right after the load (here a stand-in for CUDA's snapshot)."""

@@ -26,16 +26,19 @@ def known_code(commit: str) -> bool:
     return bool(commit) and commit != "unknown" and not commit.endswith("+dirty")
 
 
-def recorded_probe(rows: list[dict], new: dict) -> dict | None:
+def recorded_probe(rows: list[dict], new: dict, fresh: bool = False) -> dict | None:
     """A recorded probe that the `new` one (its row before it runs) would repeat: the same point,
     purpose and cap, run by the same commit on the same card and libraries (SAME_PROBE), that fit
-    or ran out of memory. Its values (numbers as numbers), so that a search cut short (a time
-    limit, a kill) goes on where it stopped instead of running its trials again; never for code
-    with uncommitted changes (what ran is not known)."""
+    or ran out of memory (`fresh`: after a fresh load, not on a kept model). Its values (numbers
+    as numbers), so that a search cut short (a time limit, a kill) goes on where it stopped
+    instead of running its trials again; never for code with uncommitted changes (what ran is
+    not known)."""
     want = {k: _format(new.get(k)) for k in SAME_PROBE}
     if not known_code(want["git_commit"]):
         return None
     for row in reversed(rows):
+        if fresh and row.get("model_load") == "reused":
+            continue
         if row.get("status") in ("ok", "oom") and all(row.get(k, "") == v for k, v in want.items()):
             return {k: _number(v) for k, v in row.items()}
     return None

@@ -2,15 +2,13 @@
 every probe, boundary-runs.jsonl with every invocation), the hints its searches share, and the
 search of one model group in a slot's worker pool.
 
-Each probe runs in a worker that just loaded its model (during the probe, or before it: a
-slot's spare preloads the next model setting while the current one's probes run) or kept it
-from its last probe, the latter only when the caching allocator came back, segment for segment
-and block for block, to the state the load left (trial.ModelSlot.restore); a worker whose
-allocator did not, or whose probe failed otherwise, is replaced by a new process. Re-running
-the two ends in new workers gave the same peaks to the byte for all 268 boundaries of the
-ba44807 run (docs/published-results.md), so that re-run is optional (--reverify); probes run
-again by later runs since differ more often when a kept model was on one side (up to 0.375 GiB,
-and every fit/OOM flip: `python -m analysis.bands results`).
+Each probe runs in a worker that just loaded its model (in the probe, or a slot's spare
+preloaded it) or kept it from its last probe, only when the caching allocator came back, segment
+for segment and block for block, to the state the load left (trial.ModelSlot.restore; never with
+--fresh); any other worker is replaced by a new process. Re-running the two ends in new workers
+gave the same peaks to the byte for all 268 boundaries of the ba44807 run, so that re-run is
+optional (--reverify); probes run again by later runs since differ more often when a kept model
+was on one side (up to 0.375 GiB, and every fit/OOM flip: `python -m analysis.bands results`).
 """
 
 from __future__ import annotations
@@ -164,12 +162,13 @@ class BoundaryRun:
 
     def share(self, group: list[BoundaryTask]) -> float:
         """Host GPU memory a slot holds for this group: slot_gib, and while one model setting's
-        searches run, the next setting's model in the spare that preloads it (the catalogue's
-        estimate of a loaded model, never more than the cap it loads under)."""
+        searches run, the next setting's model in the spare that preloads it (--fresh: the same
+        one's; the catalogue's estimate of a loaded model, never more than the cap)."""
         model = group[0].base.model
         loaded = self.cfg.catalog[model].loaded_gib_estimate() if model in self.cfg.catalog else math.inf
         cap = self.runner.plan.cap_gib
-        preload = min(cap, loaded) if cap is not None and len(self.settings(group)) > 1 else 0.0
+        again = len(self.settings(group)) > 1 or self.cfg.fresh  # --fresh: the same model again
+        preload = min(cap, loaded) if cap is not None and again else 0.0
         return slot_gib(self.runner.plan) + preload
 
     def search_group(self, group: list[BoundaryTask], pool: WorkerPool, deadline: float | None) -> None:
@@ -240,12 +239,12 @@ class BoundaryRun:
         with self.lock:  # a probe this commit already ran here (a search cut short, run again)
             if self.ended:  # stopped (Ctrl-C, SIGTERM): run nothing more
                 return {"status": "error", "reason": "the run was stopped"}
-            done = None if self.cfg.overwrite else recorded_probe(self.probes.rows, new)
+            done = None if self.cfg.overwrite else recorded_probe(self.probes.rows, new, self.cfg.fresh)
             self.counts["reused"] += done is not None
         if done is not None:
             return done
         t0 = time.perf_counter()
-        row = pool.run(request, self.cfg.timeout_s).row
+        row = pool.run(request, self.cfg.timeout_s, fresh=self.cfg.fresh).row
         wall = time.perf_counter() - t0
         full = self.runner.row(spec, row, boundary_key=task.key, purpose=purpose, probe_wall_s=wall, **extra)
         with self.lock:
@@ -300,9 +299,9 @@ class BoundaryRun:
                 out["safe_value"] = found["safe"] * task.step
                 out["oom_below"] = ";".join(str(u * task.step) for u in found["inversions"])
             out.update(self._band(task, pool, found))
-            # Both ends of the bracket ran under the cap, each from a fresh load's allocator state
-            # (nothing is inferred): they are the verification. --reverify runs them again,
-            # each in a new worker.
+            # Both ends of the bracket ran under the cap (nothing is inferred), each after a fresh
+            # load or on a kept model with the allocator back in the load's state: they are the
+            # verification. --reverify runs them again, each in a new worker.
             fit = "ok" if lo else None
             oom = "oom" if hi is not None else None
             if self.cfg.reverify:
