@@ -1,17 +1,19 @@
-"""Boundaries searched again with every probe after a fresh load (`boundary --fresh`, as a user's
-run starts), against the published ones, which leaned on kept models (analysis.repeats): per
-boundary, the published value, safe value and inversions beside the fresh search's, then every
-point both probed under the same cap, and whether its fit/OOM and peak agree.
+"""Boundaries searched again, with every probe after a fresh load (`boundary --fresh`, as a user's
+run starts) or not, against the published ones, which leaned on kept models (analysis.repeats):
+per boundary, the published value, safe value and inversions beside the new search's, and the
+points both probed under the same cap whose fit/OOM differs; then, over the published search and
+every run given, each point whose fit/OOM or peak differs from run to run.
 
-    python -m analysis.fresh FRESH_DIR [results]
+    python -m analysis.fresh RUN_DIR... [--results results]
 
-FRESH_DIR holds the fresh searches' profile folders (scripts/measure-bands.sh, jobs F*: DIR/devF,
-DIR/devFG, ...; the folders under it are searched for boundaries.csv).
+A RUN_DIR holds a search's profile folders (scripts/measure-bands.sh, jobs F*: DIR/devF,
+DIR/devFG, ...); the folders under it are searched for boundaries.csv.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
+from collections import Counter
 from pathlib import Path
 
 from bench.results import read_results
@@ -42,20 +44,33 @@ def _value(r: dict) -> str:
     return text + (f", OOM at {r['oom_below'].replace(';', ', ')}" if r.get("oom_below") else "")
 
 
-def compare(fresh_dir: Path, results_dir: Path) -> list[str]:
+def _outcome(p: dict) -> str:
+    return "oom" if p["status"] == "oom" else f"ok {float(p['peak_reserved_gib']):.2f}"
+
+
+def compare(run_dirs: list[Path], results_dir: Path) -> list[str]:
     lines = [
-        "| profile | setting | published | fresh loads | points both probed: differing (published/fresh) |"
+        "| profile | setting | published | searched again | points both probed: differing (published/again) |"
     ]
     lines.append("| --- | --- | --- | --- | --- |")
     pairs = flips = 0
     gaps = []
-    for folder in sorted(p.parent for p in Path(fresh_dir).glob("**/boundaries.csv")):
+    seen: dict[tuple, dict[str, str]] = {}  # (profile, setting, value, cap) -> outcome by search
+    for folder in sorted(p.parent for d in run_dirs for p in Path(d).glob("**/boundaries.csv")):
         new, new_probes = _rows(folder)
         old, old_probes = _rows(Path(results_dir) / folder.name)
         for key, r in sorted(new.items()):
             if key not in old:
                 continue
             mine, theirs = _own(new_probes, r), _own(old_probes, old[key])
+            setting = (
+                f"{r['model']} r{r['lora_rank']} {r['dtype']} ckpt={r['grad_ckpt']} {r['recipe']} {r['axis']}"
+            )
+            for search, probes in (("published", theirs), (str(folder), mine)):
+                for (_, cap), p in probes.items():
+                    seen.setdefault((folder.name, setting, int(float(p[r["axis"]])), cap), {})[search] = (
+                        _outcome(p)
+                    )
             kept = sum(p.get("model_load") == "reused" for p in mine.values())
             shared = [(theirs[k], p) for k, p in sorted(mine.items()) if k in theirs]
             differ = [
@@ -69,9 +84,6 @@ def compare(fresh_dir: Path, results_dir: Path) -> list[str]:
                 for a, p in shared
                 if a["status"] == p["status"] == "ok"
             ]
-            setting = (
-                f"{r['model']} r{r['lora_rank']} {r['dtype']} ckpt={r['grad_ckpt']} {r['recipe']} {r['axis']}"
-            )
             lines.append(
                 f"| {folder.name} | {setting} | {_value(old[key])} | {_value(r)}"
                 + (f" ({kept} probes on a kept model)" if kept else "")
@@ -81,8 +93,20 @@ def compare(fresh_dir: Path, results_dir: Path) -> list[str]:
         f"points probed both ways: {pairs}, fit/OOM differs in {flips}; fit twice {len(gaps)}, "
         f"the same peak in {sum(g == 0 for g in gaps)}, at most {max(gaps, default=0):.3f} GiB apart"
     )
+    varied = {k: v for k, v in sorted(seen.items()) if len(set(v.values())) > 1}
+    lines.append(f"points whose outcome (fit and peak reserved, GiB) differs between searches: {len(varied)}")
+    for (profile, setting, value, cap), by_search in varied.items():
+        counts = Counter(by_search.values())
+        lines.append(
+            f"  {profile} {setting} {value} at {cap} GiB: "
+            + ", ".join(f"{o} x{n}" for o, n in sorted(counts.items()))
+        )
     return lines
 
 
 if __name__ == "__main__":
-    print("\n".join(compare(Path(sys.argv[1]), Path(sys.argv[2] if len(sys.argv) > 2 else "results"))))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--results", type=Path, default=Path("results"))
+    args = parser.parse_args()
+    print("\n".join(compare(args.runs, args.results)))

@@ -1,6 +1,7 @@
 """Boundary search: exact on a known memory curve, few trials, verified end to end on CPU."""
 
 import csv
+import json
 
 import pytest
 from conftest import boundary_config, cli, read_rows, search_args
@@ -141,6 +142,9 @@ def test_a_fresh_search_loads_the_model_for_every_probe_and_finds_the_same_bound
         (row,) = read_rows(tmp_path / name / "rtx3050-laptop" / "boundaries-cpu.csv")
         assert (row["max_value"], row["first_oom_value"]) == ("960", "1024")
     assert loads == {"kept": {"loaded", "reused"}, "fresh": {"loaded"}}  # on CPU no spare preloads
+    for name in loads:  # the run line says how
+        (line,) = (tmp_path / name / "rtx3050-laptop" / "boundary-runs.jsonl").read_text().splitlines()
+        assert json.loads(line)["fresh"] is (name == "fresh")
 
 
 def test_the_evaluation_batch_is_searched_after_training_at_batch_1_and_reported(tmp_path):

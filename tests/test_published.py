@@ -465,6 +465,28 @@ def test_a_boundary_a_later_probe_contradicts_is_marked_in_the_tables(tmp_path):
     assert "[?]" not in table.split("\n", 3)[3] and "| qwen2.5-3b | 8 | 0 [0-64] | 0 |" in table
 
 
+def test_the_fresh_load_searches_quoted_are_what_analysis_fresh_prints():
+    """The twelfth session's fresh-load searches (boundary --fresh, archive/fresh-849a25f) and the
+    T4's batch searched four times more (archive/fresh-849a25f-ab): docs/published-results.md
+    quotes analysis.fresh over them, line for line."""
+    from analysis.fresh import compare
+
+    repo = RESULTS.parent
+    docs = (repo / "docs" / "published-results.md").read_text()
+    main = compare([repo / "archive" / "fresh-849a25f"], RESULTS)
+    assert len(main) == 2 + 12 + 2 + 7 and "\n".join(main[:14]) + "\n\n" + "\n".join(main[14:]) in docs
+    assert "| t4 | llama-3.2-1b r8 fp16 ckpt=true peft batch_size | 13 | 14 | 4: 14 oom/ok |" in main
+    both = (
+        "points probed both ways: 56, fit/OOM differs in 3; fit twice 39, the same peak in 34, at most 0.711"
+    )
+    assert main[-9].startswith(both)
+    runs = sorted((repo / "archive" / "fresh-849a25f-ab").glob("*[12]"))
+    assert [r.name for r in runs] == ["fresh1", "fresh2", "kept1", "kept2"]
+    every = compare([repo / "archive" / "fresh-849a25f", *runs], RESULTS)
+    assert "\n".join(every[-9:]) in docs
+    assert every[-1].endswith("batch_size 14 at 14.26 GiB: ok 13.94 x2, oom x4")
+
+
 def test_the_host_memory_quoted_is_what_the_samples_say():
     """The tenth session's workers killed as they started: docs/published-results.md quotes
     scripts/host-memory.py over the `free -m` samples kept in archive/hostmem-58b6299."""

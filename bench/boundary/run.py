@@ -138,6 +138,7 @@ class BoundaryRun:
                 "profile": self.cfg.profile.name,
                 "parallel": self.parallel,
                 "spares": SPARES if self.cfg.device == "cuda" else 0,
+                "fresh": self.cfg.fresh,  # every probe after a fresh load (--fresh)
                 "wall_s": wall_s,
                 "started_utc": started_utc,
                 "together_with": [p for p in together if p != self.cfg.profile.name],
