@@ -143,7 +143,7 @@ def test_a_fresh_search_loads_the_model_for_every_probe_and_finds_the_same_bound
         assert (row["max_value"], row["first_oom_value"]) == ("960", "1024")
     assert loads == {"kept": {"loaded", "reused"}, "fresh": {"loaded"}}  # on CPU no spare preloads
     for name in loads:  # the run line says how
-        (line,) = (tmp_path / name / "rtx3050-laptop" / "boundary-runs.jsonl").read_text().splitlines()
+        (line,) = (tmp_path / name / "rtx3050-laptop" / "boundary-runs-cpu.jsonl").read_text().splitlines()
         assert json.loads(line)["fresh"] is (name == "fresh")
 
 
