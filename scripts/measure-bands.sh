@@ -19,7 +19,7 @@
 #
 # On an offline GPU host, install scripts/gpu-wheels.sh's wheels first (its header says how).
 # Jobs F, FG, FL and FS search with --fresh instead of --band (below, where FRESH is set); run them
-# with JOBS="F FG FL FS" and compare: python -m analysis.fresh DIR results.
+# with JOBS="F FG FL FS" and compare them with results/: python -m analysis.fresh DIR.
 # Usage: LEFT=seconds [DIR=.gpu] [PACK=file.tgz] [JOBS="P R T"] [HEADROOM_X=GiB] [PARALLEL_X=N]
 #   scripts/measure-bands.sh
 #   LEFT  seconds this call may use; PACK  a tarball of DIR's folders and logs, written every 30 s
