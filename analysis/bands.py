@@ -14,15 +14,16 @@ import sys
 from pathlib import Path
 from statistics import median
 
-from analysis.repeats import by_load, inversion_loads, kept_ends, repeats
+from analysis.repeats import _float, _int, by_load, inversion_loads, kept_ends, repeats
 from bench.boundary.search import band_bounds
 from bench.results import read_results
 
 BAND_GIB = 0.3  # the band every published one was searched with (--band 0.3)
 
 
-def _int(value) -> int | None:
-    return int(float(value)) if str(value or "") not in ("", "None") else None
+def setting(r: dict) -> str:
+    """A boundary row's setting, as the analyses name it."""
+    return f"{r['model']} r{r['lora_rank']} {r['dtype']} ckpt={r['grad_ckpt']} {r['recipe']} {r['axis']}"
 
 
 def banded(results_dir: Path) -> tuple[list[dict], dict[tuple[str, bool], int]]:
@@ -40,8 +41,7 @@ def banded(results_dir: Path) -> tuple[list[dict], dict[tuple[str, bool], int]]:
             rows.append(
                 {
                     "profile": path.parent.name,
-                    "setting": f"{r['model']} r{r['lora_rank']} {r['dtype']} ckpt={r['grad_ckpt']} "
-                    f"{r['recipe']} {r['axis']}",
+                    "setting": setting(r),
                     "kind": f"{r['recipe']} {r['axis']}",  # the moves are summed per profile and kind
                     "value": value,
                     "safe": _int(r.get("safe_value")),
@@ -66,10 +66,6 @@ def at_zero(results_dir: Path) -> tuple[int, dict[str, int]]:
                 if _int(r["band_high"]):
                     up[path.parent.name] = up.get(path.parent.name, 0) + 1
     return total, up
-
-
-def _float(value) -> float | None:
-    return float(value) if str(value or "") not in ("", "None") else None
 
 
 def floors(results_dir: Path, band_gib: float = BAND_GIB) -> list[dict]:

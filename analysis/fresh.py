@@ -16,6 +16,8 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
+from analysis.bands import setting
+from analysis.repeats import _search_probes
 from bench.results import read_results
 
 KEPT = {"reused": " kept"}  # a published probe on a kept model is marked
@@ -23,17 +25,13 @@ KEPT = {"reused": " kept"}  # a published probe on a kept model is marked
 
 def _rows(path: Path) -> tuple[dict, dict]:
     """A profile folder's ok boundaries by key, and its search probes that fit or ran out of
-    memory by (boundary key, commit, trial key, cap): the latest."""
+    memory (the latest per boundary, commit, cap and value)."""
     bounds = {r["boundary_key"]: r for r in read_results(path / "boundaries.csv") if r["status"] == "ok"}
-    probes = {}
-    for p in read_results(path / "boundary-trials.csv"):
-        if p.get("purpose") == "search" and p["status"] in ("ok", "oom"):
-            probes[p["boundary_key"], p["git_commit"], p["trial_key"], p.get("mem_cap_gib")] = p
-    return bounds, probes
+    return bounds, _search_probes(path / "boundaries.csv", done_only=True)
 
 
 def _own(probes: dict, row: dict) -> dict:
-    """The probes of the search that recorded `row` (its key and commit), by (trial key, cap)."""
+    """The probes of the search that recorded `row` (its key and commit), by (cap, value)."""
     at = (row["boundary_key"], row["git_commit"])
     return {k[2:]: p for k, p in probes.items() if k[:2] == at}
 
@@ -63,12 +61,10 @@ def compare(run_dirs: list[Path], results_dir: Path) -> list[str]:
             if key not in old:
                 continue
             mine, theirs = _own(new_probes, r), _own(old_probes, old[key])
-            setting = (
-                f"{r['model']} r{r['lora_rank']} {r['dtype']} ckpt={r['grad_ckpt']} {r['recipe']} {r['axis']}"
-            )
+            name = setting(r)
             for search, probes in (("published", theirs), (str(folder), mine)):
-                for (_, cap), p in probes.items():
-                    seen.setdefault((folder.name, setting, int(float(p[r["axis"]])), cap), {})[search] = (
+                for (cap, _), p in probes.items():
+                    seen.setdefault((folder.name, name, int(float(p[r["axis"]])), cap), {})[search] = (
                         _outcome(p)
                     )
             kept = sum(p.get("model_load") == "reused" for p in mine.values())
@@ -85,7 +81,7 @@ def compare(run_dirs: list[Path], results_dir: Path) -> list[str]:
                 if a["status"] == p["status"] == "ok"
             ]
             lines.append(
-                f"| {folder.name} | {setting} | {_value(old[key])} | {_value(r)}"
+                f"| {folder.name} | {name} | {_value(old[key])} | {_value(r)}"
                 + (f" ({kept} probes on a kept model)" if kept else "")
                 + f" | {len(shared)}: {', '.join(differ) or 'none'} |"
             )
@@ -95,10 +91,10 @@ def compare(run_dirs: list[Path], results_dir: Path) -> list[str]:
     )
     varied = {k: v for k, v in sorted(seen.items()) if len(set(v.values())) > 1}
     lines.append(f"points whose outcome (fit and peak reserved, GiB) differs between searches: {len(varied)}")
-    for (profile, setting, value, cap), by_search in varied.items():
+    for (profile, name, value, cap), by_search in varied.items():
         counts = Counter(by_search.values())
         lines.append(
-            f"  {profile} {setting} {value} at {cap} GiB: "
+            f"  {profile} {name} {value} at {cap} GiB: "
             + ", ".join(f"{o} x{n}" for o, n in sorted(counts.items()))
         )
     return lines

@@ -112,11 +112,12 @@ def inversion_loads(results_dir: Path) -> tuple[int, dict[str, int]]:
     return boundaries, loads
 
 
-def _search_probes(boundaries_csv: Path) -> dict[tuple, dict]:
-    """The latest search probe (boundary-trials.csv beside it) per boundary, commit, cap and value."""
+def _search_probes(boundaries_csv: Path, done_only: bool = False) -> dict[tuple, dict]:
+    """The latest search probe (boundary-trials.csv beside it) per boundary, commit, cap and value
+    (`done_only`: the latest that fit or ran out of memory)."""
     ends = {}
     for p in read_results(boundaries_csv.with_name("boundary-trials.csv")):
-        if p.get("purpose") == "search":
+        if p.get("purpose") == "search" and (not done_only or p["status"] in ("ok", "oom")):
             axis = p["boundary_key"].split("|", 1)[0]
             ends[(p["boundary_key"], p["git_commit"], p.get("mem_cap_gib"), str(p[axis]))] = p
     return ends

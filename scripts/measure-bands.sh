@@ -37,20 +37,16 @@ left() { echo $((LEFT - ($(date +%s) - S0))); }
 B="python3 -m bench boundary --ranks 16 --grad-ckpt on --axes seq_len"
 BB="python3 -m bench boundary"
 
-copy() {  # copy JOB PROFILE...: the job's folder, from results/, once
-  local d=$DIR/dev$1
+copy() {  # copy JOB PROFILE...: the job's folder, from results/, once; for a job F... (fresh-load
+  # searches) only the profiles' probes: no boundary recorded, so each is searched again, another
+  # commit's probes giving the search its start
+  local d=$DIR/dev$1 job=$1 p
   shift
   [ -d "$d" ] && return
-  mkdir -p "$d"
-  for p in "$@"; do cp -r "results/$p" "$d/"; done
-}
-
-probes() {  # probes JOB PROFILE...: the job's folder with only the profiles' probes (no boundary
-  # recorded, so each is searched again; another commit's probes give the search its start)
-  local d=$DIR/dev$1 p
-  shift
-  [ -d "$d" ] && return
-  for p in "$@"; do mkdir -p "$d/$p" && cp "results/$p/boundary-trials.csv" "$d/$p/"; done
+  for p in "$@"; do
+    mkdir -p "$d/$p"
+    if [[ $job == F* ]]; then cp "results/$p/boundary-trials.csv" "$d/$p/"; else cp -r "results/$p/." "$d/$p/"; fi
+  done
 }
 
 band() {  # band HEADROOM_GIB JOB COMMAND...: one band command (job F...: a fresh-load search,
@@ -106,26 +102,26 @@ jobU() {  # Unsloth (its own site first on PYTHONPATH: scripts/gpu-wheels.sh)
 # compares them with results/; they are not merged, as they have no band)
 FRESH="--fresh"
 jobF() {  # t4, peft: Qwen2.5-0.5B and 1.5B (inversions), Llama-3.2-1B's batch at 512 (near the cap)
-  probes F t4
+  copy F t4
   band 106 F $B --profile t4 --models qwen2.5-0.5b,qwen2.5-1.5b --dtypes fp16
   band 106 F $BB --profile t4 --models llama-3.2-1b --ranks 8,16 --dtypes fp16 --grad-ckpt on \
     --axes batch_size --ref-seq-lens 512
 }
 
 jobFG() {  # t4, loop: Qwen2.5-7B (near the cap)
-  probes FG t4
+  copy FG t4
   band 118 FG $B --profile t4 --recipe loop --models qwen2.5-7b --dtypes fp16
 }
 
 jobFL() {  # l4: Llama-3.2-1B r8 (peft) and Qwen2.5-1.5B r16 (loop), both near the cap
-  probes FL l4
+  copy FL l4
   band 114 FL $BB --profile l4 --models llama-3.2-1b --ranks 8 --dtypes fp16 --grad-ckpt on --axes seq_len
   band 114 FL $B --profile l4 --recipe loop --models qwen2.5-1.5b --dtypes fp16
 }
 
 jobFS() {  # inversions: rtx4060ti-16gb Qwen2.5-0.5B r8 fp16 and bf16, rtx3070's loop Qwen2.5-0.5B
   # and Liger Llama-3.2-1B, gtx1650's Liger Qwen2.5-1.5B
-  probes FS rtx4060ti-16gb rtx3070 gtx1650
+  copy FS rtx4060ti-16gb rtx3070 gtx1650
   band 106 FS $BB --profile rtx4060ti-16gb --models qwen2.5-0.5b --ranks 8 --dtypes fp16,bf16 --grad-ckpt on \
     --axes seq_len
   band 106 FS $B --profile rtx3070 --recipe loop --models qwen2.5-0.5b --dtypes fp16
